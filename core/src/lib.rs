@@ -1,0 +1,27 @@
+//! Contracts shared by the rtc services.
+//!
+//! Everything two services must agree on lives here and nowhere else: the
+//! JSON documents they exchange through Redis (heartbeat, assignment,
+//! decision), the Redis key names, the Kafka-compatible partitioner and the
+//! connect token. See `ARCHITECTURE.md` for the contracts in prose.
+
+pub mod assignment;
+pub mod config;
+pub mod decision;
+pub mod heartbeat;
+pub mod ids;
+pub mod keys;
+pub mod partitioner;
+pub mod token;
+mod wire;
+
+pub use assignment::{Assignment, AssignmentNode};
+pub use decision::{Action, Decision, Urgency};
+pub use heartbeat::{Heartbeat, NodeState};
+pub use keys::Keys;
+pub use partitioner::{murmur2, partition_for_key};
+pub use token::{ConnectClaims, TokenError, TokenSigner};
+pub use wire::{ContractError, Document, MAX_DOCUMENT_BYTES};
+
+/// The only contract version this build reads and writes.
+pub const CONTRACT_VERSION: u32 = 1;

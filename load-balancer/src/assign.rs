@@ -1,0 +1,376 @@
+//! The assignment engine: which ready node owns each partition.
+//!
+//! Pure and deterministic: the same inputs give the same output on every
+//! replica, whatever order the nodes arrive in.
+//!
+//! The rules, in order:
+//! 1. Only `ready` nodes own partitions. With none, every partition is
+//!    explicitly unowned.
+//! 2. Balance: with `n` ready nodes and `P` partitions every node owns
+//!    `P / n` or `P / n + 1` partitions (within one of perfect).
+//! 3. Stickiness: a partition stays with its previous owner unless that
+//!    owner is gone, not ready, or over its bound. The `P % n` larger quotas
+//!    go to the nodes that already hold the most, so the number of partitions
+//!    that move is the minimum any balanced assignment needs. A node over its
+//!    quota sheds the partitions with the fewest connected users.
+//! 4. Placement of the partitions that must move (and first placement):
+//!    consistent hashing with bounded loads. Each partition walks a hash ring
+//!    of the ready nodes from its own point and goes to the first node still
+//!    under its quota.
+
+use std::cmp::Reverse;
+
+use rtc_core::{Assignment, AssignmentNode, NodeState};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Points per node on the placement ring: enough to spread a node's share of
+/// moved partitions over many neighbours.
+const VNODES_PER_NODE: u64 = 64;
+const PARTITION_SEED: u64 = 0x7274_635f_7061_7274; // "rtc_part"
+
+/// A node the load balancer currently believes alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNode {
+    pub id: String,
+    pub url: String,
+    pub state: NodeState,
+}
+
+impl LiveNode {
+    pub fn new(id: impl Into<String>, url: impl Into<String>, state: NodeState) -> Self {
+        Self {
+            id: id.into(),
+            url: url.into(),
+            state,
+        }
+    }
+}
+
+/// The engine's output: an assignment without its epochs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Every live node, sorted by id.
+    pub nodes: Vec<AssignmentNode>,
+    /// `owners[p]` indexes `nodes`; `None` when no node is ready.
+    pub owners: Vec<Option<u32>>,
+    /// Partitions whose owner differs from the previous assignment's
+    /// (gaining an owner from none counts).
+    pub moved: u32,
+}
+
+impl Placement {
+    /// Stamps the placement into a publishable assignment.
+    pub fn into_assignment(self, epoch: u64, leader_epoch: u64) -> Assignment {
+        Assignment {
+            v: rtc_core::CONTRACT_VERSION,
+            epoch,
+            leader_epoch,
+            partitions: self.owners.len() as u32,
+            nodes: self.nodes,
+            owners: self.owners,
+        }
+    }
+
+    pub fn owner_id(&self, partition: u32) -> Option<&str> {
+        let index = self.owners[partition as usize]?;
+        Some(&self.nodes[index as usize].id)
+    }
+}
+
+/// Computes the assignment of `partitions` partitions over `live` nodes.
+///
+/// `previous` is the assignment in force (ignored if its partition count
+/// differs); `connections[p]` is the number of users connected on partition
+/// `p`, when known (missing entries count as zero).
+pub fn assign(
+    previous: Option<&Assignment>,
+    live: &[LiveNode],
+    partitions: u32,
+    connections: &[u64],
+) -> Placement {
+    let nodes = sorted_nodes(live);
+    let p = partitions as usize;
+    // `ready[r]` is the index in `nodes` of the r-th ready node, by id.
+    let ready: Vec<usize> = (0..nodes.len())
+        .filter(|i| nodes[*i].state == NodeState::Ready)
+        .collect();
+    let previous = previous.filter(|a| a.partitions == partitions);
+    let previous_ids: Vec<Option<&str>> = (0..partitions)
+        .map(|q| previous.and_then(|a| a.owner(q)).map(|n| n.id.as_str()))
+        .collect();
+
+    let owners = if ready.is_empty() {
+        vec![None; p]
+    } else {
+        let ready_ids: Vec<&str> = ready.iter().map(|i| nodes[*i].id.as_str()).collect();
+        let held_by = previous_ids
+            .iter()
+            .map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok()))
+            .collect();
+        let connections_of = |q: usize| connections.get(q).copied().unwrap_or(0);
+        place(held_by, &ready_ids, &connections_of)
+            .into_iter()
+            .map(|r| Some(ready[r] as u32))
+            .collect()
+    };
+
+    let moved = owners
+        .iter()
+        .zip(&previous_ids)
+        .filter(|(new, old)| new.map(|i| nodes[i as usize].id.as_str()) != **old)
+        .count() as u32;
+    Placement {
+        nodes,
+        owners,
+        moved,
+    }
+}
+
+/// Live nodes sorted by id, one entry per id (the first one given wins).
+fn sorted_nodes(live: &[LiveNode]) -> Vec<AssignmentNode> {
+    let mut nodes: Vec<AssignmentNode> = live
+        .iter()
+        .map(|n| AssignmentNode {
+            id: n.id.clone(),
+            url: n.url.clone(),
+            state: n.state,
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    nodes.dedup_by(|later, earlier| later.id == earlier.id);
+    nodes
+}
+
+/// The balanced, sticky placement over ready nodes `0..n` (sorted ids).
+/// `held_by[p]` is the ready node that owns `p` now, if any.
+fn place(
+    held_by: Vec<Option<usize>>,
+    ids: &[&str],
+    connections_of: &dyn Fn(usize) -> u64,
+) -> Vec<usize> {
+    let n = ids.len();
+    let p = held_by.len();
+    let base = p / n;
+
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (q, owner) in held_by.iter().enumerate() {
+        if let Some(r) = owner {
+            held[*r].push(q);
+        }
+    }
+
+    // The larger quotas go first to the nodes holding the most, which keeps
+    // the most partitions in place; ties by id. Unclaimed ones are handed out
+    // during placement to whichever node the ring reaches first.
+    let mut quota = vec![base; n];
+    let mut spare = p % n;
+    let mut by_holding: Vec<usize> = (0..n).collect();
+    by_holding.sort_by_key(|r| Reverse(held[*r].len()));
+    for r in by_holding {
+        if spare == 0 || held[r].len() <= base {
+            break;
+        }
+        quota[r] = base + 1;
+        spare -= 1;
+    }
+
+    let mut owner = vec![usize::MAX; p];
+    let mut load = vec![0usize; n];
+    let mut homeless: Vec<usize> = (0..p).filter(|q| held_by[*q].is_none()).collect();
+    for (r, partitions) in held.iter_mut().enumerate() {
+        let excess = partitions.len().saturating_sub(quota[r]);
+        if excess > 0 {
+            // Shed the partitions with the fewest users; ties by the
+            // partition's ring point, not its number, so no range of
+            // partitions is always the first to go.
+            partitions.sort_by_key(|q| (connections_of(*q), partition_point(*q)));
+            homeless.extend(partitions.drain(..excess));
+        }
+        for q in partitions.iter() {
+            owner[*q] = r;
+        }
+        load[r] = partitions.len();
+    }
+
+    homeless.sort_unstable();
+    let ring = Ring::new(ids);
+    for q in homeless {
+        let r = ring
+            .walk(partition_point(q))
+            .find(|r| load[*r] < quota[*r] || (spare > 0 && load[*r] == base && quota[*r] == base))
+            .expect("total quota equals the partition count, so some node has room");
+        if load[r] == quota[r] {
+            quota[r] += 1;
+            spare -= 1;
+        }
+        owner[q] = r;
+        load[r] += 1;
+    }
+    owner
+}
+
+fn partition_point(q: usize) -> u64 {
+    xxh3_64_with_seed(&(q as u64).to_le_bytes(), PARTITION_SEED)
+}
+
+/// A consistent-hash ring of ready nodes with virtual points.
+struct Ring {
+    points: Vec<(u64, usize)>,
+}
+
+impl Ring {
+    fn new(ids: &[&str]) -> Self {
+        let mut points: Vec<(u64, usize)> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(r, id)| {
+                (0..VNODES_PER_NODE).map(move |v| (xxh3_64_with_seed(id.as_bytes(), v), r))
+            })
+            .collect();
+        points.sort_unstable();
+        Self { points }
+    }
+
+    /// Nodes in ring order starting at `point`, each point once around.
+    fn walk(&self, point: u64) -> impl Iterator<Item = usize> + '_ {
+        let start = self.points.partition_point(|(h, _)| *h < point);
+        self.points[start..]
+            .iter()
+            .chain(&self.points[..start])
+            .map(|(_, r)| *r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(ids: &[&str], state: NodeState) -> Vec<LiveNode> {
+        ids.iter()
+            .map(|id| LiveNode::new(*id, format!("ws://{id}/ws"), state))
+            .collect()
+    }
+
+    fn ready(n: usize) -> Vec<LiveNode> {
+        (0..n)
+            .map(|i| {
+                LiveNode::new(
+                    format!("socket-{i}"),
+                    format!("ws://n{i}/ws"),
+                    NodeState::Ready,
+                )
+            })
+            .collect()
+    }
+
+    fn counts(p: &Placement) -> Vec<usize> {
+        let mut c = vec![0; p.nodes.len()];
+        for o in p.owners.iter().flatten() {
+            c[*o as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn first_placement_is_balanced() {
+        let p = assign(None, &ready(10), 360, &[]);
+        assert_eq!(counts(&p), vec![36; 10]);
+        assert_eq!(p.moved, 360);
+        let p = assign(None, &ready(11), 360, &[]);
+        let c = counts(&p);
+        assert_eq!(c.iter().filter(|x| **x == 33).count(), 8);
+        assert_eq!(c.iter().filter(|x| **x == 32).count(), 3);
+    }
+
+    #[test]
+    fn adding_a_node_moves_only_what_it_takes() {
+        let before = assign(None, &ready(10), 360, &[]).into_assignment(1, 1);
+        let after = assign(Some(&before), &ready(11), 360, &[]);
+        // The new node takes 32 (the 8 larger quotas stay with old nodes);
+        // every moved partition moved to it.
+        assert_eq!(after.moved, 32);
+        for q in 0..360 {
+            if after.owner_id(q) != before.owner(q).map(|n| n.id.as_str()) {
+                assert_eq!(after.owner_id(q), Some("socket-10"));
+            }
+        }
+    }
+
+    #[test]
+    fn removing_a_node_moves_only_its_partitions() {
+        let before = assign(None, &ready(10), 360, &[]).into_assignment(1, 1);
+        let after = assign(Some(&before), &ready(9), 360, &[]);
+        assert_eq!(after.moved, 36);
+        assert_eq!(counts(&after), vec![40; 9]);
+        for q in 0..360 {
+            let old = before.owner(q).unwrap().id.as_str();
+            if old != "socket-9" {
+                assert_eq!(after.owner_id(q), Some(old));
+            }
+        }
+    }
+
+    #[test]
+    fn draining_and_starting_nodes_own_nothing() {
+        let mut live = ready(3);
+        live.extend(nodes(&["socket-d"], NodeState::Draining));
+        live.extend(nodes(&["socket-s"], NodeState::Starting));
+        let p = assign(None, &live, 30, &[]);
+        assert_eq!(p.nodes.len(), 5);
+        assert_eq!(counts(&p), vec![10, 10, 10, 0, 0]);
+    }
+
+    #[test]
+    fn no_ready_node_is_an_explicit_unowned_state() {
+        let before = assign(None, &ready(2), 8, &[]).into_assignment(1, 1);
+        let p = assign(
+            Some(&before),
+            &nodes(&["socket-0"], NodeState::Draining),
+            8,
+            &[],
+        );
+        assert_eq!(p.owners, vec![None; 8]);
+        assert_eq!(p.moved, 8);
+        let a = p.into_assignment(2, 1);
+        assert!(a.has_unowned());
+        assert_eq!(assign(None, &[], 8, &[]).owners, vec![None; 8]);
+    }
+
+    #[test]
+    fn more_nodes_than_partitions() {
+        let p = assign(None, &ready(7), 3, &[]);
+        let c = counts(&p);
+        assert_eq!(c.iter().sum::<usize>(), 3);
+        assert!(c.iter().all(|x| *x <= 1));
+    }
+
+    #[test]
+    fn shedding_prefers_partitions_with_fewest_users() {
+        let before = assign(None, &ready(2), 4, &[]).into_assignment(1, 1);
+        let s0 = before.partitions_of("socket-0");
+        let s1 = before.partitions_of("socket-1");
+        let mut connections = vec![100u64; 4];
+        connections[s0[1] as usize] = 1;
+        connections[s1[0] as usize] = 2;
+        let after = assign(Some(&before), &ready(4), 4, &connections);
+        assert_eq!(after.moved, 2);
+        assert_ne!(after.owner_id(s0[1]), Some("socket-0"));
+        assert_ne!(after.owner_id(s1[0]), Some("socket-1"));
+    }
+
+    #[test]
+    fn order_of_nodes_and_duplicates_do_not_matter() {
+        let mut live = ready(6);
+        let a = assign(None, &live, 100, &[]);
+        live.reverse();
+        live.push(live[0].clone());
+        assert_eq!(assign(None, &live, 100, &[]), a);
+    }
+
+    #[test]
+    fn a_different_partition_count_starts_afresh() {
+        let before = assign(None, &ready(3), 12, &[]).into_assignment(1, 1);
+        let after = assign(Some(&before), &ready(3), 24, &[]);
+        assert_eq!(after, assign(None, &ready(3), 24, &[]));
+    }
+}
