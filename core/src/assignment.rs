@@ -48,11 +48,7 @@ impl Document for Assignment {
         if self.owners.len() != self.partitions as usize {
             return Err(ContractError::invalid(
                 "owners",
-                format!(
-                    "has {} entries for {} partitions",
-                    self.owners.len(),
-                    self.partitions
-                ),
+                format!("has {} entries for {} partitions", self.owners.len(), self.partitions),
             ));
         }
         let mut seen = HashSet::with_capacity(self.nodes.len());
@@ -60,29 +56,19 @@ impl Document for Assignment {
             crate::ids::validate_node_id(&node.id)?;
             crate::heartbeat::validate_ws_url(&node.url)?;
             if !seen.insert(node.id.as_str()) {
-                return Err(ContractError::invalid(
-                    "nodes",
-                    format!("node {} is listed twice", node.id),
-                ));
+                return Err(ContractError::invalid("nodes", format!("node {} is listed twice", node.id)));
             }
         }
         for (p, owner) in self.owners.iter().enumerate() {
             let Some(i) = owner else { continue };
             match self.nodes.get(*i as usize) {
                 None => {
-                    return Err(ContractError::invalid(
-                        format!("owners[{p}]").as_str(),
-                        format!("no node {i}"),
-                    ));
+                    return Err(ContractError::invalid(format!("owners[{p}]").as_str(), format!("no node {i}")));
                 }
                 Some(n) if n.state != NodeState::Ready => {
                     return Err(ContractError::invalid(
                         format!("owners[{p}]").as_str(),
-                        format!(
-                            "node {} is {}, only ready nodes own partitions",
-                            n.id,
-                            n.state.as_str()
-                        ),
+                        format!("node {} is {}, only ready nodes own partitions", n.id, n.state.as_str()),
                     ));
                 }
                 Some(_) => {}
@@ -104,9 +90,7 @@ impl Assignment {
         let Some(index) = self.nodes.iter().position(|n| n.id == node_id) else {
             return Vec::new();
         };
-        (0..self.partitions)
-            .filter(|p| self.owners[*p as usize] == Some(index as u32))
-            .collect()
+        (0..self.partitions).filter(|p| self.owners[*p as usize] == Some(index as u32)).collect()
     }
 
     /// True while at least one partition has no owner.
@@ -143,10 +127,7 @@ mod tests {
         assert_eq!(a.partitions_of("socket-2"), Vec::<u32>::new());
         assert_eq!(a.partitions_of("nobody"), Vec::<u32>::new());
         assert!(a.has_unowned());
-        assert_eq!(
-            serde_json::from_str::<Value>(&a.to_json()).unwrap(),
-            sample()
-        );
+        assert_eq!(serde_json::from_str::<Value>(&a.to_json()).unwrap(), sample());
     }
 
     #[test]
@@ -171,20 +152,12 @@ mod tests {
         }
         let mut v = sample();
         v["nodes"][1]["id"] = json!("socket-0");
-        assert!(
-            matches!(parse(&v), Err(ContractError::InvalidField { field, .. }) if field == "nodes")
-        );
+        assert!(matches!(parse(&v), Err(ContractError::InvalidField { field, .. }) if field == "nodes"));
         let mut v = sample();
         v.as_object_mut().unwrap().remove("leader_epoch");
-        assert_eq!(
-            parse(&v),
-            Err(ContractError::MissingField("leader_epoch".into()))
-        );
+        assert_eq!(parse(&v), Err(ContractError::MissingField("leader_epoch".into())));
         let mut v = sample();
         v["nodes"][0].as_object_mut().unwrap().remove("url");
-        assert_eq!(
-            parse(&v),
-            Err(ContractError::MissingField("nodes[0].url".into()))
-        );
+        assert_eq!(parse(&v), Err(ContractError::MissingField("nodes[0].url".into())));
     }
 }

@@ -48,10 +48,7 @@ pub fn flags_without_env(cmd: &clap::Command) -> Vec<String> {
 fn collect_flags_without_env(cmd: &clap::Command, missing: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
         let is_builtin = matches!(arg.get_id().as_str(), "help" | "version");
-        let has_env = arg
-            .get_env()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.starts_with("RTC_"));
+        let has_env = arg.get_env().and_then(|e| e.to_str()).is_some_and(|e| e.starts_with("RTC_"));
         if !is_builtin && !arg.is_positional() && !has_env {
             missing.push(format!("{} --{}", cmd.get_name(), arg.get_id()));
         }
@@ -98,9 +95,6 @@ mod tests {
     #[test]
     fn env_rule_is_checked() {
         assert_eq!(flags_without_env(&Both::command()), Vec::<String>::new());
-        assert_eq!(
-            flags_without_env(&Bad::command()),
-            vec!["bad --no_env".to_owned()]
-        );
+        assert_eq!(flags_without_env(&Bad::command()), vec!["bad --no_env".to_owned()]);
     }
 }

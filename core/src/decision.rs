@@ -69,10 +69,7 @@ impl Document for Decision {
 
     fn validate(&self) -> Result<(), ContractError> {
         if self.reason.len() > MAX_REASON_LEN {
-            return Err(ContractError::invalid(
-                "reason",
-                format!("longer than {MAX_REASON_LEN} bytes"),
-            ));
+            return Err(ContractError::invalid("reason", format!("longer than {MAX_REASON_LEN} bytes")));
         }
         Ok(())
     }
@@ -103,28 +100,19 @@ mod tests {
         assert_eq!(d.action, Action::ScaleOut);
         assert_eq!(d.urgency, Urgency::High);
         assert_eq!(d.desired_replicas, 7);
-        assert_eq!(
-            serde_json::from_str::<Value>(&d.to_json()).unwrap(),
-            sample()
-        );
+        assert_eq!(serde_json::from_str::<Value>(&d.to_json()).unwrap(), sample());
         assert_eq!(d.age_ms(1_763_800_000_250), 250);
         assert_eq!(d.age_ms(0), 0);
     }
 
     #[test]
     fn bad_decisions() {
-        for (field, value) in [
-            ("action", json!("explode")),
-            ("urgency", json!("meh")),
-            ("desired_replicas", json!(-1)),
-        ] {
+        for (field, value) in [("action", json!("explode")), ("urgency", json!("meh")), ("desired_replicas", json!(-1))]
+        {
             let mut v = sample();
             v[field] = value;
             let err = Decision::from_json(v.to_string().as_bytes()).unwrap_err();
-            assert!(
-                matches!(&err, ContractError::InvalidField { field: f, .. } if f == field),
-                "{field}: {err:?}"
-            );
+            assert!(matches!(&err, ContractError::InvalidField { field: f, .. } if f == field), "{field}: {err:?}");
         }
         let mut v = sample();
         v["reason"] = json!("x".repeat(MAX_REASON_LEN + 1));

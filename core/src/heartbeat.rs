@@ -84,11 +84,7 @@ impl Heartbeat {
     /// Checks that every partition named in `partition_connections` exists
     /// in a topic of `partitions` partitions (only the reader knows P).
     pub fn check_partitions(&self, partitions: u32) -> Result<(), ContractError> {
-        match self
-            .partition_connections
-            .as_ref()
-            .and_then(|m| m.keys().find(|p| **p >= partitions))
-        {
+        match self.partition_connections.as_ref().and_then(|m| m.keys().find(|p| **p >= partitions)) {
             Some(p) => Err(ContractError::invalid(
                 "partition_connections",
                 format!("partition {p} is not below the partition count {partitions}"),
@@ -100,24 +96,12 @@ impl Heartbeat {
 
 pub(crate) fn validate_ws_url(url: &str) -> Result<(), ContractError> {
     if url.len() > MAX_URL_LEN {
-        return Err(ContractError::invalid(
-            "url",
-            format!("longer than {MAX_URL_LEN} bytes"),
-        ));
+        return Err(ContractError::invalid("url", format!("longer than {MAX_URL_LEN} bytes")));
     }
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("wss://"));
+    let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"));
     match rest {
-        Some(host)
-            if !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-        {
-            Ok(())
-        }
-        _ => Err(ContractError::invalid(
-            "url",
-            "must be a ws:// or wss:// URL with a host",
-        )),
+        Some(host) if !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c.is_control()) => Ok(()),
+        _ => Err(ContractError::invalid("url", "must be a ws:// or wss:// URL with a host")),
     }
 }
 
@@ -146,10 +130,7 @@ mod tests {
         assert_eq!(hb.capacity, 20_000);
         assert_eq!(hb.partition_connections.as_ref().unwrap()[&17], 40);
         // And writes it back to the same JSON.
-        assert_eq!(
-            serde_json::from_str::<Value>(&hb.to_json()).unwrap(),
-            sample()
-        );
+        assert_eq!(serde_json::from_str::<Value>(&hb.to_json()).unwrap(), sample());
     }
 
     #[test]
@@ -184,11 +165,7 @@ mod tests {
         for field in required {
             let mut v = sample();
             v.as_object_mut().unwrap().remove(field);
-            assert_eq!(
-                parse(&v),
-                Err(ContractError::MissingField(field.into())),
-                "{field}"
-            );
+            assert_eq!(parse(&v), Err(ContractError::MissingField(field.into())), "{field}");
         }
     }
 
@@ -239,13 +216,7 @@ mod tests {
         assert!(matches!(parse(&v), Err(ContractError::TooLarge { .. })));
         for bad in ["", "{", "[]", "null", "{\"v\":1,}"] {
             let err = Heartbeat::from_json(bad.as_bytes()).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    ContractError::Json(_) | ContractError::InvalidField { .. }
-                ),
-                "{bad}: {err:?}"
-            );
+            assert!(matches!(err, ContractError::Json(_) | ContractError::InvalidField { .. }), "{bad}: {err:?}");
         }
     }
 

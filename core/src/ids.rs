@@ -11,19 +11,10 @@ pub const MAX_USER_ID_LEN: usize = 128;
 /// pod names and host names, so it is safe in URLs, metrics labels and logs.
 pub fn validate_node_id(id: &str) -> Result<(), ContractError> {
     if id.is_empty() || id.len() > MAX_NODE_ID_LEN {
-        return Err(ContractError::invalid(
-            "node_id",
-            format!("length {} is not in 1..={MAX_NODE_ID_LEN}", id.len()),
-        ));
+        return Err(ContractError::invalid("node_id", format!("length {} is not in 1..={MAX_NODE_ID_LEN}", id.len())));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(ContractError::invalid(
-            "node_id",
-            format!("character {c:?} is not one of [A-Za-z0-9._-]"),
-        ));
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(ContractError::invalid("node_id", format!("character {c:?} is not one of [A-Za-z0-9._-]")));
     }
     Ok(())
 }
@@ -32,19 +23,10 @@ pub fn validate_node_id(id: &str) -> Result<(), ContractError> {
 /// no whitespace other than the plain space).
 pub fn validate_user_id(id: &str) -> Result<(), ContractError> {
     if id.is_empty() || id.len() > MAX_USER_ID_LEN {
-        return Err(ContractError::invalid(
-            "user",
-            format!("length {} is not in 1..={MAX_USER_ID_LEN}", id.len()),
-        ));
+        return Err(ContractError::invalid("user", format!("length {} is not in 1..={MAX_USER_ID_LEN}", id.len())));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| c.is_control() || (c.is_whitespace() && *c != ' '))
-    {
-        return Err(ContractError::invalid(
-            "user",
-            format!("character {c:?} is not printable"),
-        ));
+    if let Some(c) = id.chars().find(|c| c.is_control() || (c.is_whitespace() && *c != ' ')) {
+        return Err(ContractError::invalid("user", format!("character {c:?} is not printable")));
     }
     Ok(())
 }
@@ -65,13 +47,7 @@ mod tests {
 
     #[test]
     fn user_ids() {
-        for ok in [
-            "u1",
-            "alice@example.com",
-            "名前",
-            "with space",
-            &"u".repeat(128),
-        ] {
+        for ok in ["u1", "alice@example.com", "名前", "with space", &"u".repeat(128)] {
             assert_eq!(validate_user_id(ok), Ok(()), "{ok}");
         }
         for bad in ["", "tab\there", "nl\n", "nul\0", &"u".repeat(129)] {

@@ -15,9 +15,7 @@ impl Default for Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {

@@ -55,10 +55,7 @@ mod tests {
         (b"foobar", -790_332_482),
         (b"a-little-bit-long-string", -985_981_536),
         (b"a-little-bit-longer-string", -1_486_304_829),
-        (
-            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-            -58_897_971,
-        ),
+        (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
         (b"abc", 479_470_107),
     ];
 
@@ -81,24 +78,14 @@ mod tests {
     #[test]
     fn matches_the_java_client() {
         for (key, want) in JAVA_CLIENT_VECTORS {
-            assert_eq!(
-                murmur2(key),
-                *want,
-                "murmur2({:?})",
-                String::from_utf8_lossy(key)
-            );
+            assert_eq!(murmur2(key), *want, "murmur2({:?})", String::from_utf8_lossy(key));
         }
     }
 
     #[test]
     fn matches_librdkafka() {
         for (key, want) in LIBRDKAFKA_VECTORS {
-            assert_eq!(
-                murmur2(key) as u32,
-                *want,
-                "murmur2({:?})",
-                String::from_utf8_lossy(key)
-            );
+            assert_eq!(murmur2(key) as u32, *want, "murmur2({:?})", String::from_utf8_lossy(key));
         }
     }
 

@@ -93,34 +93,22 @@ impl TokenSigner {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("too long"));
         }
-        let rest = token
-            .strip_prefix(VERSION_PREFIX)
-            .ok_or(TokenError::Malformed("unknown version"))?;
-        let (claims_b64, mac_b64) = rest
-            .split_once('.')
-            .ok_or(TokenError::Malformed("no signature"))?;
+        let rest = token.strip_prefix(VERSION_PREFIX).ok_or(TokenError::Malformed("unknown version"))?;
+        let (claims_b64, mac_b64) = rest.split_once('.').ok_or(TokenError::Malformed("no signature"))?;
         if claims_b64.is_empty() || mac_b64.contains('.') {
             return Err(TokenError::Malformed("wrong number of parts"));
         }
         let signed = &token[..VERSION_PREFIX.len() + claims_b64.len()];
-        let mac_bytes = B64
-            .decode(mac_b64)
-            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let mac_bytes = B64.decode(mac_b64).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
         let mut mac = self.mac.clone();
         mac.update(signed.as_bytes());
-        mac.verify_slice(&mac_bytes)
-            .map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&mac_bytes).map_err(|_| TokenError::BadSignature)?;
 
-        let json = B64
-            .decode(claims_b64)
-            .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
-        let claims: ConnectClaims = serde_json::from_slice(&json)
-            .map_err(|_| TokenError::Malformed("claims are not valid JSON"))?;
+        let json = B64.decode(claims_b64).map_err(|_| TokenError::Malformed("claims are not base64url"))?;
+        let claims: ConnectClaims =
+            serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("claims are not valid JSON"))?;
         if now_ms >= claims.expires_at_ms {
-            return Err(TokenError::Expired {
-                expired_at_ms: claims.expires_at_ms,
-                now_ms,
-            });
+            return Err(TokenError::Expired { expired_at_ms: claims.expires_at_ms, now_ms });
         }
         Ok(claims)
     }
@@ -131,13 +119,7 @@ mod tests {
     use super::*;
 
     fn claims() -> ConnectClaims {
-        ConnectClaims {
-            user: "u1".into(),
-            node_id: "socket-0".into(),
-            partition: 17,
-            epoch: 42,
-            expires_at_ms: 2_000,
-        }
+        ConnectClaims { user: "u1".into(), node_id: "socket-0".into(), partition: 17, epoch: 42, expires_at_ms: 2_000 }
     }
 
     #[test]
@@ -152,26 +134,14 @@ mod tests {
     fn expired_at_and_after_expiry() {
         let signer = TokenSigner::new(b"secret");
         let token = signer.sign(&claims());
-        assert_eq!(
-            signer.verify(&token, 2_000),
-            Err(TokenError::Expired {
-                expired_at_ms: 2_000,
-                now_ms: 2_000
-            })
-        );
-        assert!(matches!(
-            signer.verify(&token, 9_000),
-            Err(TokenError::Expired { .. })
-        ));
+        assert_eq!(signer.verify(&token, 2_000), Err(TokenError::Expired { expired_at_ms: 2_000, now_ms: 2_000 }));
+        assert!(matches!(signer.verify(&token, 9_000), Err(TokenError::Expired { .. })));
     }
 
     #[test]
     fn other_secret_is_a_bad_signature() {
         let token = TokenSigner::new(b"secret").sign(&claims());
-        assert_eq!(
-            TokenSigner::new(b"other").verify(&token, 0),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(TokenSigner::new(b"other").verify(&token, 0), Err(TokenError::BadSignature));
     }
 
     #[test]
@@ -182,35 +152,16 @@ mod tests {
         let original = signer.sign(&claims());
         let mac = original.rsplit_once('.').unwrap().1;
         let variants = [
-            ConnectClaims {
-                user: "u2".into(),
-                ..claims()
-            },
-            ConnectClaims {
-                node_id: "socket-1".into(),
-                ..claims()
-            },
-            ConnectClaims {
-                partition: 18,
-                ..claims()
-            },
-            ConnectClaims {
-                epoch: 43,
-                ..claims()
-            },
-            ConnectClaims {
-                expires_at_ms: 9_999,
-                ..claims()
-            },
+            ConnectClaims { user: "u2".into(), ..claims() },
+            ConnectClaims { node_id: "socket-1".into(), ..claims() },
+            ConnectClaims { partition: 18, ..claims() },
+            ConnectClaims { epoch: 43, ..claims() },
+            ConnectClaims { expires_at_ms: 9_999, ..claims() },
         ];
         for forged in variants {
             let other = signer.sign(&forged);
             let forged_token = format!("{}.{mac}", other.rsplit_once('.').unwrap().0);
-            assert_eq!(
-                signer.verify(&forged_token, 0),
-                Err(TokenError::BadSignature),
-                "{forged:?}"
-            );
+            assert_eq!(signer.verify(&forged_token, 0), Err(TokenError::BadSignature), "{forged:?}");
         }
     }
 
@@ -239,11 +190,7 @@ mod tests {
             (&long, "too long"),
         ];
         for (token, why) in cases {
-            assert_eq!(
-                signer.verify(token, 0),
-                Err(TokenError::Malformed(why)),
-                "{token:?}"
-            );
+            assert_eq!(signer.verify(token, 0), Err(TokenError::Malformed(why)), "{token:?}");
         }
     }
 
@@ -256,9 +203,6 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
         mac.update(body.as_bytes());
         let token = format!("{body}.{}", B64.encode(mac.finalize().into_bytes()));
-        assert_eq!(
-            TokenSigner::new(secret).verify(&token, 0),
-            Err(TokenError::Malformed("claims are not valid JSON"))
-        );
+        assert_eq!(TokenSigner::new(secret).verify(&token, 0), Err(TokenError::Malformed("claims are not valid JSON")));
     }
 }

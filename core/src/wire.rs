@@ -26,10 +26,7 @@ pub enum ContractError {
 
 impl ContractError {
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidField {
-            field: field.to_owned(),
-            reason: reason.into(),
-        }
+        Self::InvalidField { field: field.to_owned(), reason: reason.into() }
     }
 
     /// A short, stable label for metrics (`reason` label values).
@@ -48,10 +45,7 @@ impl ContractError {
 /// the path of the offending field.
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, ContractError> {
     if bytes.len() > limit {
-        return Err(ContractError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
+        return Err(ContractError::TooLarge { size: bytes.len(), limit });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
@@ -62,19 +56,12 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T
         // at the path of the enclosing object.
         if let Some(rest) = message.strip_prefix("missing field `") {
             let name = rest.split('`').next().unwrap_or_default();
-            let field = if path == "." {
-                name.to_owned()
-            } else {
-                format!("{path}.{name}")
-            };
+            let field = if path == "." { name.to_owned() } else { format!("{path}.{name}") };
             return ContractError::MissingField(field);
         }
         // Errors inside a field (wrong type, bad map key, bad number) name it.
         if (inner.is_data() || inner.is_syntax()) && path != "." {
-            return ContractError::InvalidField {
-                field: path,
-                reason: strip_position(&message),
-            };
+            return ContractError::InvalidField { field: path, reason: strip_position(&message) };
         }
         ContractError::Json(message)
     })
@@ -82,21 +69,14 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T
 
 /// Checks the `v` field every document carries.
 pub(crate) fn check_version(v: u64) -> Result<(), ContractError> {
-    if v == u64::from(crate::CONTRACT_VERSION) {
-        Ok(())
-    } else {
-        Err(ContractError::UnsupportedVersion(v))
-    }
+    if v == u64::from(crate::CONTRACT_VERSION) { Ok(()) } else { Err(ContractError::UnsupportedVersion(v)) }
 }
 
 pub(crate) fn check_fraction(field: &str, value: f64) -> Result<(), ContractError> {
     if value.is_finite() && (0.0..=1.0).contains(&value) {
         Ok(())
     } else {
-        Err(ContractError::invalid(
-            field,
-            format!("{value} is not a fraction in 0..=1"),
-        ))
+        Err(ContractError::invalid(field, format!("{value} is not a fraction in 0..=1")))
     }
 }
 
@@ -104,10 +84,7 @@ pub(crate) fn check_non_negative(field: &str, value: f64) -> Result<(), Contract
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
-        Err(ContractError::invalid(
-            field,
-            format!("{value} is not a finite non-negative number"),
-        ))
+        Err(ContractError::invalid(field, format!("{value} is not a finite non-negative number")))
     }
 }
 

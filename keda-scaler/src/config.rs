@@ -24,9 +24,6 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_env_var() {
-        assert_eq!(
-            rtc_core::config::flags_without_env(&Config::command()),
-            Vec::<String>::new()
-        );
+        assert_eq!(rtc_core::config::flags_without_env(&Config::command()), Vec::<String>::new());
     }
 }

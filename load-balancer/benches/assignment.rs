@@ -9,15 +9,7 @@ use rtc_load_balancer::assign::{LiveNode, assign};
 use rtc_load_balancer::baselines::{HashRing, jump_consistent_hash, jump_key};
 
 fn ready(n: u32, prefix: &str) -> Vec<LiveNode> {
-    (0..n)
-        .map(|i| {
-            LiveNode::new(
-                format!("{prefix}{i}"),
-                format!("ws://n{i}/ws"),
-                NodeState::Ready,
-            )
-        })
-        .collect()
+    (0..n).map(|i| LiveNode::new(format!("{prefix}{i}"), format!("ws://n{i}/ws"), NodeState::Ready)).collect()
 }
 
 fn lookup(c: &mut Criterion) {
@@ -64,13 +56,9 @@ fn recompute(c: &mut Criterion) {
             &nodes,
             |b, nodes| b.iter(|| assign(None, black_box(nodes), partitions, &[])),
         );
-        group.bench_with_input(
-            BenchmarkId::new("add_one_node", format!("P{partitions}_n{n}")),
-            &grown,
-            |b, grown| {
-                b.iter(|| assign(Some(&current), black_box(grown), partitions, &connections))
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("add_one_node", format!("P{partitions}_n{n}")), &grown, |b, grown| {
+            b.iter(|| assign(Some(&current), black_box(grown), partitions, &connections))
+        });
     }
     group.finish();
 }

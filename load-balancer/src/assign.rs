@@ -38,11 +38,7 @@ pub struct LiveNode {
 
 impl LiveNode {
     pub fn new(id: impl Into<String>, url: impl Into<String>, state: NodeState) -> Self {
-        Self {
-            id: id.into(),
-            url: url.into(),
-            state,
-        }
+        Self { id: id.into(), url: url.into(), state }
     }
 }
 
@@ -82,36 +78,22 @@ impl Placement {
 /// `previous` is the assignment in force (ignored if its partition count
 /// differs); `connections[p]` is the number of users connected on partition
 /// `p`, when known (missing entries count as zero).
-pub fn assign(
-    previous: Option<&Assignment>,
-    live: &[LiveNode],
-    partitions: u32,
-    connections: &[u64],
-) -> Placement {
+pub fn assign(previous: Option<&Assignment>, live: &[LiveNode], partitions: u32, connections: &[u64]) -> Placement {
     let nodes = sorted_nodes(live);
     let p = partitions as usize;
     // `ready[r]` is the index in `nodes` of the r-th ready node, by id.
-    let ready: Vec<usize> = (0..nodes.len())
-        .filter(|i| nodes[*i].state == NodeState::Ready)
-        .collect();
+    let ready: Vec<usize> = (0..nodes.len()).filter(|i| nodes[*i].state == NodeState::Ready).collect();
     let previous = previous.filter(|a| a.partitions == partitions);
-    let previous_ids: Vec<Option<&str>> = (0..partitions)
-        .map(|q| previous.and_then(|a| a.owner(q)).map(|n| n.id.as_str()))
-        .collect();
+    let previous_ids: Vec<Option<&str>> =
+        (0..partitions).map(|q| previous.and_then(|a| a.owner(q)).map(|n| n.id.as_str())).collect();
 
     let owners = if ready.is_empty() {
         vec![None; p]
     } else {
         let ready_ids: Vec<&str> = ready.iter().map(|i| nodes[*i].id.as_str()).collect();
-        let held_by = previous_ids
-            .iter()
-            .map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok()))
-            .collect();
+        let held_by = previous_ids.iter().map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok())).collect();
         let connections_of = |q: usize| connections.get(q).copied().unwrap_or(0);
-        place(held_by, &ready_ids, &connections_of)
-            .into_iter()
-            .map(|r| Some(ready[r] as u32))
-            .collect()
+        place(held_by, &ready_ids, &connections_of).into_iter().map(|r| Some(ready[r] as u32)).collect()
     };
 
     let moved = owners
@@ -119,23 +101,13 @@ pub fn assign(
         .zip(&previous_ids)
         .filter(|(new, old)| new.map(|i| nodes[i as usize].id.as_str()) != **old)
         .count() as u32;
-    Placement {
-        nodes,
-        owners,
-        moved,
-    }
+    Placement { nodes, owners, moved }
 }
 
 /// Live nodes sorted by id, one entry per id (the first one given wins).
 fn sorted_nodes(live: &[LiveNode]) -> Vec<AssignmentNode> {
-    let mut nodes: Vec<AssignmentNode> = live
-        .iter()
-        .map(|n| AssignmentNode {
-            id: n.id.clone(),
-            url: n.url.clone(),
-            state: n.state,
-        })
-        .collect();
+    let mut nodes: Vec<AssignmentNode> =
+        live.iter().map(|n| AssignmentNode { id: n.id.clone(), url: n.url.clone(), state: n.state }).collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     nodes.dedup_by(|later, earlier| later.id == earlier.id);
     nodes
@@ -143,11 +115,7 @@ fn sorted_nodes(live: &[LiveNode]) -> Vec<AssignmentNode> {
 
 /// The balanced, sticky placement over ready nodes `0..n` (sorted ids).
 /// `held_by[p]` is the ready node that owns `p` now, if any.
-fn place(
-    held_by: Vec<Option<usize>>,
-    ids: &[&str],
-    connections_of: &dyn Fn(usize) -> u64,
-) -> Vec<usize> {
+fn place(held_by: Vec<Option<usize>>, ids: &[&str], connections_of: &dyn Fn(usize) -> u64) -> Vec<usize> {
     let n = ids.len();
     let p = held_by.len();
     let base = p / n;
@@ -223,9 +191,7 @@ impl Ring {
         let mut points: Vec<(u64, usize)> = ids
             .iter()
             .enumerate()
-            .flat_map(|(r, id)| {
-                (0..VNODES_PER_NODE).map(move |v| (xxh3_64_with_seed(id.as_bytes(), v), r))
-            })
+            .flat_map(|(r, id)| (0..VNODES_PER_NODE).map(move |v| (xxh3_64_with_seed(id.as_bytes(), v), r)))
             .collect();
         points.sort_unstable();
         Self { points }
@@ -234,10 +200,7 @@ impl Ring {
     /// Nodes in ring order starting at `point`, each point once around.
     fn walk(&self, point: u64) -> impl Iterator<Item = usize> + '_ {
         let start = self.points.partition_point(|(h, _)| *h < point);
-        self.points[start..]
-            .iter()
-            .chain(&self.points[..start])
-            .map(|(_, r)| *r)
+        self.points[start..].iter().chain(&self.points[..start]).map(|(_, r)| *r)
     }
 }
 
@@ -246,21 +209,11 @@ mod tests {
     use super::*;
 
     fn nodes(ids: &[&str], state: NodeState) -> Vec<LiveNode> {
-        ids.iter()
-            .map(|id| LiveNode::new(*id, format!("ws://{id}/ws"), state))
-            .collect()
+        ids.iter().map(|id| LiveNode::new(*id, format!("ws://{id}/ws"), state)).collect()
     }
 
     fn ready(n: usize) -> Vec<LiveNode> {
-        (0..n)
-            .map(|i| {
-                LiveNode::new(
-                    format!("socket-{i}"),
-                    format!("ws://n{i}/ws"),
-                    NodeState::Ready,
-                )
-            })
-            .collect()
+        (0..n).map(|i| LiveNode::new(format!("socket-{i}"), format!("ws://n{i}/ws"), NodeState::Ready)).collect()
     }
 
     fn counts(p: &Placement) -> Vec<usize> {
@@ -323,12 +276,7 @@ mod tests {
     #[test]
     fn no_ready_node_is_an_explicit_unowned_state() {
         let before = assign(None, &ready(2), 8, &[]).into_assignment(1, 1);
-        let p = assign(
-            Some(&before),
-            &nodes(&["socket-0"], NodeState::Draining),
-            8,
-            &[],
-        );
+        let p = assign(Some(&before), &nodes(&["socket-0"], NodeState::Draining), 8, &[]);
         assert_eq!(p.owners, vec![None; 8]);
         assert_eq!(p.moved, 8);
         let a = p.into_assignment(2, 1);

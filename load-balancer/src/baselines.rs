@@ -16,8 +16,7 @@ impl HashRing {
             .iter()
             .enumerate()
             .flat_map(|(i, id)| {
-                (0..vnodes)
-                    .map(move |v| (xxh3_64(format!("{}#{v}", id.as_ref()).as_bytes()), i as u32))
+                (0..vnodes).map(move |v| (xxh3_64(format!("{}#{v}", id.as_ref()).as_bytes()), i as u32))
             })
             .collect();
         points.sort_unstable();
@@ -61,10 +60,7 @@ mod tests {
         for key in [0u64, 1, 0xdead_beef, u64::MAX] {
             assert_eq!(jump_consistent_hash(key, 1), 0);
             for n in 1..50 {
-                let (a, b) = (
-                    jump_consistent_hash(key, n),
-                    jump_consistent_hash(key, n + 1),
-                );
+                let (a, b) = (jump_consistent_hash(key, n), jump_consistent_hash(key, n + 1));
                 assert!(a < n && (b == a || b == n), "key {key} n {n}: {a} -> {b}");
             }
         }
@@ -76,10 +72,7 @@ mod tests {
         for k in 0..100_000u64 {
             counts[jump_consistent_hash(jump_key(&k.to_le_bytes()), 10) as usize] += 1;
         }
-        assert!(
-            counts.iter().all(|c| (9_000..11_000).contains(c)),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|c| (9_000..11_000).contains(c)), "{counts:?}");
     }
 
     #[test]

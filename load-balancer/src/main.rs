@@ -37,10 +37,7 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_env_var() {
-        assert_eq!(
-            rtc_core::config::flags_without_env(&Cli::command()),
-            Vec::<String>::new()
-        );
+        assert_eq!(rtc_core::config::flags_without_env(&Cli::command()), Vec::<String>::new());
     }
 
     #[test]

@@ -117,23 +117,11 @@ fn node_ids(n: u32) -> Vec<String> {
 }
 
 fn live(n: u32) -> Vec<LiveNode> {
-    node_ids(n)
-        .into_iter()
-        .map(|id| LiveNode::new(id.clone(), format!("ws://{id}/ws"), NodeState::Ready))
-        .collect()
+    node_ids(n).into_iter().map(|id| LiveNode::new(id.clone(), format!("ws://{id}/ws"), NodeState::Ready)).collect()
 }
 
-fn engine_figures(
-    users: &[String],
-    before: u32,
-    after: u32,
-    partitions: u32,
-    ideal: f64,
-) -> Figures {
-    let user_partition: Vec<u32> = users
-        .iter()
-        .map(|u| partition_for_key(u.as_bytes(), partitions))
-        .collect();
+fn engine_figures(users: &[String], before: u32, after: u32, partitions: u32, ideal: f64) -> Figures {
+    let user_partition: Vec<u32> = users.iter().map(|u| partition_for_key(u.as_bytes(), partitions)).collect();
     let mut per_partition = vec![0u64; partitions as usize];
     for p in &user_partition {
         per_partition[*p as usize] += 1;
@@ -141,23 +129,14 @@ fn engine_figures(
     let old = assign(None, &live(before), partitions, &[]);
     // The load balancer knows the users per partition from the heartbeats;
     // the engine uses them to move the emptiest partitions.
-    let new = assign(
-        Some(&old.clone().into_assignment(1, 1)),
-        &live(after),
-        partitions,
-        &per_partition,
-    );
+    let new = assign(Some(&old.clone().into_assignment(1, 1)), &live(after), partitions, &per_partition);
 
     let node_of = |placement: &Placement, p: u32| -> u32 {
         let index = placement.owners[p as usize].expect("every node is ready") as usize;
-        placement.nodes[index].id["socket-".len()..]
-            .parse()
-            .expect("node ids are socket-<n>")
+        placement.nodes[index].id["socket-".len()..].parse().expect("node ids are socket-<n>")
     };
-    let moved: u64 = (0..partitions)
-        .filter(|p| node_of(&old, *p) != node_of(&new, *p))
-        .map(|p| per_partition[p as usize])
-        .sum();
+    let moved: u64 =
+        (0..partitions).filter(|p| node_of(&old, *p) != node_of(&new, *p)).map(|p| per_partition[p as usize]).sum();
     let users_per = |placement: &Placement, n: u32| {
         let mut per_node = vec![0u64; n as usize];
         for p in 0..partitions {
@@ -192,14 +171,7 @@ fn engine_figures(
 fn ring_figures(users: &[String], before: u32, after: u32, ideal: f64) -> Figures {
     let old = HashRing::new(&node_ids(before), 160);
     let new = HashRing::new(&node_ids(after), 160);
-    direct_figures(
-        users,
-        before,
-        after,
-        ideal,
-        |u| old.node_for(u),
-        |u| new.node_for(u),
-    )
+    direct_figures(users, before, after, ideal, |u| old.node_for(u), |u| new.node_for(u))
 }
 
 fn jump_figures(users: &[String], before: u32, after: u32, ideal: f64) -> Figures {
@@ -232,10 +204,7 @@ fn direct_figures(
     }
     Figures {
         partition_balance: None,
-        user_balance: BeforeAfter {
-            before: max_over_avg(&per_old),
-            after: max_over_avg(&per_new),
-        },
+        user_balance: BeforeAfter { before: max_over_avg(&per_old), after: max_over_avg(&per_new) },
         moved_fraction: moved as f64 / users.len() as f64,
         ideal_moved_fraction: ideal,
         lookup_ns: mean_ns(users, new),
@@ -245,11 +214,7 @@ fn direct_figures(
 fn max_over_avg(counts: &[u64]) -> f64 {
     let total: u64 = counts.iter().sum();
     let max = counts.iter().copied().max().unwrap_or(0);
-    if total == 0 {
-        0.0
-    } else {
-        max as f64 * counts.len() as f64 / total as f64
-    }
+    if total == 0 { 0.0 } else { max as f64 * counts.len() as f64 / total as f64 }
 }
 
 /// Mean wall time of `lookup` over every user (keys prepared beforehand).
@@ -278,14 +243,8 @@ pub fn render_table(r: &Report) -> String {
         "ideal",
         "lookup ns"
     );
-    for (name, f) in [
-        ("engine", &r.engine),
-        ("ring_160", &r.baselines.ring_160),
-        ("jump", &r.baselines.jump),
-    ] {
-        let partitions = f.partition_balance.map_or("-".to_owned(), |b| {
-            format!("{:.4}->{:.4}", b.before, b.after)
-        });
+    for (name, f) in [("engine", &r.engine), ("ring_160", &r.baselines.ring_160), ("jump", &r.baselines.jump)] {
+        let partitions = f.partition_balance.map_or("-".to_owned(), |b| format!("{:.4}->{:.4}", b.before, b.after));
         out += &format!(
             "{name:<10} {partitions:>17} {:>17} {:>8.4} {:>8.4} {:>10.1}\n",
             format!("{:.4}->{:.4}", f.user_balance.before, f.user_balance.after),
@@ -302,14 +261,7 @@ mod tests {
     use super::*;
 
     fn args(nodes: u32, users: u32, add: Option<u32>, remove: Option<u32>) -> ReportArgs {
-        ReportArgs {
-            nodes,
-            partitions: 360,
-            users,
-            add,
-            remove,
-            json: true,
-        }
+        ReportArgs { nodes, partitions: 360, users, add, remove, json: true }
     }
 
     #[test]
@@ -321,10 +273,7 @@ mod tests {
         assert!(pb.after <= 33.0 / (360.0 / 11.0) + 1e-9, "{pb:?}");
         assert!(e.user_balance.after <= 1.05, "{:?}", e.user_balance);
         assert!((e.ideal_moved_fraction - 1.0 / 11.0).abs() < 1e-12);
-        assert!(
-            e.moved_fraction > 0.0 && e.moved_fraction <= 1.05 * e.ideal_moved_fraction,
-            "{e:?}"
-        );
+        assert!(e.moved_fraction > 0.0 && e.moved_fraction <= 1.05 * e.ideal_moved_fraction, "{e:?}");
         // Baselines are computed, not copied from the engine.
         assert!(r.baselines.ring_160.partition_balance.is_none());
         assert_ne!(r.baselines.ring_160.moved_fraction, e.moved_fraction);
@@ -338,11 +287,7 @@ mod tests {
         assert!((r.engine.ideal_moved_fraction - 0.2).abs() < 1e-12);
         // Removing nodes moves exactly their users for every method that is
         // consistent: the engine moves only the removed nodes' partitions.
-        assert!(
-            (r.engine.moved_fraction - 0.2).abs() < 0.03,
-            "{:?}",
-            r.engine
-        );
+        assert!((r.engine.moved_fraction - 0.2).abs() < 0.03, "{:?}", r.engine);
         assert!((r.baselines.jump.moved_fraction - 0.2).abs() < 0.03);
         assert!(run(&args(3, 10, None, Some(3))).is_err());
     }
@@ -351,13 +296,7 @@ mod tests {
     fn json_has_the_documented_keys() {
         let r = run(&args(4, 1_000, Some(1), None)).unwrap();
         let v = serde_json::to_value(&r).unwrap();
-        for key in [
-            "partition_balance",
-            "user_balance",
-            "moved_fraction",
-            "ideal_moved_fraction",
-            "lookup_ns",
-        ] {
+        for key in ["partition_balance", "user_balance", "moved_fraction", "ideal_moved_fraction", "lookup_ns"] {
             assert!(v["engine"].get(key).is_some(), "engine.{key}");
         }
         for b in ["ring_160", "jump"] {

@@ -31,22 +31,11 @@ fn change() -> impl Strategy<Value = Change> {
 }
 
 fn live(nodes: &BTreeMap<u8, NodeState>) -> Vec<LiveNode> {
-    nodes
-        .iter()
-        .map(|(n, s)| {
-            LiveNode::new(
-                format!("socket-{n}"),
-                format!("ws://10.0.0.{n}:8080/ws"),
-                *s,
-            )
-        })
-        .collect()
+    nodes.iter().map(|(n, s)| LiveNode::new(format!("socket-{n}"), format!("ws://10.0.0.{n}:8080/ws"), *s)).collect()
 }
 
 fn owner_ids(partitions: u32, a: Option<&Assignment>) -> Vec<Option<String>> {
-    (0..partitions)
-        .map(|p| a.and_then(|a| a.owner(p)).map(|n| n.id.clone()))
-        .collect()
+    (0..partitions).map(|p| a.and_then(|a| a.owner(p)).map(|n| n.id.clone())).collect()
 }
 
 /// Checks one recompute against the assignment it replaced.
@@ -57,14 +46,9 @@ fn check_step(
     connections: &[u64],
     placement: &Placement,
 ) -> Result<(), TestCaseError> {
-    let ready: Vec<String> = nodes
-        .iter()
-        .filter(|(_, s)| **s == NodeState::Ready)
-        .map(|(n, _)| format!("socket-{n}"))
-        .collect();
-    let new_ids: Vec<Option<String>> = (0..partitions)
-        .map(|p| placement.owner_id(p).map(str::to_owned))
-        .collect();
+    let ready: Vec<String> =
+        nodes.iter().filter(|(_, s)| **s == NodeState::Ready).map(|(n, _)| format!("socket-{n}")).collect();
+    let new_ids: Vec<Option<String>> = (0..partitions).map(|p| placement.owner_id(p).map(str::to_owned)).collect();
     let old_ids = owner_ids(partitions, previous);
 
     // Every partition has exactly one owner, and it is ready; none without
@@ -72,10 +56,7 @@ fn check_step(
     for id in &new_ids {
         match id {
             Some(id) => prop_assert!(ready.contains(id), "owner {id} is not ready"),
-            None => prop_assert!(
-                ready.is_empty(),
-                "unowned partition with ready nodes {ready:?}"
-            ),
+            None => prop_assert!(ready.is_empty(), "unowned partition with ready nodes {ready:?}"),
         }
     }
     prop_assert_eq!(placement.nodes.len(), nodes.len());
@@ -92,10 +73,7 @@ fn check_step(
     for id in new_ids.iter().flatten() {
         *per_node.get_mut(id.as_str()).unwrap() += 1;
     }
-    let (min, max) = (
-        per_node.values().min().unwrap(),
-        per_node.values().max().unwrap(),
-    );
+    let (min, max) = (per_node.values().min().unwrap(), per_node.values().max().unwrap());
     prop_assert!(max - min <= 1, "unbalanced: {per_node:?}");
 
     // Minimal movement. In any balanced assignment `extra = P % n` nodes
@@ -104,17 +82,10 @@ fn check_step(
     // `Σ min(c, base) + min(extra, #{c > base})` stay, and the rest must move.
     let n = ready.len() as u32;
     let (base, extra) = (partitions / n, partitions % n);
-    let held: Vec<u32> = ready
-        .iter()
-        .map(|id| {
-            old_ids
-                .iter()
-                .filter(|o| o.as_deref() == Some(id.as_str()))
-                .count() as u32
-        })
-        .collect();
-    let kept_max: u32 = held.iter().map(|c| (*c).min(base)).sum::<u32>()
-        + extra.min(held.iter().filter(|c| **c > base).count() as u32);
+    let held: Vec<u32> =
+        ready.iter().map(|id| old_ids.iter().filter(|o| o.as_deref() == Some(id.as_str())).count() as u32).collect();
+    let kept_max: u32 =
+        held.iter().map(|c| (*c).min(base)).sum::<u32>() + extra.min(held.iter().filter(|c| **c > base).count() as u32);
     prop_assert_eq!(changed, partitions - kept_max, "held {:?}", held);
 
     // A node that sheds partitions sheds those with the fewest users.
@@ -129,10 +100,7 @@ fn check_step(
             .map(|p| connections[p])
             .collect();
         if let (Some(most_shed), Some(least_kept)) = (shed.iter().max(), kept.iter().min()) {
-            prop_assert!(
-                most_shed <= least_kept,
-                "{id} shed {shed:?} but kept {kept:?}"
-            );
+            prop_assert!(most_shed <= least_kept, "{id} shed {shed:?} but kept {kept:?}");
         }
     }
     Ok(())

@@ -1,25 +1,145 @@
-//! Settings of a socket node.
+//! Settings of a socket node, parsed in one place. Every setting is a flag
+//! with an `RTC_<NAME>` environment variable and a default that works on one
+//! machine.
+
+use std::time::Duration;
 
 use clap::Parser;
 use rtc_core::config::{RedisArgs, TopicArgs};
 
-/// rtc socket node.
+/// rtc socket node: WebSocket sessions for the users of the Kafka partitions
+/// this node owns.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "socket", version, about)]
+#[command(name = "socket", version, about, args_override_self = true)]
 pub struct Config {
     /// WebSocket listen address (`GET /ws?token=…`).
     #[arg(long, env = "RTC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Admin listen address: metrics, probes, drain.
+    /// Admin listen address: `/metrics`, `/livez`, `/readyz`, `/drain`.
     #[arg(long, env = "RTC_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: String,
     /// This node's id (the pod name on Kubernetes).
     #[arg(long, env = "RTC_NODE_ID", default_value = "socket-0")]
     pub node_id: String,
+    /// URL clients are sent to; defaults to `ws://<bound listen address>/ws`.
+    #[arg(long, env = "RTC_ADVERTISED_URL")]
+    pub advertised_url: Option<String>,
+    /// Sessions this node is sized for; more are refused.
+    #[arg(long, env = "RTC_CAPACITY", default_value_t = 20_000)]
+    pub capacity: u64,
+    /// Shared secret of the connect tokens (the load balancer signs them).
+    #[arg(long, env = "RTC_TOKEN_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
+    pub token_secret: String,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
     pub topic: TopicArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub timing: Timing,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers. Unset: an embedded Kafka (librdkafka's mock
+    /// cluster) is started in this process.
+    #[arg(long, env = "RTC_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Use the embedded Kafka even if brokers are configured.
+    #[arg(long, env = "RTC_EMBEDDED_KAFKA")]
+    pub embedded_kafka: bool,
+    /// Consumer group under which offsets are committed (shared by all
+    /// socket nodes: each partition has one owner at a time).
+    #[arg(long, env = "RTC_KAFKA_GROUP", default_value = "rtc-socket")]
+    pub kafka_group: String,
+}
+
+impl KafkaArgs {
+    pub fn embedded(&self) -> bool {
+        self.embedded_kafka || self.kafka_brokers.is_none()
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Timing {
+    /// Heartbeat period; a node is dead after 3 missed intervals.
+    #[arg(long, env = "RTC_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// Polling period of the assignment (pub/sub is the fast path).
+    #[arg(long, env = "RTC_ASSIGNMENT_POLL_MS", default_value_t = 1000)]
+    pub assignment_poll_ms: u64,
+    /// WebSocket ping period.
+    #[arg(long, env = "RTC_PING_INTERVAL_MS", default_value_t = 15_000)]
+    pub ping_interval_ms: u64,
+    /// A session that sends nothing (not even a pong) this long is closed.
+    #[arg(long, env = "RTC_IDLE_TIMEOUT_MS", default_value_t = 45_000)]
+    pub idle_timeout_ms: u64,
+    /// Draining spreads the remaining disconnects over this window.
+    #[arg(long, env = "RTC_DRAIN_WINDOW_MS", default_value_t = 10_000)]
+    pub drain_window_ms: u64,
+    /// On SIGTERM: drain, and exit at the latest after this long.
+    #[arg(long, env = "RTC_SHUTDOWN_DEADLINE_MS", default_value_t = 30_000)]
+    pub shutdown_deadline_ms: u64,
+    /// Disconnects sent per second when a partition moves away (pacing).
+    #[arg(long, env = "RTC_HANDOFF_RATE", default_value_t = 5_000)]
+    pub handoff_rate: u64,
+    /// Upper bound of the random `retry_after_ms` sent with a disconnect.
+    #[arg(long, env = "RTC_RETRY_JITTER_MS", default_value_t = 200)]
+    pub retry_jitter_ms: u64,
+    /// How long a moved-away partition waits for its sessions to close
+    /// before its offset is committed anyway.
+    #[arg(long, env = "RTC_HANDOFF_TIMEOUT_MS", default_value_t = 3_000)]
+    pub handoff_timeout_ms: u64,
+    /// A gained partition starts consuming once its old owner acknowledged
+    /// the epoch, or after this long at the latest.
+    #[arg(long, env = "RTC_PEER_ACK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub peer_ack_timeout_ms: u64,
+    /// Committed offsets are advanced this often while partitions are owned.
+    #[arg(long, env = "RTC_COMMIT_INTERVAL_MS", default_value_t = 1_000)]
+    pub commit_interval_ms: u64,
+    /// Records older than this are not delivered (they are stale for a
+    /// real-time client) but still counted and committed.
+    #[arg(long, env = "RTC_MAX_MESSAGE_AGE_MS", default_value_t = 120_000)]
+    pub max_message_age_ms: u64,
+    /// How long a user's recent messages are kept for `resume`.
+    #[arg(long, env = "RTC_RESUME_TTL_MS", default_value_t = 60_000)]
+    pub resume_ttl_ms: u64,
+}
+
+impl Timing {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest client frame accepted; larger ones get `error{too_large}`.
+    #[arg(long, env = "RTC_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Messages queued per session before it counts as slow and is closed.
+    #[arg(long, env = "RTC_SESSION_QUEUE", default_value_t = 256)]
+    pub session_queue: usize,
+    /// Recent messages kept per user for `resume`.
+    #[arg(long, env = "RTC_RESUME_BUFFER", default_value_t = 128)]
+    pub resume_buffer: usize,
+    /// `send`s awaiting the broker's ack per session; reading pauses beyond.
+    #[arg(long, env = "RTC_MAX_INFLIGHT_SENDS", default_value_t = 64)]
+    pub max_inflight_sends: usize,
+    /// WebSocket read buffer per session (bytes): small keeps idle sessions
+    /// cheap; it grows for large frames.
+    #[arg(long, env = "RTC_WS_READ_BUFFER", default_value_t = 2048)]
+    pub ws_read_buffer: usize,
+}
+
+impl Config {
+    /// Parses flags and environment (the one place configuration is read).
+    pub fn from_environment() -> Self {
+        Self::parse()
+    }
 }
 
 #[cfg(test)]
@@ -29,9 +149,16 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_env_var() {
-        assert_eq!(
-            rtc_core::config::flags_without_env(&Config::command()),
-            Vec::<String>::new()
-        );
+        assert_eq!(rtc_core::config::flags_without_env(&Config::command()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn defaults_work_locally_with_embedded_kafka() {
+        let c = Config::try_parse_from(["socket"]).unwrap();
+        assert!(c.kafka.embedded());
+        assert_eq!(c.topic.partitions, 360);
+        assert_eq!(c.timing.heartbeat_interval(), Duration::from_secs(1));
+        let c = Config::try_parse_from(["socket", "--kafka-brokers", "127.0.0.1:9092"]).unwrap();
+        assert!(!c.kafka.embedded());
     }
 }

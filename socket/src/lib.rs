@@ -1,5 +1,25 @@
-//! The rtc socket node: WebSocket sessions for the users of the partitions
-//! it owns. Built in issue #3; for now its settings are defined so the
-//! workspace layout and configuration rules are in place.
+//! The rtc socket node: WebSocket sessions for the users of the Kafka
+//! partitions it owns.
+//!
+//! - [`node`]: shared state, start-up and shutdown;
+//! - [`ws`] and [`session`]: admission and one WebSocket session;
+//! - [`hub`]: who is connected, resume buffers, delivery progress;
+//! - [`kafka`]: the embedded broker, producer and the partition consumer;
+//! - [`ownership`]: applying assignment epochs and the hand-off;
+//! - [`follower`], [`peers`], [`heartbeat`]: the Redis side;
+//! - [`admin`], [`metrics`], [`sysstat`]: operations.
 
+pub mod admin;
 pub mod config;
+pub mod follower;
+pub mod frame;
+pub mod heartbeat;
+pub mod hub;
+pub mod kafka;
+pub mod metrics;
+pub mod node;
+pub mod ownership;
+pub mod peers;
+pub mod session;
+pub mod sysstat;
+pub mod ws;

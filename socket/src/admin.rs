@@ -1,0 +1,57 @@
+//! The admin port: metrics, probes, and drain control.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::node::NodeShared;
+
+pub fn router(node: Arc<NodeShared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/drain", get(drain).post(drain))
+        .route("/drain/status", get(drain_status))
+        .with_state(node)
+}
+
+async fn metrics(State(node): State<Arc<NodeShared>>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], node.metrics.render()).into_response()
+}
+
+/// 200 only while ready: starting and draining nodes take no new users.
+async fn readyz(State(node): State<Arc<NodeShared>>) -> Response {
+    let state = node.state();
+    let status = if state == rtc_core::NodeState::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({"state": state.as_str()}))).into_response()
+}
+
+/// Starts draining; idempotent (a Kubernetes `preStop` `httpGet` may call it
+/// more than once).
+async fn drain(State(node): State<Arc<NodeShared>>) -> Response {
+    let started = node.begin_drain();
+    (StatusCode::ACCEPTED, axum::Json(status_body(&node, Some(started)))).into_response()
+}
+
+async fn drain_status(State(node): State<Arc<NodeShared>>) -> Response {
+    axum::Json(status_body(&node, None)).into_response()
+}
+
+fn status_body(node: &NodeShared, started_now: Option<bool>) -> serde_json::Value {
+    let mut body = json!({
+        "state": node.state().as_str(),
+        "connections": node.hub.connections(),
+        "owned_partitions": node.ownership().accepting.len(),
+        "drained": node.drained(),
+    });
+    if let Some(started) = started_now {
+        body["started_now"] = json!(started);
+    }
+    body
+}

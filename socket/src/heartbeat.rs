@@ -1,0 +1,90 @@
+//! Heartbeats: every interval (and at once after an epoch is acknowledged or
+//! the node starts draining) the node appends its figures to the
+//! `rtc:heartbeats` stream. Redis being down never stops the node: the
+//! failure is counted, `rtc_socket_redis_up` drops to 0, and the next tick
+//! tries again (the connection manager reconnects with backoff).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use rtc_core::{Document, Heartbeat};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::WindowFigures;
+use crate::node::NodeShared;
+use crate::sysstat::{Sample, SysStat};
+
+/// Stream length kept (approximately): minutes of history for a large fleet.
+const STREAM_MAXLEN: usize = 100_000;
+
+/// The heartbeat for the figures gathered over `elapsed`.
+pub fn build(
+    node: &NodeShared,
+    seq: u64,
+    sent_at_ms: u64,
+    sys: Sample,
+    window: WindowFigures,
+    elapsed: Duration,
+) -> Heartbeat {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let view = node.ownership();
+    Heartbeat {
+        v: rtc_core::CONTRACT_VERSION,
+        node_id: node.node_id.clone(),
+        url: node.advertised_url.clone(),
+        state: node.state(),
+        seq,
+        sent_at_ms,
+        assignment_epoch: node.acked_epoch(),
+        connections: node.hub.connections(),
+        capacity: node.config.capacity.max(1),
+        cpu: sys.cpu.clamp(0.0, 1.0),
+        memory: sys.memory.clamp(0.0, 1.0),
+        mps_in: window.consumed as f64 / secs,
+        mps_out: window.delivered as f64 / secs,
+        p95_latency_ms: window.p95_latency_ms,
+        kafka_lag: crate::kafka::lag_of(&node.consumer, view.accepting.iter().copied()),
+        partition_connections: Some(node.hub.partition_connections()),
+    }
+}
+
+pub async fn run(node: Arc<NodeShared>, mut conn: ConnectionManager, key: String, shutdown: CancellationToken) {
+    let interval = node.config.timing.heartbeat_interval();
+    let mut sys = SysStat::detect();
+    tracing::info!(source = sys.source(), "cpu and memory figures");
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = node.heartbeat_now.notified() => {}
+        }
+        seq += 1;
+        let sample = sys.sample().unwrap_or(Sample { cpu: 0.0, memory: 0.0 });
+        let hb = build(&node, seq, crate::kafka::now_ms() as u64, sample, node.metrics.window.take(), last.elapsed());
+        last = Instant::now();
+        let lag = hb.kafka_lag;
+        node.metrics.kafka_lag.set(lag as f64);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key).arg("MAXLEN").arg("~").arg(STREAM_MAXLEN).arg("*").arg("hb").arg(hb.to_json());
+        let add = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(interval, add).await {
+            Ok(Ok(_)) => {
+                node.metrics.redis_up.set(1.0);
+                node.metrics.count("rtc_socket_heartbeats_total", "outcome", "ok");
+            }
+            Ok(Err(e)) => failed(&node, &e.to_string()),
+            Err(_) => failed(&node, "timed out"),
+        }
+    }
+}
+
+fn failed(node: &NodeShared, error: &str) {
+    node.metrics.redis_up.set(0.0);
+    node.metrics.count("rtc_socket_heartbeats_total", "outcome", "error");
+    tracing::warn!(error, "heartbeat not written; serving on, retrying next tick");
+}

@@ -1,0 +1,239 @@
+//! Which partitions this node serves, and the hand-off when that changes.
+//!
+//! The reconciler applies each newer assignment epoch:
+//! - a **lost** partition stops being fetched, its sessions are told to
+//!   reconnect (paced, with jitter), and once they are gone (or a timeout)
+//!   its commit point is committed; when nothing is being released any more
+//!   the epoch is acknowledged in an immediate heartbeat;
+//! - a **gained** partition accepts its users at once and starts consuming
+//!   from the committed offset once every live peer acknowledged the epoch
+//!   (so its old owner has committed), or after a timeout.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rtc_core::{Assignment, NodeState};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::CloseReason;
+use crate::hub::CloseCmd;
+use crate::kafka::{Command, commit_sync};
+use crate::node::NodeShared;
+
+/// What the WebSocket handler checks a token against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnershipView {
+    /// Newest assignment epoch applied.
+    pub epoch: u64,
+    /// Partitions whose users are accepted here (served or being acquired).
+    pub accepting: HashSet<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionState {
+    /// Users accepted; waiting for peers before consuming.
+    Acquiring {
+        epoch: u64,
+    },
+    Serving,
+    Releasing,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Assignment(Arc<Assignment>),
+    AcquireReady { partition: u32, epoch: u64 },
+    Released(u32),
+}
+
+/// Partitions `node_id` should serve under `assignment`: none unless it is
+/// listed there as ready.
+pub fn target_partitions(assignment: &Assignment, node_id: &str) -> BTreeSet<u32> {
+    let listed_ready = assignment.nodes.iter().any(|n| n.id == node_id && n.state == NodeState::Ready);
+    if listed_ready { assignment.partitions_of(node_id).into_iter().collect() } else { BTreeSet::new() }
+}
+
+pub struct Reconciler {
+    node: Arc<NodeShared>,
+    consumer: mpsc::Sender<Command>,
+    events: mpsc::Sender<Event>,
+    state: HashMap<u32, PartitionState>,
+    target: BTreeSet<u32>,
+    epoch: u64,
+}
+
+impl Reconciler {
+    pub fn new(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>) -> Self {
+        Self { node, consumer, events, state: HashMap::new(), target: BTreeSet::new(), epoch: 0 }
+    }
+
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.recv() => match e { Some(e) => e, None => return },
+            };
+            match event {
+                Event::Assignment(a) if a.epoch > self.epoch => self.apply(&a),
+                Event::Assignment(_) => continue,
+                Event::AcquireReady { partition, epoch } => {
+                    if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch }) {
+                        self.state.insert(partition, PartitionState::Serving);
+                        let _ = self.consumer.send(Command::Start(partition)).await;
+                        self.node.metrics.count("rtc_socket_handoffs_total", "direction", "acquire");
+                    }
+                }
+                Event::Released(partition) => {
+                    self.state.remove(&partition);
+                    if self.target.contains(&partition) {
+                        self.acquire(partition);
+                    }
+                    self.node.metrics.count("rtc_socket_handoffs_total", "direction", "release");
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, assignment: &Assignment) {
+        self.epoch = assignment.epoch;
+        self.target = target_partitions(assignment, &self.node.node_id);
+        let lost: Vec<u32> = self
+            .state
+            .iter()
+            .filter(|(p, s)| !self.target.contains(p) && **s != PartitionState::Releasing)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in lost {
+            self.state.insert(p, PartitionState::Releasing);
+            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p));
+        }
+        let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
+        for p in gained {
+            self.acquire(p);
+        }
+        tracing::info!(epoch = self.epoch, owned = self.target.len(), "assignment applied");
+        self.node.metrics.assignment_epoch.set(self.epoch as f64);
+    }
+
+    fn acquire(&mut self, partition: u32) {
+        let epoch = self.epoch;
+        self.state.insert(partition, PartitionState::Acquiring { epoch });
+        let (node, events) = (self.node.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(node.config.timing.peer_ack_timeout_ms);
+            if !node.peers.wait_for_ack(epoch, timeout).await {
+                node.metrics.count("rtc_socket_handoff_timeouts_total", "direction", "acquire");
+                tracing::warn!(partition, epoch, "peers did not acknowledge in time; consuming anyway");
+            }
+            let _ = events.send(Event::AcquireReady { partition, epoch }).await;
+        });
+    }
+
+    /// Shares the view with the WebSocket handler and acknowledges the
+    /// epoch once nothing is being released.
+    fn publish(&self) {
+        let accepting = self
+            .state
+            .iter()
+            .filter(|(_, s)| **s != PartitionState::Releasing)
+            .map(|(p, _)| *p)
+            .collect::<HashSet<u32>>();
+        self.node.metrics.owned_partitions.set(accepting.len() as f64);
+        self.node.set_ownership(OwnershipView { epoch: self.epoch, accepting });
+        if !self.state.values().any(|s| *s == PartitionState::Releasing) {
+            self.node.acknowledge(self.epoch);
+        }
+    }
+}
+
+/// Hands `partition` off: stop fetching, disconnect its users (paced, with
+/// jitter), wait for them to go, commit what was delivered.
+async fn release(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>, partition: u32) {
+    let (done, stopped) = oneshot::channel();
+    if consumer.send(Command::Release(partition, done)).await.is_ok() {
+        let _ = stopped.await;
+    }
+    let timing = &node.config.timing;
+    let reason = if node.is_draining() { CloseReason::Drain } else { CloseReason::Rebalance };
+    disconnect_paced(&node, node.hub.sessions_on(Some(partition)), reason, timing.handoff_rate).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timing.handoff_timeout_ms);
+    while node.hub.connections_on(partition) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if node.hub.connections_on(partition) > 0 {
+        node.metrics.count("rtc_socket_handoff_timeouts_total", "direction", "release");
+        tracing::warn!(partition, "sessions still open at the hand-off deadline");
+    }
+    if let Some(offset) = node.hub.commit_point(partition) {
+        let topic = &node.config.topic.topic;
+        let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
+        if result.is_err() {
+            result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
+        }
+        match result {
+            Ok(()) => tracing::info!(partition, offset, "hand-off committed"),
+            Err(e) => {
+                node.metrics.count("rtc_socket_kafka_errors_total", "kind", "handoff_commit");
+                tracing::error!(partition, offset, error = %e, "hand-off commit failed; the next owner redelivers from the last commit");
+            }
+        }
+    }
+    node.hub.forget_partition(partition);
+    let _ = events.send(Event::Released(partition)).await;
+}
+
+/// Tells sessions to close at `rate` per second, each with its own random
+/// `retry_after_ms`, so their reconnects do not arrive all at once.
+pub async fn disconnect_paced(
+    node: &NodeShared,
+    sessions: Vec<Arc<crate::hub::SessionControl>>,
+    reason: CloseReason,
+    rate: u64,
+) {
+    let per_ms = (rate / 1000).max(1) as usize;
+    let jitter = node.config.timing.retry_jitter_ms;
+    for (i, session) in sessions.iter().enumerate() {
+        let retry_after_ms = if jitter == 0 { 0 } else { rand::rng().random_range(0..=jitter) };
+        session.close(CloseCmd { reason, retry_after_ms });
+        if (i + 1) % per_ms == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc_core::AssignmentNode;
+
+    fn assignment(me_state: NodeState) -> Assignment {
+        Assignment {
+            v: 1,
+            epoch: 3,
+            leader_epoch: 1,
+            partitions: 4,
+            nodes: vec![
+                AssignmentNode { id: "a".into(), url: "ws://a/ws".into(), state: me_state },
+                AssignmentNode { id: "b".into(), url: "ws://b/ws".into(), state: NodeState::Ready },
+            ],
+            owners: if me_state == NodeState::Ready {
+                vec![Some(0), Some(1), Some(0), Some(1)]
+            } else {
+                vec![Some(1); 4]
+            },
+        }
+    }
+
+    #[test]
+    fn targets_only_when_listed_ready() {
+        assert_eq!(target_partitions(&assignment(NodeState::Ready), "a"), BTreeSet::from([0, 2]));
+        assert_eq!(target_partitions(&assignment(NodeState::Ready), "b"), BTreeSet::from([1, 3]));
+        assert_eq!(target_partitions(&assignment(NodeState::Draining), "a"), BTreeSet::new());
+        assert_eq!(target_partitions(&assignment(NodeState::Ready), "c"), BTreeSet::new());
+    }
+}

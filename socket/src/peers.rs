@@ -1,0 +1,211 @@
+//! What this node knows of the other socket nodes, from the heartbeat
+//! stream: which assignment epoch each has acknowledged, and whether it is
+//! still alive. A gained partition starts consuming only once every live
+//! peer acknowledged the epoch that moved it (its old owner has committed).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use rtc_core::{Document, Heartbeat};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    acked_epoch: u64,
+    last_seen: Instant,
+}
+
+pub struct Peers {
+    me: String,
+    dead_after: Duration,
+    peers: Mutex<HashMap<String, Peer>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Peers {
+    pub fn new(me: impl Into<String>, dead_after: Duration) -> Self {
+        Self { me: me.into(), dead_after, peers: Mutex::new(HashMap::new()), changed: watch::Sender::new(0) }
+    }
+
+    /// Records a heartbeat seen at `at`.
+    pub fn observe(&self, hb: &Heartbeat, at: Instant) {
+        if hb.node_id == self.me {
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = peers.entry(hb.node_id.clone()).or_insert(Peer { acked_epoch: 0, last_seen: at });
+        peer.acked_epoch = peer.acked_epoch.max(hb.assignment_epoch);
+        peer.last_seen = peer.last_seen.max(at);
+        drop(peers);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// True when every peer seen alive within `dead_after` of `now` has
+    /// acknowledged `epoch` or a later one.
+    pub fn all_acked(&self, epoch: u64, now: Instant) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .values()
+            .filter(|p| now.saturating_duration_since(p.last_seen) < self.dead_after)
+            .all(|p| p.acked_epoch >= epoch)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until every live peer acknowledged `epoch`, or `timeout`.
+    /// Returns false on timeout.
+    pub async fn wait_for_ack(&self, epoch: u64, timeout: Duration) -> bool {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            if self.all_acked(epoch, Instant::now()) {
+                return true;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                // Peers also "ack" by dying: re-check as time passes.
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(deadline) => return self.all_acked(epoch, Instant::now()),
+            }
+        }
+    }
+
+    /// Tails the heartbeat stream from `dead_after` ago until shutdown.
+    pub async fn follow(
+        &self,
+        mut conn: ConnectionManager,
+        key: String,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) {
+        let since = crate::kafka::now_ms().saturating_sub(self.dead_after.as_millis() as i64).max(0);
+        let mut last_id = format!("{since}-0");
+        let options = StreamReadOptions::default().block(500).count(1000);
+        let mut backoff = Backoff::default();
+        loop {
+            let (keys, ids) = ([key.as_str()], [last_id.as_str()]);
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = redis::AsyncCommands::xread_options::<_, _, Option<StreamReadReply>>(
+                    &mut conn, &keys, &ids, &options) => r,
+            };
+            match read {
+                Ok(reply) => {
+                    backoff.reset();
+                    let now = Instant::now();
+                    for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                        last_id = entry.id.clone();
+                        let Some(redis::Value::BulkString(raw)) = entry.map.get("hb") else { continue };
+                        match Heartbeat::from_json(raw) {
+                            Ok(hb) => self.observe(&hb, now),
+                            Err(e) => metrics.count("rtc_socket_invalid_peer_heartbeats_total", "reason", e.kind()),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading peer heartbeats failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff: 100 ms doubling to 1.6 s.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = Duration::from_millis(100u64 << self.attempt.min(4));
+        self.attempt += 1;
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc_core::NodeState;
+
+    fn hb(node: &str, epoch: u64) -> Heartbeat {
+        Heartbeat {
+            v: 1,
+            node_id: node.into(),
+            url: "ws://x/ws".into(),
+            state: NodeState::Ready,
+            seq: 1,
+            sent_at_ms: 0,
+            assignment_epoch: epoch,
+            connections: 0,
+            capacity: 1,
+            cpu: 0.0,
+            memory: 0.0,
+            mps_in: 0.0,
+            mps_out: 0.0,
+            p95_latency_ms: 0.0,
+            kafka_lag: 0,
+            partition_connections: None,
+        }
+    }
+
+    #[test]
+    fn acks_from_live_peers_only() {
+        let peers = Peers::new("me", Duration::from_secs(3));
+        let t0 = Instant::now();
+        assert!(peers.all_acked(5, t0), "no peers: nothing to wait for");
+        peers.observe(&hb("me", 0), t0);
+        assert!(peers.all_acked(5, t0), "self is not a peer");
+        peers.observe(&hb("a", 4), t0);
+        peers.observe(&hb("b", 5), t0);
+        assert!(!peers.all_acked(5, t0));
+        peers.observe(&hb("a", 5), t0 + Duration::from_secs(1));
+        assert!(peers.all_acked(5, t0 + Duration::from_secs(1)));
+        // An older heartbeat arriving late does not lower the ack.
+        peers.observe(&hb("a", 3), t0 + Duration::from_secs(1));
+        assert!(peers.all_acked(5, t0 + Duration::from_secs(1)));
+        // b stops sending at epoch 5; once dead it no longer holds epoch 6.
+        peers.observe(&hb("a", 6), t0 + Duration::from_secs(2));
+        assert!(!peers.all_acked(6, t0 + Duration::from_secs(2)));
+        assert!(peers.all_acked(6, t0 + Duration::from_secs(4)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_ends_on_ack_or_timeout() {
+        let peers = std::sync::Arc::new(Peers::new("me", Duration::from_secs(60)));
+        peers.observe(&hb("a", 1), Instant::now());
+        assert!(!peers.wait_for_ack(2, Duration::from_secs(5)).await, "times out");
+        let p = peers.clone();
+        let waiter = tokio::spawn(async move { p.wait_for_ack(2, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peers.observe(&hb("a", 2), Instant::now());
+        assert!(waiter.await.unwrap());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::default();
+        let seq: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(seq, vec![100, 200, 400, 800, 1600, 1600, 1600]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+}

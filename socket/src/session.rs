@@ -1,0 +1,241 @@
+//! One WebSocket session: writes the user's messages, reads the client's
+//! frames, keeps the connection alive, and closes when told to.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use crate::frame::{ClientFrame, CloseReason, ServerFrame, message_id, parse_client_frame, parse_message_id};
+use crate::hub::{CloseCmd, Delivery};
+use crate::node::NodeShared;
+
+/// A user admitted by the WebSocket handler.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub user: String,
+    pub partition: u32,
+    pub epoch: u64,
+}
+
+type SendOutcome = (Option<String>, Result<(u32, i64), String>);
+type PendingSend = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
+
+struct Session {
+    node: Arc<NodeShared>,
+    user: Admitted,
+    /// Highest offset of the user's partition this client has (written or
+    /// named in `resume`): anything at or below it is a duplicate.
+    seen_through: Option<i64>,
+    last_heard: Instant,
+}
+
+/// Why the loop ended: a close order, or the client went away.
+enum Ended {
+    Closed(CloseReason),
+    ClientGone,
+}
+
+pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted) {
+    let registration = node.hub.register(&user.user, user.partition);
+    let (id, mut queue, control) = (registration.id, registration.queue, registration.control);
+    node.metrics.connects.increment(1);
+    let mut session = Session { node: node.clone(), user, seen_through: None, last_heard: Instant::now() };
+
+    let welcome = ServerFrame::Welcome {
+        node_id: &node.node_id,
+        user: &session.user.user,
+        partition: session.user.partition,
+        epoch: session.user.epoch,
+    }
+    .to_json();
+    let ended = if ws.send(Message::Text(welcome.into())).await.is_err() {
+        Ended::ClientGone
+    } else {
+        session.serve(&mut ws, &mut queue, &control).await
+    };
+    let reason = match ended {
+        Ended::Closed(reason) => Some(reason),
+        Ended::ClientGone => None,
+    };
+    node.hub.unregister(&session.user.user, id, queue, reason);
+    node.metrics.disconnect(reason.map_or("client", CloseReason::as_str));
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        ws: &mut WebSocket,
+        queue: &mut tokio::sync::mpsc::Receiver<Arc<Delivery>>,
+        control: &crate::hub::SessionControl,
+    ) -> Ended {
+        let timing = &self.node.config.timing;
+        let ping_every = Duration::from_millis(timing.ping_interval_ms.max(10));
+        let idle_timeout = Duration::from_millis(timing.idle_timeout_ms.max(10));
+        let max_sends = self.node.config.limits.max_inflight_sends.max(1);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut sends: FuturesUnordered<PendingSend> = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                biased;
+                cmd = control.wait() => {
+                    if cmd.reason.hands_off() {
+                        // Flush what was already fetched before saying goodbye.
+                        while let Ok(d) = queue.try_recv() {
+                            if self.write(ws, &d, true).await.is_err() {
+                                return Ended::ClientGone;
+                            }
+                        }
+                    }
+                    return self.close(ws, cmd).await;
+                }
+                Some(d) = queue.recv() => {
+                    if self.write(ws, &d, true).await.is_err() {
+                        return Ended::ClientGone;
+                    }
+                }
+                Some((client_msg_id, outcome)) = sends.next(), if !sends.is_empty() => {
+                    let frame = match outcome {
+                        Ok((p, o)) => {
+                            self.node.metrics.received.increment(1);
+                            ServerFrame::Ack { client_msg_id: client_msg_id.as_deref(), id: message_id(p, o) }.to_json()
+                        }
+                        Err(message) => ServerFrame::Error { code: "send_failed", message }.to_json(),
+                    };
+                    if ws.send(Message::Text(frame.into())).await.is_err() {
+                        return Ended::ClientGone;
+                    }
+                }
+                message = ws.recv(), if sends.len() < max_sends => {
+                    self.last_heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            if self.on_text(ws, text.as_str(), &mut sends).await.is_err() {
+                                return Ended::ClientGone;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if self.refuse(ws, "bad_frame", "binary frames are not part of the protocol".into()).await.is_err() {
+                                return Ended::ClientGone;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => return Ended::ClientGone,
+                        Some(Err(e)) => {
+                            // Oversized frames end here (the codec's hard limit).
+                            if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                                self.node.metrics.invalid_frame("too_large");
+                            }
+                            return Ended::ClientGone;
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() >= idle_timeout {
+                        return self.close(ws, CloseCmd { reason: CloseReason::Idle, retry_after_ms: 0 }).await;
+                    }
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return Ended::ClientGone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one message unless the client already has it. `pending` marks
+    /// queue items, which the hub counts until written.
+    async fn write(&mut self, ws: &mut WebSocket, d: &Delivery, pending: bool) -> Result<(), axum::Error> {
+        let duplicate = self.seen_through.is_some_and(|s| d.offset <= s);
+        let result = if duplicate { Ok(()) } else { ws.send(Message::Text(d.frame.clone())).await };
+        if pending {
+            self.node.hub.written(d.partition, d.offset);
+        }
+        if result.is_ok() && !duplicate {
+            self.seen_through = Some(self.seen_through.map_or(d.offset, |s| s.max(d.offset)));
+            let latency_ms = (crate::kafka::now_ms() - d.ts_ms).max(0) as f64;
+            self.node.metrics.delivered(latency_ms);
+        }
+        result
+    }
+
+    async fn on_text(
+        &mut self,
+        ws: &mut WebSocket,
+        text: &str,
+        sends: &mut FuturesUnordered<PendingSend>,
+    ) -> Result<(), axum::Error> {
+        let limits = &self.node.config.limits;
+        let frame = match parse_client_frame(text, limits.max_frame_bytes) {
+            Ok(frame) => frame,
+            Err(e) => return self.refuse(ws, e.code, e.message).await,
+        };
+        match frame {
+            ClientFrame::Send { to, body, client_msg_id } => {
+                if let Err(e) = rtc_core::ids::validate_user_id(&to) {
+                    return self.refuse(ws, "bad_frame", format!("recipient: {e}")).await;
+                }
+                let node = &self.node;
+                match crate::kafka::produce(
+                    &node.producer,
+                    &node.config.topic.topic,
+                    &to,
+                    &body,
+                    &self.user.user,
+                    client_msg_id.as_deref(),
+                ) {
+                    Ok(delivery) => sends.push(Box::pin(async move {
+                        let outcome = match delivery.await {
+                            Ok(Ok(d)) => Ok((d.partition as u32, d.offset)),
+                            Ok(Err((e, _))) => Err(format!("kafka: {e}")),
+                            Err(_) => Err("kafka producer went away".to_owned()),
+                        };
+                        (client_msg_id, outcome)
+                    })),
+                    Err(e) => {
+                        node.metrics.count("rtc_socket_kafka_errors_total", "kind", "produce");
+                        let frame =
+                            ServerFrame::Error { code: "send_failed", message: format!("kafka: {e}") }.to_json();
+                        return ws.send(Message::Text(frame.into())).await;
+                    }
+                }
+                Ok(())
+            }
+            ClientFrame::Resume { last_id } => {
+                let after = match last_id.as_deref().map(parse_message_id) {
+                    None => None,
+                    Some(Some((p, o))) if p == self.user.partition => Some(o),
+                    // Another partition's id (the partition count changed):
+                    // nothing of ours is known to the client.
+                    Some(Some(_)) => None,
+                    Some(None) => return self.refuse(ws, "bad_frame", "last_id is not partition:offset".into()).await,
+                };
+                if let Some(o) = after {
+                    self.seen_through = Some(self.seen_through.map_or(o, |s| s.max(o)));
+                }
+                let replay = self.node.hub.buffered_after(&self.user.user, self.user.partition, after);
+                for d in replay {
+                    self.write(ws, &d, false).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn refuse(&self, ws: &mut WebSocket, code: &'static str, message: String) -> Result<(), axum::Error> {
+        self.node.metrics.invalid_frame(code);
+        ws.send(Message::Text(ServerFrame::Error { code, message }.to_json().into())).await
+    }
+
+    async fn close(&self, ws: &mut WebSocket, cmd: CloseCmd) -> Ended {
+        let frame = ServerFrame::Disconnect { reason: cmd.reason, reconnect: true, retry_after_ms: cmd.retry_after_ms }
+            .to_json();
+        let _ = ws.send(Message::Text(frame.into())).await;
+        let close = CloseFrame { code: cmd.reason.close_code(), reason: cmd.reason.as_str().into() };
+        let _ = ws.send(Message::Close(Some(close))).await;
+        Ended::Closed(cmd.reason)
+    }
+}

@@ -1,0 +1,130 @@
+//! `GET /ws?token=…`: admits a user before upgrading, or refuses with a JSON
+//! reason (so the client asks the load balancer again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::node::NodeShared;
+use crate::session::{self, Admitted};
+
+/// How long a token naming a newer epoch waits for this node to catch up.
+const EPOCH_CATCH_UP: Duration = Duration::from_millis(500);
+
+pub fn router(node: Arc<NodeShared>) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(node)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Why a connection is refused: HTTP status, stable code, detail.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub epoch: u64,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code, "message": self.message, "epoch": self.epoch});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+async fn upgrade(
+    State(node): State<Arc<NodeShared>>,
+    Query(query): Query<TokenQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let admitted = match admit(&node, query.token.as_deref()).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            node.metrics.refused(refusal.code);
+            return refusal.into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            node.metrics.refused("not_websocket");
+            let refusal = Refusal {
+                status: rejection.status(),
+                code: "not_websocket",
+                message: rejection.body_text(),
+                epoch: node.ownership().epoch,
+            };
+            return refusal.into_response();
+        }
+    };
+    let limits = &node.config.limits;
+    upgrade
+        .read_buffer_size(limits.ws_read_buffer)
+        // Write each frame through at once: latency over batching.
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        // Frames a little over the protocol limit still get a clean
+        // `error{too_large}`; far larger ones end the connection.
+        .max_message_size(limits.max_frame_bytes.saturating_mul(2))
+        .max_frame_size(limits.max_frame_bytes.saturating_mul(2))
+        .on_upgrade(move |ws| session::run(ws, node, admitted))
+}
+
+/// The token is valid, names this node, and its partition is served here at
+/// the current epoch; the node is ready and has room.
+pub async fn admit(node: &NodeShared, token: Option<&str>) -> Result<Admitted, Refusal> {
+    let view = node.ownership();
+    let refuse = |status, code, message: String| Refusal { status, code, message, epoch: view.epoch };
+    match node.state() {
+        rtc_core::NodeState::Ready => {}
+        rtc_core::NodeState::Starting => {
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "node is starting".into()));
+        }
+        rtc_core::NodeState::Draining => {
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining".into()));
+        }
+    }
+    let token = token.ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "bad_token", "no token".into()))?;
+    let claims = node
+        .signer
+        .verify(token, crate::kafka::now_ms() as u64)
+        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "bad_token", e.to_string()))?;
+    if claims.node_id != node.node_id {
+        return Err(refuse(StatusCode::CONFLICT, "wrong_node", format!("token is for node {}", claims.node_id)));
+    }
+    let partitions = node.config.topic.partitions;
+    if rtc_core::ids::validate_user_id(&claims.user).is_err()
+        || rtc_core::partition_for_key(claims.user.as_bytes(), partitions) != claims.partition
+    {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "bad_token", "token's user and partition disagree".into()));
+    }
+    if node.hub.connections() >= node.config.capacity {
+        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", "node is full".into()));
+    }
+    let mut view = view.clone();
+    if claims.epoch > view.epoch {
+        // The load balancer is ahead of us: catch up before deciding.
+        node.wait_for_epoch(claims.epoch, EPOCH_CATCH_UP).await;
+        view = node.ownership();
+    }
+    if !view.accepting.contains(&claims.partition) {
+        return Err(Refusal {
+            status: StatusCode::CONFLICT,
+            code: "not_owner",
+            message: format!("partition {} is not served here at epoch {}", claims.partition, view.epoch),
+            epoch: view.epoch,
+        });
+    }
+    Ok(Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch })
+}

@@ -1,0 +1,49 @@
+//! Draining: not ready but live, `draining` in heartbeats, sessions told to
+//! go within the window, then drained.
+
+use std::time::Duration;
+
+use rtc_core::NodeState;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_empties_the_node_within_its_window() {
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &["--drain-window-ms", "600"]).await;
+    assert_eq!(admin_get(&node, "/readyz").await.0, 200);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(Client::join(&node, &world.token(&format!("u{i}"), &node, 1)).await);
+    }
+
+    let started = std::time::Instant::now();
+    let (status, body) = http(node.admin_addr, "POST", "/drain").await;
+    assert_eq!(status, 202);
+    assert!(body.contains("\"started_now\":true"), "{body}");
+    // Idempotent, and GET works too (Kubernetes preStop httpGet).
+    let (status, body) = admin_get(&node, "/drain").await;
+    assert_eq!(status, 202);
+    assert!(body.contains("\"started_now\":false"), "{body}");
+    assert_eq!(admin_get(&node, "/readyz").await.0, 503);
+    assert_eq!(admin_get(&node, "/livez").await.0, 200);
+
+    for client in &mut clients {
+        let frame = client.next_json_within(Duration::from_secs(3)).await.expect("disconnect frame");
+        assert_eq!(frame["type"], "disconnect");
+        assert_eq!(frame["reason"], "drain");
+        assert_eq!(frame["reconnect"], true);
+    }
+    eventually("drained", Duration::from_secs(3), async || node.shared.drained()).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(600 + 1000), "drain took {took:?}");
+    let (_, status) = admin_get(&node, "/drain/status").await;
+    assert!(status.contains("\"drained\":true") && status.contains("\"connections\":0"), "{status}");
+    assert_eq!(metric(&node, "rtc_socket_disconnects_total{reason=\"drain\"}").await, 20.0);
+    assert_eq!(metric(&node, "rtc_socket_draining").await, 1.0);
+
+    // The heartbeat stream says so.
+    let states: Vec<NodeState> = heartbeats_of(&world, "socket-a").await.iter().map(|hb| hb.state).collect();
+    assert_eq!(states.last(), Some(&NodeState::Draining), "{states:?}");
+    node.shutdown().await;
+}

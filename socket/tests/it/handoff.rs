@@ -1,0 +1,168 @@
+//! A partition moves from node A to node B while messages flow to its
+//! users: every online user receives every message at least once (deduped
+//! by id), no session stays on A, and B continues from A's offsets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::support::*;
+
+/// The test's stand-in for the load balancer's routing table.
+struct Routes {
+    epoch: u64,
+    owner: Vec<usize>,
+    nodes: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// A user following the client protocol: on `disconnect`, wait
+/// `retry_after_ms`, ask for a route, reconnect, `resume` with the last id.
+async fn user_session(
+    user: String,
+    partitions: u32,
+    routes: Arc<Mutex<Routes>>,
+    mut expected: watch::Receiver<Option<BTreeSet<String>>>,
+) -> (BTreeSet<String>, u32, Vec<String>) {
+    let mut received = BTreeSet::new();
+    let mut last_id: Option<String> = None;
+    let mut reconnects = 0;
+    let mut welcomed_by = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    'connect: while tokio::time::Instant::now() < deadline {
+        let (node_id, addr, epoch) = {
+            let r = routes.lock().unwrap();
+            let p = rtc_core::partition_for_key(user.as_bytes(), partitions) as usize;
+            let (id, addr) = r.nodes[r.owner[p]].clone();
+            (id, addr, r.epoch)
+        };
+        let token = token_for(&user, &node_id, rtc_core::partition_for_key(user.as_bytes(), partitions), epoch);
+        let url = format!("ws://{addr}/ws?token={token}");
+        let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut client = Client { ws };
+        let welcome = client.next_json().await.expect("welcome");
+        welcomed_by.push(welcome["node_id"].as_str().unwrap().to_owned());
+        client.send_json(json!({"type":"resume","last_id": last_id})).await;
+        loop {
+            let done = expected.borrow().as_ref().is_some_and(|e| e.is_subset(&received));
+            if done || tokio::time::Instant::now() >= deadline {
+                return (received, reconnects, welcomed_by);
+            }
+            tokio::select! {
+                frame = client.next_json_within(Duration::from_millis(200)) => match frame {
+                    Some(m) if m["type"] == "message" => {
+                        let id = m["id"].as_str().unwrap().to_owned();
+                        last_id = Some(id.clone());
+                        received.insert(id);
+                    }
+                    Some(d) if d["type"] == "disconnect" => {
+                        assert_eq!(d["reason"], "rebalance");
+                        let wait = d["retry_after_ms"].as_u64().unwrap();
+                        assert!(wait <= 200, "retry_after_ms {wait}");
+                        drop(client);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        reconnects += 1;
+                        continue 'connect;
+                    }
+                    Some(_) => {}
+                    // Quiet for a moment: re-check the expectation.
+                    None => {}
+                },
+                _ = expected.changed() => {}
+            }
+        }
+    }
+    // Out of time: the caller reports what is missing.
+    (received, reconnects, welcomed_by)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_partitions_loses_no_message() {
+    const P: u32 = 8;
+    let mut world = World::new(P).await;
+    let a = world.node("socket-a", &[]).await;
+    let b = world.node("socket-b", &[]).await;
+    world.publish(1, &[&a, &b], |_| 0).await;
+    wait_serving(&a, 1).await;
+    wait_serving(&b, 1).await;
+
+    let routes = Arc::new(Mutex::new(Routes {
+        epoch: 1,
+        owner: vec![0; P as usize],
+        nodes: vec![(a.shared.node_id.clone(), a.ws_addr), (b.shared.node_id.clone(), b.ws_addr)],
+    }));
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    // Each user learns what it should have received once production ends.
+    let (expected_tx, sessions): (Vec<_>, Vec<_>) = users
+        .iter()
+        .map(|u| {
+            let (tx, rx) = watch::channel(None);
+            (tx, tokio::spawn(user_session(u.clone(), P, routes.clone(), rx)))
+        })
+        .unzip();
+    eventually("every user is connected to A", Duration::from_secs(10), async || a.shared.hub.connections() == 40)
+        .await;
+
+    // Messages flow for ~1 s; the odd partitions move to B after 300 ms.
+    let producer = world.producer().await;
+    let mut deliveries = Vec::new();
+    for round in 0..50 {
+        if round == 15 {
+            world.publish(2, &[&a, &b], |p| (p % 2) as usize).await;
+            let mut r = routes.lock().unwrap();
+            r.epoch = 2;
+            r.owner = (0..P).map(|p| (p % 2) as usize).collect();
+        }
+        for u in &users {
+            let record = FutureRecord::to(&world.topic).key(u.as_str()).payload("m");
+            deliveries.push((u.clone(), producer.send_result(record).map_err(|(e, _)| e).unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut expected: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (user, delivery) in deliveries {
+        let d = delivery.await.unwrap().unwrap();
+        expected.entry(user).or_default().insert(format!("{}:{}", d.partition, d.offset));
+    }
+    let total: usize = expected.values().map(BTreeSet::len).sum();
+    assert_eq!(total, 2000);
+
+    // Each session waits for its own expected set.
+    let mut moved_users = 0;
+    for (user, tx) in users.iter().zip(&expected_tx) {
+        tx.send_replace(Some(expected[user].clone()));
+    }
+    for (user, session) in users.iter().zip(sessions) {
+        let mine = &expected[user];
+        let (received, reconnects, welcomed_by) =
+            tokio::time::timeout(Duration::from_secs(30), session).await.expect("session finished").unwrap();
+        assert!(mine.is_subset(&received), "{user} missed {:?}", mine.difference(&received).collect::<Vec<_>>());
+        let p = rtc_core::partition_for_key(user.as_bytes(), P);
+        if p % 2 == 1 {
+            moved_users += 1;
+            assert_eq!(reconnects, 1, "{user} moved once");
+            assert_eq!(welcomed_by, vec!["socket-a", "socket-b"], "{user}");
+        } else {
+            assert_eq!(reconnects, 0, "{user} stayed");
+        }
+    }
+    assert!(moved_users > 5, "the test moves users: {moved_users}");
+
+    // Nothing of a moved partition is left on A; B took them over.
+    for p in (1..P).step_by(2) {
+        assert_eq!(a.shared.hub.connections_on(p), 0, "partition {p} left on A");
+        assert!(b.shared.ownership().accepting.contains(&p));
+    }
+    assert_eq!(a.shared.acked_epoch(), 2);
+    assert_eq!(metric(&a, "rtc_socket_handoffs_total{direction=\"release\"}").await, 4.0);
+    assert_eq!(metric(&b, "rtc_socket_handoffs_total{direction=\"acquire\"}").await, 4.0);
+    assert_eq!(metric(&b, "rtc_socket_handoff_timeouts_total{direction=\"acquire\"}").await, 0.0);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the socket node against real Redis and Kafka
+//! (librdkafka's mock cluster; tansu in `real_kafka` when available).
+
+mod admission;
+mod delivery;
+mod drain;
+mod frames;
+mod handoff;
+mod heartbeats;
+mod real_kafka;
+mod support;
