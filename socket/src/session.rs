@@ -1,6 +1,7 @@
 //! One WebSocket session: writes the user's messages, reads the client's
 //! frames, keeps the connection alive, and closes when told to.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,9 +30,23 @@ struct Session {
     node: Arc<NodeShared>,
     user: Admitted,
     /// Highest offset of the user's partition this client has (written or
-    /// named in `resume`): anything at or below it is a duplicate.
+    /// named in `resume`). Live messages arrive in offset order, so one at
+    /// or below it is a duplicate (a partition consumed again after a move).
     seen_through: Option<i64>,
+    /// Offsets written lately (at most a resume buffer's worth). A replay
+    /// can include messages older than a live one already written, so
+    /// replays are deduplicated against these rather than `seen_through`.
+    written_recently: VecDeque<i64>,
     last_heard: Instant,
+}
+
+/// Where a message being written comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The session's queue: counted by the hub until written.
+    Live,
+    /// The user's resume buffer.
+    Replay,
 }
 
 /// Why the loop ended: a close order, or the client went away.
@@ -44,7 +59,13 @@ pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted) {
     let registration = node.hub.register(&user.user, user.partition);
     let (id, mut queue, control) = (registration.id, registration.queue, registration.control);
     node.metrics.connects.increment(1);
-    let mut session = Session { node: node.clone(), user, seen_through: None, last_heard: Instant::now() };
+    let mut session = Session {
+        node: node.clone(),
+        user,
+        seen_through: None,
+        written_recently: VecDeque::new(),
+        last_heard: Instant::now(),
+    };
 
     let welcome = ServerFrame::Welcome {
         node_id: &node.node_id,
@@ -86,7 +107,7 @@ impl Session {
                     if cmd.reason.hands_off() {
                         // Flush what was already fetched before saying goodbye.
                         while let Ok(d) = queue.try_recv() {
-                            if self.write(ws, &d, true).await.is_err() {
+                            if self.write(ws, &d, Source::Live).await.is_err() {
                                 return Ended::ClientGone;
                             }
                         }
@@ -94,7 +115,7 @@ impl Session {
                     return self.close(ws, cmd).await;
                 }
                 Some(d) = queue.recv() => {
-                    if self.write(ws, &d, true).await.is_err() {
+                    if self.write(ws, &d, Source::Live).await.is_err() {
                         return Ended::ClientGone;
                     }
                 }
@@ -146,16 +167,22 @@ impl Session {
         }
     }
 
-    /// Writes one message unless the client already has it. `pending` marks
-    /// queue items, which the hub counts until written.
-    async fn write(&mut self, ws: &mut WebSocket, d: &Delivery, pending: bool) -> Result<(), axum::Error> {
-        let duplicate = self.seen_through.is_some_and(|s| d.offset <= s);
+    /// Writes one message unless the client already has it.
+    async fn write(&mut self, ws: &mut WebSocket, d: &Delivery, source: Source) -> Result<(), axum::Error> {
+        let duplicate = match source {
+            Source::Live => self.seen_through.is_some_and(|s| d.offset <= s),
+            Source::Replay => self.written_recently.contains(&d.offset),
+        };
         let result = if duplicate { Ok(()) } else { ws.send(Message::Text(d.frame.clone())).await };
-        if pending {
+        if source == Source::Live {
             self.node.hub.written(d.partition, d.offset);
         }
         if result.is_ok() && !duplicate {
             self.seen_through = Some(self.seen_through.map_or(d.offset, |s| s.max(d.offset)));
+            if self.written_recently.len() >= self.node.config.limits.resume_buffer.max(1) {
+                self.written_recently.pop_front();
+            }
+            self.written_recently.push_back(d.offset);
             let latency_ms = (crate::kafka::now_ms() - d.ts_ms).max(0) as f64;
             self.node.metrics.delivered(latency_ms);
         }
@@ -218,7 +245,7 @@ impl Session {
                 }
                 let replay = self.node.hub.buffered_after(&self.user.user, self.user.partition, after);
                 for d in replay {
-                    self.write(ws, &d, false).await?;
+                    self.write(ws, &d, Source::Replay).await?;
                 }
                 Ok(())
             }

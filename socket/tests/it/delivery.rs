@@ -75,9 +75,43 @@ async fn resume_replays_what_was_missed_and_dedupes() {
     again.send_json(json!({"type":"resume","last_id": ids[2]})).await;
     assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[3]));
     assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[4]));
-    // Resuming again from an older id only replays what is newer than
-    // anything this session has seen.
+    // Resuming again from an older id replays what the client says it
+    // missed, but nothing this session already wrote.
     again.send_json(json!({"type":"resume","last_id": ids[0]})).await;
+    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[1]));
+    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[2]));
+    assert_eq!(again.next_json_within(Duration::from_millis(300)).await, None);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_older_messages_even_after_a_newer_live_one() {
+    // The race behind a hand-off: the new owner buffered m1 before the user
+    // arrived, then m2 went live to the session before its `resume` was read.
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &[]).await;
+    let producer = world.producer().await;
+    let mut first = Client::join(&node, &world.token("frank", &node, 1)).await;
+    let (p, o0) = world.produce(&producer, "frank", "m0").await;
+    assert_eq!(first.next_json().await.unwrap()["body"], "m0");
+    drop(first);
+    eventually("frank's session is gone", Duration::from_secs(5), async || node.shared.hub.connections() == 0).await;
+    let (_, o1) = world.produce(&producer, "frank", "m1").await;
+    eventually("m1 is buffered", Duration::from_secs(5), async || {
+        metric(&node, "rtc_socket_messages_consumed_total").await == 2.0
+    })
+    .await;
+
+    let mut again = Client::join(&node, &world.token("frank", &node, 1)).await;
+    world.produce(&producer, "frank", "m2").await;
+    assert_eq!(again.next_json().await.unwrap()["body"], "m2", "live first");
+    again.send_json(json!({"type":"resume","last_id": format!("{p}:{o0}")})).await;
+    let replayed = again.next_json().await.expect("m1 replayed");
+    assert_eq!(
+        (replayed["id"].as_str().unwrap(), replayed["body"].as_str().unwrap()),
+        (format!("{p}:{o1}").as_str(), "m1")
+    );
+    // m2 is not sent twice.
     assert_eq!(again.next_json_within(Duration::from_millis(300)).await, None);
     node.shutdown().await;
 }
