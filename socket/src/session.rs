@@ -23,6 +23,9 @@ pub struct Admitted {
     pub epoch: u64,
 }
 
+/// How long a closing session waits for the client's close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
 type SendOutcome = (Option<String>, Result<(u32, i64), String>);
 type PendingSend = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
 
@@ -262,7 +265,19 @@ impl Session {
             .to_json();
         let _ = ws.send(Message::Text(frame.into())).await;
         let close = CloseFrame { code: cmd.reason.close_code(), reason: cmd.reason.as_str().into() };
-        let _ = ws.send(Message::Close(Some(close))).await;
+        if ws.send(Message::Close(Some(close))).await.is_ok() {
+            // Finish the closing handshake (bounded) rather than dropping the
+            // connection under the client, which could then fail writing a
+            // pong before it reads the disconnect frame.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                while let Some(Ok(m)) = ws.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         Ended::Closed(cmd.reason)
     }
 }

@@ -7,5 +7,6 @@ mod drain;
 mod frames;
 mod handoff;
 mod heartbeats;
+mod lifecycle;
 mod real_kafka;
 mod support;

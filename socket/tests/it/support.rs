@@ -253,8 +253,9 @@ impl Client {
     }
 
     pub async fn next_json_within(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let frame = tokio::time::timeout(timeout, self.ws.next()).await.ok()??;
+            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
             match frame {
                 Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
                 Ok(Message::Close(_)) | Err(_) => return None,
