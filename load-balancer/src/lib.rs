@@ -1,9 +1,11 @@
 //! The rtc load balancer.
 //!
 //! - [`assign`]: the assignment engine, pure: live nodes → partition owners.
+//! - [`election`]: leader election on Redis with fencing.
 //! - [`baselines`]: the classic alternatives the engine is measured against.
 //! - [`ring_report`]: the `ring-report` capacity-planning subcommand.
 
 pub mod assign;
 pub mod baselines;
+pub mod election;
 pub mod ring_report;
