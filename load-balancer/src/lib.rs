@@ -1,6 +1,7 @@
 //! The rtc load balancer.
 //!
 //! - [`assign`]: the assignment engine, pure: live nodes → partition owners.
+//! - [`fleet`]: heartbeat history per node and liveness, pure.
 //! - [`election`]: leader election on Redis with fencing.
 //! - [`baselines`]: the classic alternatives the engine is measured against.
 //! - [`ring_report`]: the `ring-report` capacity-planning subcommand.
@@ -8,4 +9,5 @@
 pub mod assign;
 pub mod baselines;
 pub mod election;
+pub mod fleet;
 pub mod ring_report;
