@@ -214,6 +214,9 @@ mod tests {
         let mut v = sample();
         v["padding"] = json!("x".repeat(crate::MAX_DOCUMENT_BYTES));
         assert!(matches!(parse(&v), Err(ContractError::TooLarge { .. })));
+        for bad in ["{not json", "{\"v\":1,}"] {
+            assert!(matches!(Heartbeat::from_json(bad.as_bytes()), Err(ContractError::Json(_))), "{bad}");
+        }
         for bad in ["", "{", "[]", "null", "{\"v\":1,}"] {
             let err = Heartbeat::from_json(bad.as_bytes()).unwrap_err();
             assert!(matches!(err, ContractError::Json(_) | ContractError::InvalidField { .. }), "{bad}: {err:?}");

@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod ids;
 pub mod keys;
 pub mod partitioner;
+pub mod stream;
 pub mod token;
 mod wire;
 

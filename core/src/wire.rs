@@ -59,9 +59,11 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T
             let field = if path == "." { name.to_owned() } else { format!("{path}.{name}") };
             return ContractError::MissingField(field);
         }
-        // Errors inside a field (wrong type, bad map key, bad number) name it.
-        if (inner.is_data() || inner.is_syntax()) && path != "." {
-            return ContractError::InvalidField { field: path, reason: strip_position(&message) };
+        // Errors inside a field (wrong type, bad map key, bad number) name
+        // it; "?" stands for a key that could not be read at all.
+        let field = path.trim_end_matches(".?");
+        if (inner.is_data() || inner.is_syntax()) && field != "." && field != "?" {
+            return ContractError::InvalidField { field: field.to_owned(), reason: strip_position(&message) };
         }
         ContractError::Json(message)
     })

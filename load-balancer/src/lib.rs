@@ -2,6 +2,7 @@
 //!
 //! - [`assign`]: the assignment engine, pure: live nodes → partition owners.
 //! - [`fleet`]: heartbeat history per node and liveness, pure.
+//! - [`ingest`]: tails the heartbeat stream into the fleet.
 //! - [`election`]: leader election on Redis with fencing.
 //! - [`baselines`]: the classic alternatives the engine is measured against.
 //! - [`ring_report`]: the `ring-report` capacity-planning subcommand.
@@ -10,4 +11,5 @@ pub mod assign;
 pub mod baselines;
 pub mod election;
 pub mod fleet;
+pub mod ingest;
 pub mod ring_report;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::ownership::Event;
-use crate::peers::Backoff;
+use rtc_core::stream::Backoff;
 
 pub struct Follower {
     pub client: redis::Client,

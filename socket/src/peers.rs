@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamReadOptions, StreamReadReply};
-use rtc_core::{Document, Heartbeat};
+use rtc_core::Heartbeat;
+use rtc_core::stream::{Backoff, HeartbeatCursor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -87,25 +87,20 @@ impl Peers {
         metrics: &Metrics,
         shutdown: CancellationToken,
     ) {
-        let since = crate::kafka::now_ms().saturating_sub(self.dead_after.as_millis() as i64).max(0);
-        let mut last_id = format!("{since}-0");
-        let options = StreamReadOptions::default().block(500).count(1000);
+        let since = crate::kafka::now_ms().saturating_sub(self.dead_after.as_millis() as i64).max(0) as u64;
+        let mut cursor = HeartbeatCursor::since(key, since, 1000, Duration::from_millis(500));
         let mut backoff = Backoff::default();
         loop {
-            let (keys, ids) = ([key.as_str()], [last_id.as_str()]);
-            let read = tokio::select! {
+            let batch = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = redis::AsyncCommands::xread_options::<_, _, Option<StreamReadReply>>(
-                    &mut conn, &keys, &ids, &options) => r,
+                b = cursor.next_batch(&mut conn) => b,
             };
-            match read {
-                Ok(reply) => {
+            match batch {
+                Ok(entries) => {
                     backoff.reset();
                     let now = Instant::now();
-                    for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-                        last_id = entry.id.clone();
-                        let Some(redis::Value::BulkString(raw)) = entry.map.get("hb") else { continue };
-                        match Heartbeat::from_json(raw) {
+                    for entry in entries {
+                        match entry {
                             Ok(hb) => self.observe(&hb, now),
                             Err(e) => metrics.count("rtc_socket_invalid_peer_heartbeats_total", "reason", e.kind()),
                         }
@@ -120,24 +115,6 @@ impl Peers {
                 }
             }
         }
-    }
-}
-
-/// Exponential backoff: 100 ms doubling to 1.6 s.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let d = Duration::from_millis(100u64 << self.attempt.min(4));
-        self.attempt += 1;
-        d
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
     }
 }
 
@@ -198,14 +175,5 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         peers.observe(&hb("a", 2), Instant::now());
         assert!(waiter.await.unwrap());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff::default();
-        let seq: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(seq, vec![100, 200, 400, 800, 1600, 1600, 1600]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
     }
 }
