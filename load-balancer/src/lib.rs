@@ -3,6 +3,7 @@
 //! - [`assign`]: the assignment engine, pure: live nodes → partition owners.
 //! - [`fleet`]: heartbeat history per node and liveness, pure.
 //! - [`ingest`]: tails the heartbeat stream into the fleet.
+//! - [`publish`]: the leader's fenced assignment publication.
 //! - [`election`]: leader election on Redis with fencing.
 //! - [`baselines`]: the classic alternatives the engine is measured against.
 //! - [`ring_report`]: the `ring-report` capacity-planning subcommand.
@@ -12,4 +13,5 @@ pub mod baselines;
 pub mod election;
 pub mod fleet;
 pub mod ingest;
+pub mod publish;
 pub mod ring_report;
