@@ -12,7 +12,7 @@ pub mod heartbeat;
 pub mod ids;
 pub mod keys;
 pub mod partitioner;
-pub mod stream;
+pub mod redis_io;
 pub mod token;
 mod wire;
 

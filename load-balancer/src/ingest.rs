@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use rtc_core::NodeState;
-use rtc_core::stream::{Backoff, HeartbeatCursor};
+use rtc_core::redis_io::{Backoff, HeartbeatCursor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -9,9 +9,14 @@
 //! - [`ring_report`]: the `ring-report` capacity-planning subcommand.
 
 pub mod assign;
+pub mod auth;
 pub mod baselines;
+pub mod config;
 pub mod election;
 pub mod fleet;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod publish;
 pub mod ring_report;
+pub mod service;

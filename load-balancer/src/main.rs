@@ -11,6 +11,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the load balancer: election, assignment, routing.
+    Serve(Box<rtc_load_balancer::config::ServeArgs>),
     /// Capacity planning: spread and movement of users for this engine and
     /// two classic baselines, computed side by side.
     RingReport(ring_report::ReportArgs),
@@ -18,6 +20,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Serve(args) => serve(*args)?,
         Command::RingReport(args) => {
             let report = ring_report::run(&args)?;
             if args.json {
@@ -27,6 +30,24 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[tokio::main]
+async fn serve(args: rtc_load_balancer::config::ServeArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("RTC_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .json()
+        .init();
+    let lb = rtc_load_balancer::service::start(args).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    lb.shutdown().await;
     Ok(())
 }
 
@@ -44,5 +65,8 @@ mod tests {
     fn add_and_remove_exclude_each_other() {
         assert!(Cli::try_parse_from(["lb", "ring-report", "--add", "1", "--remove", "1"]).is_err());
         assert!(Cli::try_parse_from(["lb", "ring-report", "--nodes", "0"]).is_err());
+        // Authentication is never implied: `none` must be asked for.
+        assert!(Cli::try_parse_from(["lb", "serve"]).is_err());
+        assert!(Cli::try_parse_from(["lb", "serve", "--auth", "none"]).is_ok());
     }
 }

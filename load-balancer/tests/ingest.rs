@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use rtc_core::stream::HeartbeatCursor;
+use rtc_core::redis_io::HeartbeatCursor;
 use rtc_core::{Document, Heartbeat, Keys, NodeState};
 use rtc_load_balancer::fleet::Fleet;
 use rtc_load_balancer::ingest::{Ingest, IngestObserver, Membership};

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use rtc_core::{Assignment, Document};
@@ -14,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::ownership::Event;
-use rtc_core::stream::Backoff;
 
 pub struct Follower {
     pub client: redis::Client,
@@ -29,11 +27,11 @@ pub struct Follower {
 
 impl Follower {
     pub async fn run(self, events: mpsc::Sender<Event>, shutdown: CancellationToken) {
-        let listener = tokio::spawn(listen(
+        let listener = tokio::spawn(rtc_core::redis_io::notify_on_publish(
             self.client.clone(),
             self.events_channel.clone(),
             self.fetch_now.clone(),
-            shutdown.clone(),
+            shutdown.clone().cancelled_owned(),
         ));
         let mut conn = self.conn.clone();
         let mut newest = 0u64;
@@ -71,39 +69,4 @@ enum FetchError {
 async fn fetch(conn: &mut ConnectionManager, key: &str) -> Result<Option<Assignment>, FetchError> {
     let raw: Option<Vec<u8>> = conn.get(key).await.map_err(FetchError::Redis)?;
     raw.map(|raw| Assignment::from_json(&raw).map_err(FetchError::Invalid)).transpose()
-}
-
-/// Subscribes to the events channel and wakes the fetcher on every message;
-/// reconnects with backoff.
-async fn listen(client: redis::Client, channel: String, fetch_now: Arc<Notify>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match subscribed.await {
-            Ok(mut pubsub) => {
-                backoff.reset();
-                // A message may have been missed while (re)connecting.
-                fetch_now.notify_one();
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        m = messages.next() => match m {
-                            Some(_) => fetch_now.notify_one(),
-                            None => break,
-                        },
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "assignment subscription failed"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }

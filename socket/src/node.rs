@@ -6,7 +6,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rtc_core::{NodeState, TokenSigner};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
@@ -160,16 +159,6 @@ impl NodeHandle {
     }
 }
 
-fn redis_manager(client: &redis::Client, response_timeout: Duration) -> anyhow::Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(1));
-    Ok(ConnectionManager::new_lazy_with_config(client.clone(), config)?)
-}
-
 /// Starts a node: Kafka (embedded or configured), Redis links, listeners,
 /// and every background task. Returns once it is ready.
 pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
@@ -249,7 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     tasks.spawn(Reconciler::new(shared.clone(), commands_tx, events_tx.clone()).run(events_rx, shutdown.clone()));
     let follower = crate::follower::Follower {
         client: redis.clone(),
-        conn: redis_manager(&redis, Duration::from_secs(1))?,
+        conn: rtc_core::redis_io::connection_manager(&redis, Duration::from_secs(1))?,
         assignment_key: keys.assignment(),
         events_channel: keys.assignment_events(),
         poll: Duration::from_millis(timing.assignment_poll_ms.max(10)),
@@ -258,13 +247,17 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     };
     tasks.spawn(follower.run(events_tx, shutdown.clone()));
     {
-        let (node, conn, key, token) =
-            (shared.clone(), redis_manager(&redis, Duration::from_secs(3))?, keys.heartbeats(), shutdown.clone());
+        let (node, conn, key, token) = (
+            shared.clone(),
+            rtc_core::redis_io::connection_manager(&redis, Duration::from_secs(3))?,
+            keys.heartbeats(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move { node.peers.follow(conn, key, &node.metrics, token).await });
     }
     tasks.spawn(crate::heartbeat::run(
         shared.clone(),
-        redis_manager(&redis, interval)?,
+        rtc_core::redis_io::connection_manager(&redis, interval)?,
         keys.heartbeats(),
         shutdown.clone(),
     ));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use rtc_core::Heartbeat;
-use rtc_core::stream::{Backoff, HeartbeatCursor};
+use rtc_core::redis_io::{Backoff, HeartbeatCursor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -1,6 +1,11 @@
-//! Reading the `rtc:heartbeats` stream: a cursor that resumes where it was,
-//! reads in bounded blocking batches, and parses every entry (each result
-//! is a heartbeat or the typed reason it is invalid, never a panic).
+//! Redis I/O shared by the services.
+//!
+//! - [`HeartbeatCursor`] reads the `rtc:heartbeats` stream: it resumes where
+//!   it was, reads in bounded blocking batches, and parses every entry (each
+//!   result is a heartbeat or the typed reason it is invalid, never a panic).
+//! - [`notify_on_publish`] turns a pub/sub channel into wake-ups.
+//! - [`connection_manager`] is a reconnecting connection that is created
+//!   even while Redis is down (services start and keep serving without it).
 
 use std::time::Duration;
 
@@ -57,6 +62,62 @@ impl HeartbeatCursor {
         }
         Ok(out)
     }
+}
+
+/// Subscribes to `channel` and wakes `notify` on every message (and after
+/// every (re)subscription, since a message may have been missed meanwhile);
+/// reconnects with backoff until `stop` resolves.
+pub async fn notify_on_publish(
+    client: redis::Client,
+    channel: String,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use futures_util::StreamExt;
+    let mut stop = std::pin::pin!(stop);
+    let mut backoff = Backoff::default();
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match subscribed.await {
+            Ok(mut pubsub) => {
+                backoff.reset();
+                notify.notify_one();
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        m = messages.next() => match m {
+                            Some(_) => notify.notify_one(),
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, channel, "subscription failed"),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// A lazily connected, reconnecting connection with bounded timeouts.
+pub fn connection_manager(
+    client: &redis::Client,
+    response_timeout: Duration,
+) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1));
+    redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// Exponential backoff for reconnecting: 100 ms doubling to 1.6 s.

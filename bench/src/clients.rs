@@ -1,0 +1,476 @@
+//! A fleet of WebSocket sessions from one local source address.
+//!
+//! Each session binds its TCP socket to `--from-ip` (so several processes on
+//! several 127.0.0.x addresses can open more sessions than one address has
+//! ephemeral ports), connects with a connect token minted for its user, and
+//! waits for `welcome`. Once every session connected (or gave up), one line
+//! `{"event":"connected",…}` is printed; the sessions are then held (pings
+//! are answered by tungstenite as frames are read) until `--hold-secs` pass
+//! or SIGTERM, and a `{"event":"report",…}` line closes the run.
+//!
+//! With `--measure-latency`, every `message` frame's `now_ms − ts_ms` goes
+//! into a 1 ms histogram, and ids are deduplicated per session (a record is
+//! addressed to one user, who has one session here, so per-session
+//! duplicates are all the duplicates).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rtc_core::{ConnectClaims, TokenSigner};
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Latencies above this many milliseconds share the last bucket.
+const HIST_MAX_MS: usize = 60_000;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientsArgs {
+    /// The node's WebSocket address (`host:port`).
+    #[arg(long, env = "RTC_BENCH_WS")]
+    pub ws: SocketAddr,
+    /// Node id the connect tokens name.
+    #[arg(long, env = "RTC_BENCH_NODE_ID")]
+    pub node_id: String,
+    /// The node's `--token-secret`.
+    #[arg(long, env = "RTC_BENCH_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
+    pub secret: String,
+    /// Partition count of the topic (a token names its user's partition).
+    #[arg(long, env = "RTC_BENCH_PARTITIONS", default_value_t = rtc_core::config::DEFAULT_PARTITIONS)]
+    pub partitions: u32,
+    /// Assignment epoch the tokens carry.
+    #[arg(long, env = "RTC_BENCH_EPOCH", default_value_t = 1)]
+    pub epoch: u64,
+    /// Local source address of every session.
+    #[arg(long, env = "RTC_BENCH_FROM_IP", default_value = "127.0.0.1")]
+    pub from_ip: IpAddr,
+    /// Sessions to open.
+    #[arg(long, env = "RTC_BENCH_COUNT")]
+    pub count: u64,
+    /// Users are `<prefix><first-user>` … `<prefix><first-user + count − 1>`.
+    #[arg(long, env = "RTC_BENCH_FIRST_USER", default_value_t = 0)]
+    pub first_user: u64,
+    #[arg(long, env = "RTC_BENCH_USER_PREFIX", default_value = "user-")]
+    pub user_prefix: String,
+    /// Hold the sessions this long after connecting (SIGTERM ends earlier).
+    #[arg(long, env = "RTC_BENCH_HOLD_SECS", default_value_t = 60)]
+    pub hold_secs: u64,
+    /// Bound on one connect attempt (TCP, upgrade and `welcome`).
+    #[arg(long, env = "RTC_BENCH_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    /// Attempts per session before it counts as failed.
+    #[arg(long, env = "RTC_BENCH_CONNECT_ATTEMPTS", default_value_t = 3)]
+    pub connect_attempts: u32,
+    /// Connect attempts in flight at once (keeps the node's accept backlog
+    /// from overflowing).
+    #[arg(long, env = "RTC_BENCH_CONNECT_CONCURRENCY", default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Read buffer of each client session (tungstenite's default is 128 KiB,
+    /// which the client fleet does not need).
+    #[arg(long, env = "RTC_BENCH_CLIENT_READ_BUFFER", default_value_t = 4096)]
+    pub read_buffer: usize,
+    /// Record latency and duplicates of `message` frames.
+    #[arg(long, env = "RTC_BENCH_MEASURE_LATENCY")]
+    pub measure_latency: bool,
+    /// Runtime worker threads (1: a current-thread runtime).
+    #[arg(long, env = "RTC_BENCH_THREADS", default_value_t = 1)]
+    pub threads: usize,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+struct Ctx {
+    args: ClientsArgs,
+    signer: TokenSigner,
+    gate: Semaphore,
+    config: WebSocketConfig,
+    stats: Stats,
+}
+
+struct Stats {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+    ended_early: AtomicU64,
+    messages: AtomicU64,
+    duplicates: AtomicU64,
+    unparsed: AtomicU64,
+    other_frames: AtomicU64,
+    first_rx_ms: AtomicI64,
+    last_rx_ms: AtomicI64,
+    max_latency_ms: AtomicU64,
+    hist: Box<[AtomicU64]>,
+    /// Connect errors and server-initiated closes, by kind.
+    events: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    fn new(measure: bool) -> Self {
+        let buckets = if measure { HIST_MAX_MS + 1 } else { 0 };
+        Self {
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            ended_early: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            unparsed: AtomicU64::new(0),
+            other_frames: AtomicU64::new(0),
+            first_rx_ms: AtomicI64::new(i64::MAX),
+            last_rx_ms: AtomicI64::new(0),
+            max_latency_ms: AtomicU64::new(0),
+            hist: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            events: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn event(&self, kind: impl Into<String>) {
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()).entry(kind.into()).or_default() += 1;
+    }
+
+    fn histogram(&self) -> Vec<u64> {
+        self.hist.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// The fields of a server frame the fleet looks at.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts_ms: Option<i64>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+pub async fn run(args: ClientsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.count > 0, "--count must be at least 1");
+    anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = args.read_buffer.max(256);
+    config.write_buffer_size = 0;
+    let ctx = Arc::new(Ctx {
+        signer: TokenSigner::new(args.secret.as_bytes()),
+        gate: Semaphore::new(args.connect_concurrency.max(1)),
+        stats: Stats::new(args.measure_latency),
+        config,
+        args,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            crate::stop_requested().await;
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let started = Instant::now();
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1024);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..ctx.args.count {
+        tasks.spawn(session(n, ctx.clone(), ready_tx.clone(), stop_rx.clone()));
+    }
+    drop(ready_tx);
+    let mut settled = 0;
+    let mut stop_seen = stop_rx.clone();
+    while settled < ctx.args.count {
+        tokio::select! {
+            r = ready_rx.recv() => match r { Some(()) => settled += 1, None => break },
+            _ = stop_seen.wait_for(|s| *s) => break,
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let stats = &ctx.stats;
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "connected",
+            "from_ip": ctx.args.from_ip.to_string(),
+            "requested": ctx.args.count,
+            "connected": stats.connected.load(Ordering::Relaxed),
+            "failed": stats.failed.load(Ordering::Relaxed),
+            "secs": round3(connect_secs),
+        })
+    );
+
+    let hold = Duration::from_secs(ctx.args.hold_secs);
+    tokio::select! {
+        _ = tokio::time::sleep(hold) => {}
+        _ = stop_seen.wait_for(|s| *s) => {}
+    }
+    let _ = stop_tx.send(true);
+    let open_at_end = stats.connected.load(Ordering::Relaxed).saturating_sub(stats.ended_early.load(Ordering::Relaxed));
+    // Every session returns at once on stop; bound it anyway.
+    let _ = tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+
+    let messages = stats.messages.load(Ordering::Relaxed);
+    let duplicates = stats.duplicates.load(Ordering::Relaxed);
+    let hist = stats.histogram();
+    let sparse: Vec<[u64; 2]> =
+        hist.iter().enumerate().filter(|(_, c)| **c > 0).map(|(ms, c)| [ms as u64, *c]).collect();
+    let first_rx = stats.first_rx_ms.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "report",
+            "from_ip": ctx.args.from_ip.to_string(),
+            "requested": ctx.args.count,
+            "connected": stats.connected.load(Ordering::Relaxed),
+            "failed": stats.failed.load(Ordering::Relaxed),
+            "retries": stats.retries.load(Ordering::Relaxed),
+            "ended_early": stats.ended_early.load(Ordering::Relaxed),
+            "open_at_end": open_at_end,
+            "connect_secs": round3(connect_secs),
+            "messages": messages,
+            "duplicates": duplicates,
+            "distinct": messages - duplicates,
+            "unparsed": stats.unparsed.load(Ordering::Relaxed),
+            "other_frames": stats.other_frames.load(Ordering::Relaxed),
+            "first_rx_ms": if first_rx == i64::MAX { None } else { Some(first_rx) },
+            "last_rx_ms": stats.last_rx_ms.load(Ordering::Relaxed),
+            "latency_ms": {
+                "count": hist.iter().sum::<u64>(),
+                "p50": quantile(&hist, 0.50),
+                "p99": quantile(&hist, 0.99),
+                "max": stats.max_latency_ms.load(Ordering::Relaxed),
+            },
+            "hist": sparse,
+            "events": *stats.events.lock().unwrap_or_else(|p| p.into_inner()),
+        })
+    );
+    Ok(())
+}
+
+/// The `q` quantile (ms) of a 1 ms histogram; `None` when it is empty.
+fn quantile(hist: &[u64], q: f64) -> Option<usize> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    hist.iter().position(|c| {
+        seen += c;
+        seen >= rank
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+async fn session(n: u64, ctx: Arc<Ctx>, ready: mpsc::Sender<()>, mut stop: watch::Receiver<bool>) {
+    let args = &ctx.args;
+    let user = format!("{}{}", args.user_prefix, args.first_user + n);
+    let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+    let mut ws = None;
+    if let Ok(_permit) = ctx.gate.acquire().await {
+        for attempt in 0..args.connect_attempts.max(1) {
+            if *stop.borrow() {
+                break;
+            }
+            if attempt > 0 {
+                ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            }
+            match tokio::time::timeout(timeout, open(&ctx, &user)).await {
+                Ok(Ok(s)) => {
+                    ws = Some(s);
+                    break;
+                }
+                Ok(Err(kind)) => ctx.stats.event(format!("connect_error:{kind}")),
+                Err(_) => ctx.stats.event("connect_error:timeout"),
+            }
+        }
+    }
+    let Some(mut ws) = ws else {
+        ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = ready.send(()).await;
+        return;
+    };
+    ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
+    let _ = ready.send(()).await;
+    drop(ready);
+
+    let mut seen: HashSet<u64> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => on_text(&ctx, text.as_str(), &mut seen),
+                Some(Ok(Message::Close(close))) => {
+                    let code = close.map_or(0, |c| u16::from(c.code));
+                    ctx.stats.event(format!("closed_by_server:{code}"));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    ctx.stats.event(format!("read_error:{}", error_kind(&e)));
+                    break;
+                }
+                None => {
+                    ctx.stats.event("read_error:eof");
+                    break;
+                }
+            }
+        }
+    }
+    ctx.stats.ended_early.fetch_add(1, Ordering::Relaxed);
+    // Keep the task (not the connection) until stop, so the counts above
+    // stay consistent with what the report says was open.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn on_text(ctx: &Ctx, text: &str, seen: &mut HashSet<u64>) {
+    let stats = &ctx.stats;
+    if !ctx.args.measure_latency {
+        if text.starts_with("{\"type\":\"message\"") {
+            stats.messages.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.other_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let Ok(frame) = serde_json::from_str::<Incoming<'_>>(text) else {
+        stats.unparsed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    match frame.kind.as_ref() {
+        "message" => {
+            let now = crate::now_ms();
+            stats.messages.fetch_add(1, Ordering::Relaxed);
+            stats.first_rx_ms.fetch_min(now, Ordering::Relaxed);
+            stats.last_rx_ms.fetch_max(now, Ordering::Relaxed);
+            if let Some(ts) = frame.ts_ms {
+                let latency = (now - ts).max(0) as u64;
+                stats.max_latency_ms.fetch_max(latency, Ordering::Relaxed);
+                stats.hist[(latency as usize).min(HIST_MAX_MS)].fetch_add(1, Ordering::Relaxed);
+            }
+            match frame.id.as_deref().and_then(id_key) {
+                Some(key) => {
+                    if !seen.insert(key) {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => stats.event("message_without_id"),
+            }
+        }
+        "disconnect" => {
+            stats.event(format!("disconnect:{}", frame.reason.as_deref().unwrap_or("?")));
+            stats.other_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        other => {
+            stats.event(format!("frame:{other}"));
+            stats.other_frames.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `partition:offset` as one number (offsets stay far below 2^40).
+fn id_key(id: &str) -> Option<u64> {
+    let (p, o) = id.split_once(':')?;
+    let (p, o): (u64, u64) = (p.parse().ok()?, o.parse().ok()?);
+    Some((p << 40) | (o & ((1 << 40) - 1)))
+}
+
+/// Connects one session: bound TCP socket, upgrade with a fresh token, and
+/// the `welcome` frame. Errors are short kinds for the report.
+async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
+    let args = &ctx.args;
+    let partition = rtc_core::partition_for_key(user.as_bytes(), args.partitions);
+    let token = ctx.signer.sign(&ConnectClaims {
+        user: user.to_owned(),
+        node_id: args.node_id.clone(),
+        partition,
+        epoch: args.epoch,
+        expires_at_ms: (crate::now_ms() + 600_000) as u64,
+    });
+    let socket = match args.from_ip {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("socket:{:?}", e.kind()))?;
+    socket.bind(SocketAddr::new(args.from_ip, 0)).map_err(|e| format!("bind:{:?}", e.kind()))?;
+    let stream = socket.connect(args.ws).await.map_err(|e| format!("tcp:{:?}", e.kind()))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay:{:?}", e.kind()))?;
+    let url = format!("ws://{}/ws?token={token}", args.ws);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ctx.config))
+        .await
+        .map_err(|e| format!("upgrade:{}", error_kind(&e)))?;
+    match ws.next().await {
+        Some(Ok(Message::Text(text))) => match serde_json::from_str::<Incoming<'_>>(text.as_str()) {
+            Ok(frame) if frame.kind == "welcome" => Ok(ws),
+            _ => Err("no_welcome".into()),
+        },
+        Some(Err(e)) => Err(format!("welcome:{}", error_kind(&e))),
+        _ => Err("no_welcome".into()),
+    }
+}
+
+fn error_kind(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Http(response) => {
+            let code = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v.get("error").and_then(|c| c.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            format!("http_{}_{code}", response.status().as_u16())
+        }
+        tungstenite::Error::Io(io) => format!("io_{:?}", io.kind()),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
+        tungstenite::Error::Protocol(p) => format!("protocol_{p}"),
+        other => {
+            let text = other.to_string();
+            text.chars().take(40).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_a_histogram() {
+        assert_eq!(quantile(&[], 0.5), None);
+        let mut hist = vec![0u64; 10];
+        hist[2] = 50;
+        hist[3] = 49;
+        hist[9] = 1;
+        assert_eq!(quantile(&hist, 0.5), Some(2));
+        assert_eq!(quantile(&hist, 0.99), Some(3));
+        assert_eq!(quantile(&hist, 1.0), Some(9));
+    }
+
+    #[test]
+    fn message_ids_are_keys() {
+        assert_eq!(id_key("17:4711"), Some((17 << 40) | 4711));
+        assert_ne!(id_key("1:0"), id_key("0:1"));
+        assert_eq!(id_key("x:1"), None);
+        assert_eq!(id_key("17"), None);
+    }
+
+    #[test]
+    fn frames_are_read_without_the_body() {
+        let f: Incoming<'_> =
+            serde_json::from_str(r#"{"type":"message","id":"3:9","from":null,"body":"a\"b","ts_ms":12}"#).unwrap();
+        assert_eq!((f.kind.as_ref(), f.id.as_deref(), f.ts_ms), ("message", Some("3:9"), Some(12)));
+    }
+}

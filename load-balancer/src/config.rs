@@ -1,0 +1,78 @@
+//! Settings of the load-balancer service, parsed in one place.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use rtc_core::config::{RedisArgs, TopicArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Anyone may ask for any user's route (development only).
+    None,
+    /// A bearer JWT whose `sub` is the user.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Public listen address (`GET /v1/route`).
+    #[arg(long, env = "RTC_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Admin listen address: `/v1/nodes`, `/v1/assignment`, `/metrics`, probes.
+    #[arg(long, env = "RTC_ADMIN_LISTEN", default_value = "127.0.0.1:9000")]
+    pub admin_listen: String,
+    /// This replica's id in the election (default: lb-<pid>).
+    #[arg(long, env = "RTC_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub topic: TopicArgs,
+    /// Client authentication: `jwt`, or `none` (must be asked for).
+    #[arg(long, env = "RTC_AUTH", value_enum)]
+    pub auth: AuthMode,
+    /// HS256 secret for `--auth jwt`.
+    #[arg(long, env = "RTC_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// RS256 public key (PEM file) for `--auth jwt`.
+    #[arg(long, env = "RTC_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// Shared secret of the connect tokens (the socket nodes verify them).
+    #[arg(long, env = "RTC_TOKEN_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
+    pub token_secret: String,
+    /// Lifetime of a connect token.
+    #[arg(long, env = "RTC_TOKEN_TTL_MS", default_value_t = 30_000)]
+    pub token_ttl_ms: u64,
+    /// Leader lease; renewed every third of it.
+    #[arg(long, env = "RTC_LEASE_TTL_MS", default_value_t = 5_000)]
+    pub lease_ttl_ms: u64,
+    /// The socket nodes' heartbeat period (a node is dead after 3 missed).
+    #[arg(long, env = "RTC_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeat history kept per node (covers the scale-in window).
+    #[arg(long, env = "RTC_HISTORY_WINDOW_MS", default_value_t = 300_000)]
+    pub history_window_ms: u64,
+    /// Followers poll the assignment this often (pub/sub is the fast path).
+    #[arg(long, env = "RTC_ASSIGNMENT_POLL_MS", default_value_t = 1_000)]
+    pub assignment_poll_ms: u64,
+    /// Route requests per second allowed per client address.
+    #[arg(long, env = "RTC_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+    /// Burst above the rate a client may use.
+    #[arg(long, env = "RTC_RATE_BURST", default_value_t = 100)]
+    pub rate_burst: u32,
+}
+
+impl ServeArgs {
+    pub fn replica_id(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(|| format!("lb-{}", std::process::id()))
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms.max(30))
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+}

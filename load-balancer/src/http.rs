@@ -1,0 +1,120 @@
+//! HTTP: `GET /v1/route` on the public port; reads and probes on the admin
+//! port. Errors are JSON `{"error": …}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rtc_core::{ConnectClaims, NodeState};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::service::Shared;
+
+pub fn public(shared: Arc<Shared>) -> Router {
+    Router::new().route("/v1/route", get(route)).with_state(shared)
+}
+
+pub fn admin(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/assignment", get(assignment))
+        .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { s.metrics.render() }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    user: Option<String>,
+}
+
+async fn route(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<RouteQuery>,
+) -> Response {
+    let outcome = |o: &'static str| shared.metrics.count("rtc_lb_route_requests_total", "outcome", o);
+    if shared.limiter.check_key(&peer.ip()).is_err() {
+        outcome("rate_limited");
+        return error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+    }
+    let authorization = headers.get("authorization").and_then(|h| h.to_str().ok());
+    let user = match shared.auth.user(authorization, query.user.as_deref()) {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            outcome("bad_user");
+            return error(StatusCode::BAD_REQUEST, "query parameter `user` is required");
+        }
+        Err(e) => {
+            outcome("unauthorized");
+            return error(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+    };
+    if let Err(e) = rtc_core::ids::validate_user_id(&user) {
+        outcome("bad_user");
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let Some(assignment) = shared.assignment() else {
+        outcome("no_node");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no assignment yet");
+    };
+    let partition = rtc_core::partition_for_key(user.as_bytes(), assignment.partitions);
+    let Some(owner) = assignment.owner(partition) else {
+        outcome("no_node");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no ready node");
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let token = shared.signer.sign(&ConnectClaims {
+        user: user.clone(),
+        node_id: owner.id.clone(),
+        partition,
+        epoch: assignment.epoch,
+        expires_at_ms: now + shared.args.token_ttl_ms,
+    });
+    outcome("ok");
+    axum::Json(json!({
+        "user": user,
+        "partition": partition,
+        "node_id": owner.id,
+        "url": owner.url,
+        "epoch": assignment.epoch,
+        "token": token,
+    }))
+    .into_response()
+}
+
+async fn nodes(State(shared): State<Arc<Shared>>) -> Response {
+    let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let nodes: Vec<_> = fleet
+        .records()
+        .map(|(id, r)| json!({"id": id, "alive": fleet.is_alive(id, now), "last_seen_ms": r.last_seen_ms(), "heartbeat": r.latest()}))
+        .collect();
+    axum::Json(json!({"nodes": nodes})).into_response()
+}
+
+async fn assignment(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.assignment() {
+        Some(a) => axum::Json(a.as_ref().clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no assignment yet"),
+    }
+}
+
+/// Ready once it serves an assignment with at least one ready node.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let ready = shared.assignment().is_some_and(|a| a.nodes.iter().any(|n| n.state == NodeState::Ready));
+    let leader = shared.role.borrow().lease().is_some();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({"serving": ready, "leader": leader}))).into_response()
+}

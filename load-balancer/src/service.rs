@@ -1,0 +1,226 @@
+//! The load-balancer service: election, ingestion, the leader's assignment
+//! publication, followers' loading, and the HTTP servers.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rtc_core::redis_io::HeartbeatCursor;
+use rtc_core::{Assignment, Keys, TokenSigner};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::ServeArgs;
+use crate::election::{ElectionError, Elector, LeaseStore, Role};
+use crate::fleet::Fleet;
+use crate::ingest::{Ingest, Membership, block_for};
+use crate::metrics::Metrics;
+use crate::publish::{load, next_assignment, publish};
+
+pub struct Shared {
+    pub args: ServeArgs,
+    pub keys: Keys,
+    pub signer: TokenSigner,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub fleet: Arc<Mutex<Fleet>>,
+    pub role: watch::Receiver<Role>,
+    pub limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    assignment: RwLock<Option<Arc<Assignment>>>,
+}
+
+impl Shared {
+    /// The assignment this replica serves (the leader's, as last seen).
+    pub fn assignment(&self) -> Option<Arc<Assignment>> {
+        self.assignment.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn serve_assignment(&self, a: Assignment) {
+        let mut current = self.assignment.write().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_none_or(|c| a.epoch > c.epoch) {
+            self.metrics.assignment_epoch.set(a.epoch as f64);
+            *current = Some(Arc::new(a));
+        }
+    }
+}
+
+pub struct LbHandle {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl LbHandle {
+    /// Stops every task; a leader releases its lease.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async { while self.tasks.join_next().await.is_some() {} })
+            .await;
+        self.tasks.abort_all();
+    }
+
+    /// Stops without releasing anything, as a crash would.
+    pub fn kill(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
+    let replica = args.replica_id();
+    rtc_core::ids::validate_node_id(&replica)?;
+    let keys = args.redis.keys();
+    let client = redis::Client::open(args.redis.redis_url.as_str())?;
+    let interval = args.heartbeat_interval();
+    let (role_tx, role_rx) = watch::channel(Role::Follower);
+    let quota = governor::Quota::per_second(std::num::NonZeroU32::new(args.rate_limit.max(1)).expect("at least 1"))
+        .allow_burst(std::num::NonZeroU32::new(args.rate_burst.max(1)).expect("at least 1"));
+    let shared = Arc::new(Shared {
+        keys: keys.clone(),
+        signer: TokenSigner::new(args.token_secret.as_bytes()),
+        auth: Auth::from_args(&args)?,
+        metrics: Arc::new(Metrics::new()),
+        fleet: Arc::new(Mutex::new(Fleet::new(args.heartbeat_interval_ms, args.history_window_ms))),
+        role: role_rx,
+        limiter: governor::RateLimiter::keyed(quota),
+        assignment: RwLock::new(None),
+        args: args.clone(),
+    });
+
+    let listener = TcpListener::bind(&args.listen).await?;
+    let admin_listener = TcpListener::bind(&args.admin_listen).await?;
+    let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let store = LeaseStore::new(&keys, args.lease_ttl());
+    let elector = Elector {
+        store: store.clone(),
+        conn: rtc_core::redis_io::connection_manager(&client, args.lease_ttl() / 3)?,
+        holder: replica.clone(),
+    };
+    tasks.spawn(elector.run(role_tx, shutdown.clone()));
+
+    let (membership_tx, membership_rx) = watch::channel(Membership::new());
+    let since = now_ms().saturating_sub(3 * args.heartbeat_interval_ms);
+    let ingest = Ingest {
+        conn: rtc_core::redis_io::connection_manager(&client, Duration::from_secs(2) + block_for(interval))?,
+        cursor: HeartbeatCursor::since(keys.heartbeats(), since, 2000, block_for(interval)),
+        fleet: shared.fleet.clone(),
+        partitions: args.topic.partitions,
+        observer: shared.metrics.clone(),
+        clock: now_ms,
+    };
+    tasks.spawn(ingest.run(membership_tx, shutdown.clone()));
+
+    let fetch_now = Arc::new(Notify::new());
+    tasks.spawn(rtc_core::redis_io::notify_on_publish(
+        client.clone(),
+        keys.assignment_events(),
+        fetch_now.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tasks.spawn(coordinate(
+        shared.clone(),
+        store,
+        rtc_core::redis_io::connection_manager(&client, Duration::from_secs(1))?,
+        membership_rx,
+        fetch_now,
+        shutdown.clone(),
+    ));
+
+    for (listener, app) in
+        [(listener, crate::http::public(shared.clone())), (admin_listener, crate::http::admin(shared.clone()))]
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+    }
+    tracing::info!(%replica, %addr, %admin_addr, "load balancer started");
+    Ok(LbHandle { addr, admin_addr, shared, shutdown, tasks })
+}
+
+/// Leader: recompute and publish on every membership change (and each
+/// heartbeat interval, so deaths on a quiet stream are noticed). Follower:
+/// load what the leader published.
+async fn coordinate(
+    shared: Arc<Shared>,
+    store: LeaseStore,
+    mut conn: ConnectionManager,
+    mut membership: watch::Receiver<Membership>,
+    fetch_now: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let args = &shared.args;
+    let mut role = shared.role.clone();
+    let mut tick =
+        tokio::time::interval(args.heartbeat_interval().min(Duration::from_millis(args.assignment_poll_ms.max(10))));
+    let mut led_before: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = role.changed() => {}
+            _ = membership.changed() => {}
+            _ = fetch_now.notified() => {}
+            _ = tick.tick() => {}
+        }
+        let current = role.borrow().clone();
+        match current {
+            Role::Leader(lease) => {
+                if led_before != Some(lease.epoch) {
+                    // New leadership: continue from what is in Redis.
+                    led_before = Some(lease.epoch);
+                    shared.metrics.is_leader.set(1.0);
+                    shared.metrics.leader_epoch.set(lease.epoch as f64);
+                    shared.metrics.leader_changes.increment(1);
+                    if let Ok(Some(a)) = load(&mut conn, &shared.keys).await {
+                        shared.serve_assignment(a);
+                    }
+                }
+                let now = now_ms();
+                let (live, connections) = {
+                    let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
+                    (fleet.live(now), fleet.partition_connections(args.topic.partitions, now))
+                };
+                let previous = shared.assignment();
+                let Some((next, moved)) =
+                    next_assignment(previous.as_deref(), &live, args.topic.partitions, &connections, lease.epoch)
+                else {
+                    continue;
+                };
+                match publish(&store, &mut conn, &lease, &shared.keys, &next).await {
+                    Ok(()) => {
+                        tracing::info!(epoch = next.epoch, moved, nodes = next.nodes.len(), "assignment published");
+                        shared.metrics.partitions_moved.increment(u64::from(moved));
+                        shared.serve_assignment(next);
+                    }
+                    Err(ElectionError::Fenced) => tracing::warn!("assignment write fenced: no longer the leader"),
+                    Err(e) => tracing::warn!(error = %e, "assignment write failed"),
+                }
+            }
+            Role::Follower => {
+                if led_before.take().is_some() {
+                    shared.metrics.is_leader.set(0.0);
+                }
+                match load(&mut conn, &shared.keys).await {
+                    Ok(Some(a)) => shared.serve_assignment(a),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "assignment load failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The service end to end on a real Redis: fake socket nodes write
+//! heartbeats straight to the stream; two or three load balancers elect a
+//! leader, publish the assignment and route.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use redis::AsyncCommands;
+use rtc_core::{Document, Heartbeat, NodeState};
+use rtc_load_balancer::config::ServeArgs;
+use rtc_load_balancer::service::{LbHandle, start};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const P: u32 = 12;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("rt{}-{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn lb(prefix: &str, id: &str, extra: &[&str]) -> LbHandle {
+    let url = std::env::var("RTC_TEST_REDIS_URL").expect("run through scripts/test");
+    let mut args = vec![
+        "lb",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &url,
+        "--key-prefix",
+        prefix,
+        "--partitions",
+        "12",
+        "--replica-id",
+        id,
+        "--heartbeat-interval-ms",
+        "100",
+        "--lease-ttl-ms",
+        "600",
+        "--assignment-poll-ms",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--auth") {
+        args.extend(["--auth", "none"]);
+    }
+    start(Args::try_parse_from(args).unwrap().serve).await.expect("starts")
+}
+
+/// Fake socket nodes: a heartbeat every 100 ms each until stopped.
+fn beat(prefix: &str, nodes: &[&str], stop: CancellationToken) {
+    let key = rtc_core::Keys::new(prefix).heartbeats();
+    let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+    tokio::spawn(async move {
+        let url = std::env::var("RTC_TEST_REDIS_URL").unwrap();
+        let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        for seq in 1.. {
+            for node in &nodes {
+                let hb = Heartbeat {
+                    v: 1,
+                    node_id: node.clone(),
+                    url: format!("ws://{node}:8080/ws"),
+                    state: NodeState::Ready,
+                    seq,
+                    sent_at_ms: 0,
+                    assignment_epoch: 0,
+                    connections: 0,
+                    capacity: 100,
+                    cpu: 0.1,
+                    memory: 0.1,
+                    mps_in: 0.0,
+                    mps_out: 0.0,
+                    p95_latency_ms: 0.0,
+                    kafka_lag: 0,
+                    partition_connections: None,
+                };
+                let _: String = conn.xadd(&key, "*", &[("hb", hb.to_json())]).await.unwrap();
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+}
+
+async fn get_text(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n{extra}connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let (status, body) = get_text(addr, path, headers).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn routes(lb: &LbHandle, users: &[String]) -> BTreeMap<String, (String, u64)> {
+    let mut out = BTreeMap::new();
+    for u in users {
+        let (status, body) = get(lb.addr, &format!("/v1/route?user={u}"), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        out.insert(u.clone(), (body["node_id"].as_str().unwrap().to_owned(), body["epoch"].as_u64().unwrap()));
+    }
+    out
+}
+
+async fn until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn leader(lbs: &[LbHandle]) -> Vec<usize> {
+    lbs.iter().enumerate().filter(|(_, l)| l.shared.role.borrow().lease().is_some()).map(|(i, _)| i).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_follows_the_fleet_and_survives_failover() {
+    let prefix = prefix();
+    let unlimited = ["--rate-limit", "1000000", "--rate-burst", "1000000"];
+    let a = lb(&prefix, "lb-a", &unlimited).await;
+    let b = lb(&prefix, "lb-b", &unlimited).await;
+    // No node yet: 503, as JSON. Bad user ids: 400.
+    let (status, body) = get(a.addr, "/v1/route?user=u1", &[]).await;
+    assert_eq!((status, body["error"].is_string()), (503, true), "{body}");
+    for bad in ["/v1/route?user=", "/v1/route", &format!("/v1/route?user={}", "x".repeat(129)), "/v1/route?user=a%0Ab"]
+    {
+        assert_eq!(get(a.addr, bad, &[]).await.0, 400, "{bad}");
+    }
+
+    let stop = CancellationToken::new();
+    beat(&prefix, &["socket-0", "socket-1", "socket-2"], stop.clone());
+    let users: Vec<String> = (0..120).map(|i| format!("user-{i}")).collect();
+    until("both replicas route", Duration::from_secs(5), async || {
+        get(a.addr, "/v1/route?user=u1", &[]).await.0 == 200 && get(b.addr, "/v1/route?user=u1", &[]).await.0 == 200
+    })
+    .await;
+    let before = routes(&a, &users).await;
+    assert_eq!(before, routes(&b, &users).await, "followers serve the leader's assignment");
+    let a1: Value = get(a.admin_addr, "/v1/assignment", &[]).await.1;
+    let mut per_node = BTreeMap::new();
+    for o in a1["owners"].as_array().unwrap() {
+        *per_node.entry(o.as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![4, 4, 4], "balanced");
+
+    // A node joins: only 3 partitions move (12/4 each), all to it.
+    let stop_new = CancellationToken::new();
+    beat(&prefix, &["socket-3"], stop_new.clone());
+    let epoch1 = a1["epoch"].as_u64().unwrap();
+    until("the join is published", Duration::from_secs(5), async || {
+        get(a.admin_addr, "/v1/assignment", &[]).await.1["epoch"].as_u64() > Some(epoch1)
+    })
+    .await;
+    let a2: Value = get(a.admin_addr, "/v1/assignment", &[]).await.1;
+    let owner_id = |a: &Value, p: usize| a["nodes"][a["owners"][p].as_u64().unwrap() as usize]["id"].clone();
+    let moved: Vec<usize> = (0..P as usize).filter(|p| owner_id(&a1, *p) != owner_id(&a2, *p)).collect();
+    assert_eq!(moved.len(), 3, "{moved:?}");
+    assert!(moved.iter().all(|p| owner_id(&a2, *p) == "socket-3"));
+
+    // It leaves again (dies): its partitions go back.
+    stop_new.cancel();
+    let epoch2 = a2["epoch"].as_u64().unwrap();
+    until("the death is published", Duration::from_secs(5), async || {
+        get(a.admin_addr, "/v1/assignment", &[]).await.1["epoch"].as_u64() > Some(epoch2)
+    })
+    .await;
+    let settled = routes(&a, &users).await;
+
+    // Kill the leader: another leads within TTL + 1 s and routes stay put.
+    let c = lb(&prefix, "lb-c", &unlimited).await;
+    let mut lbs = vec![a, b, c];
+    until("a leader", Duration::from_secs(3), async || leader(&lbs).len() == 1).await;
+    let old = leader(&lbs)[0];
+    let killed_at = tokio::time::Instant::now();
+    lbs.remove(old).kill();
+    until("failover", Duration::from_millis(600 + 1000), async || leader(&lbs).len() == 1).await;
+    assert!(killed_at.elapsed() <= Duration::from_millis(1600));
+    let new_leader = leader(&lbs)[0];
+    // The new leader republishes nothing while the fleet is unchanged.
+    let after: BTreeMap<String, String> =
+        routes(&lbs[new_leader], &users).await.into_iter().map(|(u, (n, _))| (u, n)).collect();
+    let settled: BTreeMap<String, String> = settled.into_iter().map(|(u, (n, _))| (u, n)).collect();
+    assert_eq!(after, settled, "routes unchanged across the failover");
+    let (_, metrics) = get_text(lbs[new_leader].admin_addr, "/metrics", &[]).await;
+    assert!(metrics.contains("rtc_lb_is_leader 1"), "{metrics}");
+    stop.cancel();
+    for l in lbs {
+        l.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_binds_the_route_to_the_subject() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let prefix = prefix();
+    let lb = lb(&prefix, "lb-j", &["--auth", "jwt", "--jwt-secret", "s3cret"]).await;
+    let stop = CancellationToken::new();
+    beat(&prefix, &["socket-0"], stop.clone());
+    let token = |secret: &[u8], sub: &str| {
+        #[derive(serde::Serialize)]
+        struct C<'a> {
+            sub: &'a str,
+            exp: u64,
+        }
+        let t = encode(&Header::default(), &C { sub, exp: 4_000_000_000 }, &EncodingKey::from_secret(secret)).unwrap();
+        format!("Bearer {t}")
+    };
+    let alice = token(b"s3cret", "alice");
+    until("routing", Duration::from_secs(5), async || {
+        get(lb.addr, "/v1/route?user=alice", &[("authorization", &alice)]).await.0 == 200
+    })
+    .await;
+    let (status, body) = get(lb.addr, "/v1/route", &[("authorization", &alice)]).await;
+    assert_eq!((status, body["user"].as_str()), (200, Some("alice")), "the subject is the user");
+    assert_eq!(get(lb.addr, "/v1/route?user=alice", &[]).await.0, 401);
+    assert_eq!(get(lb.addr, "/v1/route?user=bob", &[("authorization", &alice)]).await.0, 401);
+    let forged = token(b"guess", "alice");
+    let (status, body) = get(lb.addr, "/v1/route?user=alice", &[("authorization", &forged)]).await;
+    assert_eq!((status, body["error"].is_string()), (401, true));
+    stop.cancel();
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_is_rate_limited() {
+    let prefix = prefix();
+    let lb = lb(&prefix, "lb-r", &["--rate-limit", "1", "--rate-burst", "5"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get(lb.addr, "/v1/route?user=u1", &[]).await.0);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3, "{statuses:?}");
+    lb.shutdown().await;
+}
