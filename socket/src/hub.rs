@@ -115,6 +115,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
     connections: AtomicU64,
+    /// Seats taken by admitted connections still upgrading (see [`Seat`]).
+    reserved: AtomicU64,
     /// Open sessions per partition, kept up to date on (un)registration so
     /// hand-offs can wait for a partition to empty without scanning.
     per_partition: Mutex<BTreeMap<u32, u64>>,
@@ -129,6 +131,7 @@ impl Hub {
             metrics,
             next_session: AtomicU64::new(1),
             connections: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
             per_partition: Mutex::new(BTreeMap::new()),
         }
     }
@@ -148,6 +151,23 @@ impl Hub {
 
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Takes a seat for a connection about to upgrade, if sessions plus
+    /// seats already taken leave room under `capacity`. Admission checks and
+    /// registration happen at different times; the seat closes that gap so
+    /// simultaneous upgrades cannot overshoot the capacity.
+    pub fn reserve(self: &Arc<Self>, capacity: u64) -> Option<Seat> {
+        let mut taken = self.reserved.load(Ordering::Acquire);
+        loop {
+            if self.connections() + taken >= capacity {
+                return None;
+            }
+            match self.reserved.compare_exchange_weak(taken, taken + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Seat { hub: self.clone() }),
+                Err(now) => taken = now,
+            }
+        }
     }
 
     pub fn register(&self, user: &str, partition: u32) -> Registration {
@@ -330,6 +350,18 @@ impl Hub {
     }
 }
 
+/// A reserved place for one session; given back when dropped (after the
+/// session registered, or when the upgrade failed).
+pub struct Seat {
+    hub: Arc<Hub>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.hub.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Keeps at most `keep` entries, none older than `ttl`.
 fn trim_buffer(buffer: &mut VecDeque<Arc<Delivery>>, keep: usize, ttl: Duration) {
     while buffer.len() > keep || buffer.front().is_some_and(|d| d.buffered_at.elapsed() >= ttl) {
@@ -420,6 +452,20 @@ mod tests {
         let control = &hub.sessions_on(Some(2))[0];
         assert!(control.close(CloseCmd { reason: CloseReason::Drain, retry_after_ms: 5 }));
         assert!(!control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 5 }), "first close wins");
+    }
+
+    #[test]
+    fn seats_bound_admissions_until_sessions_register() {
+        let hub = Arc::new(hub(4));
+        let a = hub.reserve(2).expect("first seat");
+        let b = hub.reserve(2).expect("second seat");
+        assert!(hub.reserve(2).is_none(), "both seats taken while upgrading");
+        drop(b);
+        let _registered = hub.register("u1", 0);
+        drop(a);
+        assert!(hub.reserve(2).is_some(), "one session, one free place");
+        let _second = hub.register("u2", 0);
+        assert!(hub.reserve(2).is_none(), "full");
     }
 
     #[test]

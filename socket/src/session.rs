@@ -58,8 +58,10 @@ enum Ended {
     ClientGone,
 }
 
-pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted) {
+pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted, seat: crate::hub::Seat) {
     let registration = node.hub.register(&user.user, user.partition);
+    // Registered: the session counts now, the seat can go.
+    drop(seat);
     let (id, mut queue, control) = (registration.id, registration.queue, registration.control);
     node.metrics.connects.increment(1);
     let mut session = Session {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use crate::hub::Seat;
 use crate::node::NodeShared;
 use crate::session::{self, Admitted};
 
@@ -48,7 +49,7 @@ async fn upgrade(
     Query(query): Query<TokenQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let admitted = match admit(&node, query.token.as_deref()).await {
+    let (admitted, seat) = match admit(&node, query.token.as_deref()).await {
         Ok(a) => a,
         Err(refusal) => {
             node.metrics.refused(refusal.code);
@@ -78,12 +79,12 @@ async fn upgrade(
         // `error{too_large}`; far larger ones end the connection.
         .max_message_size(limits.max_frame_bytes.saturating_mul(2))
         .max_frame_size(limits.max_frame_bytes.saturating_mul(2))
-        .on_upgrade(move |ws| session::run(ws, node, admitted))
+        .on_upgrade(move |ws| session::run(ws, node, admitted, seat))
 }
 
 /// The token is valid, names this node, and its partition is served here at
 /// the current epoch; the node is ready and has room.
-pub async fn admit(node: &NodeShared, token: Option<&str>) -> Result<Admitted, Refusal> {
+pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admitted, Seat), Refusal> {
     let view = node.ownership();
     let refuse = |status, code, message: String| Refusal { status, code, message, epoch: view.epoch };
     match node.state() {
@@ -109,9 +110,6 @@ pub async fn admit(node: &NodeShared, token: Option<&str>) -> Result<Admitted, R
     {
         return Err(refuse(StatusCode::UNAUTHORIZED, "bad_token", "token's user and partition disagree".into()));
     }
-    if node.hub.connections() >= node.config.capacity {
-        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", "node is full".into()));
-    }
     let mut view = view.clone();
     if claims.epoch > view.epoch {
         // The load balancer is ahead of us: catch up before deciding.
@@ -126,5 +124,11 @@ pub async fn admit(node: &NodeShared, token: Option<&str>) -> Result<Admitted, R
             epoch: view.epoch,
         });
     }
-    Ok(Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch })
+    let seat = node.hub.reserve(node.config.capacity).ok_or_else(|| Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "at_capacity",
+        message: "node is full".into(),
+        epoch: view.epoch,
+    })?;
+    Ok((Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch }, seat))
 }
