@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use rtc_core::config::{RedisArgs, TopicArgs};
 
+use crate::scale::ScaleConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
     /// Anyone may ask for any user's route (development only).
@@ -61,6 +63,38 @@ pub struct ServeArgs {
     /// Burst above the rate a client may use.
     #[arg(long, env = "RTC_RATE_BURST", default_value_t = 100)]
     pub rate_burst: u32,
+    /// Decisions kept for `/v1/decisions`.
+    #[arg(long, env = "RTC_DECISION_HISTORY", default_value_t = 200)]
+    pub decision_history: usize,
+    #[command(flatten)]
+    pub scale: ScaleConfig,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// Ask the API server (with `--kube`), else Deployment.
+    Auto,
+    Deployment,
+    Statefulset,
+}
+
+/// Kubernetes actuation of scale-ins (optional: off on one machine).
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Mark scale-in victims through the Kubernetes API (in-cluster config).
+    #[arg(long = "kube", env = "RTC_KUBE", default_value_t = false)]
+    pub enabled: bool,
+    /// Namespace of the socket workload (default: the pod's own).
+    #[arg(long, env = "RTC_KUBE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Name of the socket Deployment or StatefulSet.
+    #[arg(long, env = "RTC_KUBE_WORKLOAD", default_value = "socket")]
+    pub workload: String,
+    /// Kind of the socket workload.
+    #[arg(long, env = "RTC_KUBE_WORKLOAD_KIND", value_enum, default_value_t = KindArg::Auto)]
+    pub kind: KindArg,
 }
 
 impl ServeArgs {

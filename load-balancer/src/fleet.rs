@@ -152,22 +152,10 @@ mod tests {
 
     fn hb(node: &str, seq: u64, sent_at_ms: u64, state: NodeState) -> Heartbeat {
         Heartbeat {
-            v: 1,
-            node_id: node.into(),
-            url: format!("ws://{node}/ws"),
-            state,
-            seq,
-            sent_at_ms,
-            assignment_epoch: 0,
             connections: 10,
             capacity: 100,
-            cpu: 0.1,
-            memory: 0.1,
-            mps_in: 0.0,
-            mps_out: 0.0,
-            p95_latency_ms: 1.0,
-            kafka_lag: 0,
             partition_connections: Some(BTreeMap::from([(1, 4), (2, 6)])),
+            ..crate::scale::sim::heartbeat(node, seq, sent_at_ms, state)
         }
     }
 

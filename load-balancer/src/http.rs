@@ -23,6 +23,7 @@ pub fn admin(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/nodes", get(nodes))
         .route("/v1/assignment", get(assignment))
+        .route("/v1/decisions", get(decisions))
         .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { s.metrics.render() }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -109,6 +110,19 @@ async fn assignment(State(shared): State<Arc<Shared>>) -> Response {
         Some(a) => axum::Json(a.as_ref().clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, "no assignment yet"),
     }
+}
+
+#[derive(Deserialize)]
+struct DecisionsQuery {
+    limit: Option<usize>,
+}
+
+/// The last decisions, newest first: the leader's with their inputs and
+/// findings, a follower's as read from Redis.
+async fn decisions(State(shared): State<Arc<Shared>>, Query(query): Query<DecisionsQuery>) -> Response {
+    let limit = query.limit.unwrap_or(50).min(shared.args.decision_history);
+    let leader = shared.role.borrow().lease().is_some();
+    axum::Json(json!({"leader": leader, "decisions": shared.decisions.newest(limit)})).into_response()
 }
 
 /// Ready once it serves an assignment with at least one ready node.

@@ -25,6 +25,9 @@ pub fn membership(fleet: &Fleet, now_ms: u64) -> Membership {
 /// Where ingestion reports what it refused (`reason` label values).
 pub trait IngestObserver: Send + Sync {
     fn invalid(&self, reason: &'static str);
+    /// A batch was read: `taken` heartbeats applied, and how far behind the
+    /// stream's newest entry read this replica is (0 when caught up).
+    fn ingested(&self, _taken: usize, _lag_seconds: f64) {}
 }
 
 /// Applies one batch to the fleet; returns the number taken.
@@ -80,9 +83,18 @@ impl<C: ConnectionLike + Send> Ingest<C> {
             match batch {
                 Ok(batch) => {
                     backoff.reset();
+                    // The age of the newest entry read (stream ids are the
+                    // Redis clock's milliseconds): milliseconds when caught
+                    // up, growing when this replica falls behind.
+                    let read_ms = self.cursor.position().split('-').next().and_then(|ms| ms.parse::<u64>().ok());
+                    let lag = match read_ms {
+                        Some(ms) if !batch.is_empty() => now.saturating_sub(ms) as f64 / 1000.0,
+                        _ => 0.0,
+                    };
                     let current = {
                         let mut fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-                        apply_batch(&mut fleet, batch, self.partitions, now, self.observer.as_ref());
+                        let taken = apply_batch(&mut fleet, batch, self.partitions, now, self.observer.as_ref());
+                        self.observer.ingested(taken, lag);
                         fleet.expire(now);
                         membership(&fleet, now)
                     };

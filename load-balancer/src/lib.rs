@@ -7,11 +7,16 @@
 //! - [`election`]: leader election on Redis with fencing.
 //! - [`baselines`]: the classic alternatives the engine is measured against.
 //! - [`ring_report`]: the `ring-report` capacity-planning subcommand.
+//! - [`scale`]: the scaling engine and its replay harness, pure.
+//! - [`decide`]: the leader's scale tick: decide, mark, publish, record.
+//! - [`actuate`]: Kubernetes actuation of a scale-in (kube-rs).
 
+pub mod actuate;
 pub mod assign;
 pub mod auth;
 pub mod baselines;
 pub mod config;
+pub mod decide;
 pub mod election;
 pub mod fleet;
 pub mod http;
@@ -19,4 +24,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod publish;
 pub mod ring_report;
+pub mod scale;
 pub mod service;

@@ -14,7 +14,10 @@ pub struct Metrics {
     pub leader_changes: Counter,
     pub assignment_epoch: Gauge,
     pub partitions_moved: Counter,
-    pub routes: Counter,
+    pub heartbeats: Counter,
+    pub heartbeat_lag: Gauge,
+    pub desired_replicas: Gauge,
+    pub current_replicas: Gauge,
 }
 
 impl Default for Metrics {
@@ -35,7 +38,10 @@ impl Metrics {
             leader_changes: counter("rtc_lb_leader_changes_total"),
             assignment_epoch: gauge("rtc_lb_assignment_epoch"),
             partitions_moved: counter("rtc_lb_partitions_moved_total"),
-            routes: counter("rtc_lb_routes_total"),
+            heartbeats: counter("rtc_lb_heartbeats_total"),
+            heartbeat_lag: gauge("rtc_lb_heartbeat_lag_seconds"),
+            desired_replicas: gauge("rtc_lb_desired_replicas"),
+            current_replicas: gauge("rtc_lb_current_replicas"),
             handle,
             recorder,
         }
@@ -44,6 +50,11 @@ impl Metrics {
     pub fn count(&self, name: &'static str, label: &'static str, value: &'static str) {
         let key = Key::from_parts(name, vec![Label::from_static_parts(label, value)]);
         self.recorder.register_counter(&key, &META).increment(1);
+    }
+
+    pub fn count_labels(&self, name: &'static str, labels: &[(&'static str, &'static str)]) {
+        let labels = labels.iter().map(|(k, v)| Label::from_static_parts(k, v)).collect::<Vec<_>>();
+        self.recorder.register_counter(&Key::from_parts(name, labels), &META).increment(1);
     }
 
     pub fn set(&self, name: &'static str, label: &'static str, value: &'static str, to: f64) {
@@ -60,5 +71,10 @@ impl Metrics {
 impl crate::ingest::IngestObserver for Metrics {
     fn invalid(&self, reason: &'static str) {
         self.count("rtc_lb_invalid_heartbeats_total", "reason", reason);
+    }
+
+    fn ingested(&self, taken: usize, lag_seconds: f64) {
+        self.heartbeats.increment(taken as u64);
+        self.heartbeat_lag.set(lag_seconds);
     }
 }

@@ -47,16 +47,21 @@ pub async fn publish(
 /// The assignment in Redis, if any and valid (followers serve it; a new
 /// leader continues its epochs).
 pub async fn load(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Option<Assignment>, LoadError> {
-    let raw: Option<Vec<u8>> = redis::cmd("GET").arg(keys.assignment()).query_async(conn).await?;
-    Ok(raw.map(|raw| Assignment::from_json(&raw)).transpose()?)
+    load_document(conn, &keys.assignment()).await
+}
+
+/// A contract document stored at `key`, if any and valid.
+pub async fn load_document<D: Document>(conn: &mut impl ConnectionLike, key: &str) -> Result<Option<D>, LoadError> {
+    let raw: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await?;
+    raw.map(|raw| D::from_json(&raw).map_err(|e| LoadError::Invalid { key: key.to_owned(), error: e })).transpose()
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("invalid assignment in Redis: {0}")]
-    Invalid(#[from] rtc_core::ContractError),
+    #[error("invalid document at {key}: {error}")]
+    Invalid { key: String, error: rtc_core::ContractError },
 }
 
 #[cfg(test)]

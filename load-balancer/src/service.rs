@@ -13,13 +13,16 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::actuate::{Actuator, WorkloadKind};
 use crate::auth::Auth;
-use crate::config::ServeArgs;
+use crate::config::{KindArg, ServeArgs};
+use crate::decide::{Actuation, History};
 use crate::election::{ElectionError, Elector, LeaseStore, Role};
 use crate::fleet::Fleet;
 use crate::ingest::{Ingest, Membership, block_for};
 use crate::metrics::Metrics;
-use crate::publish::{load, next_assignment, publish};
+use crate::publish::{load, load_document, next_assignment, publish};
+use crate::scale::Engine;
 
 pub struct Shared {
     pub args: ServeArgs,
@@ -30,6 +33,7 @@ pub struct Shared {
     pub fleet: Arc<Mutex<Fleet>>,
     pub role: watch::Receiver<Role>,
     pub limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    pub decisions: History,
     assignment: RwLock<Option<Arc<Assignment>>>,
 }
 
@@ -78,6 +82,8 @@ fn now_ms() -> u64 {
 pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     let replica = args.replica_id();
     rtc_core::ids::validate_node_id(&replica)?;
+    args.scale.validate().map_err(|e| anyhow::anyhow!("scaling settings: {e}"))?;
+    let actuation = actuation(&args).await?;
     let keys = args.redis.keys();
     let client = redis::Client::open(args.redis.redis_url.as_str())?;
     let interval = args.heartbeat_interval();
@@ -92,6 +98,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         fleet: Arc::new(Mutex::new(Fleet::new(args.heartbeat_interval_ms, args.history_window_ms))),
         role: role_rx,
         limiter: governor::RateLimiter::keyed(quota),
+        decisions: History::new(args.decision_history),
         assignment: RwLock::new(None),
         args: args.clone(),
     });
@@ -135,6 +142,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         rtc_core::redis_io::connection_manager(&client, Duration::from_secs(1))?,
         membership_rx,
         fetch_now,
+        actuation,
         shutdown.clone(),
     ));
 
@@ -153,31 +161,58 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     Ok(LbHandle { addr, admin_addr, shared, shutdown, tasks })
 }
 
-/// Leader: recompute and publish on every membership change (and each
-/// heartbeat interval, so deaths on a quiet stream are noticed). Follower:
-/// load what the leader published.
+/// How scale-ins are actuated, and the socket workload's kind.
+async fn actuation(args: &ServeArgs) -> anyhow::Result<Actuation> {
+    let configured = match args.kube.kind {
+        KindArg::Auto => None,
+        KindArg::Deployment => Some(WorkloadKind::Deployment),
+        KindArg::Statefulset => Some(WorkloadKind::StatefulSet),
+    };
+    if !args.kube.enabled {
+        return Ok(Actuation { kind: configured.unwrap_or(WorkloadKind::Deployment), kube: None });
+    }
+    let actuator = Actuator::in_cluster(args.kube.namespace.as_deref(), &args.kube.workload).await?;
+    let kind = match configured {
+        Some(kind) => kind,
+        None => actuator.detect_kind().await?,
+    };
+    tracing::info!(?kind, workload = %args.kube.workload, "kubernetes actuation on");
+    Ok(Actuation { kind, kube: Some(Box::new(actuator)) })
+}
+
+/// Leader: recompute and publish the assignment on every membership change
+/// (and each heartbeat interval, so deaths on a quiet stream are noticed),
+/// and decide the scale every decision interval. Follower: load what the
+/// leader published.
 async fn coordinate(
     shared: Arc<Shared>,
     store: LeaseStore,
     mut conn: ConnectionManager,
     mut membership: watch::Receiver<Membership>,
     fetch_now: Arc<Notify>,
+    actuation: Actuation,
     shutdown: CancellationToken,
 ) {
     let args = &shared.args;
     let mut role = shared.role.clone();
     let mut tick =
         tokio::time::interval(args.heartbeat_interval().min(Duration::from_millis(args.assignment_poll_ms.max(10))));
+    let mut decision_tick = tokio::time::interval(Duration::from_millis(args.scale.decision_interval_ms));
     let mut led_before: Option<u64> = None;
+    let mut engine: Option<Engine> = None;
     loop {
+        let mut decide_now = false;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = role.changed() => {}
             _ = membership.changed() => {}
             _ = fetch_now.notified() => {}
             _ = tick.tick() => {}
+            _ = decision_tick.tick() => decide_now = true,
         }
         let current = role.borrow().clone();
+        let now = now_ms();
+        count_nodes(&shared, now);
         match current {
             Role::Leader(lease) => {
                 if led_before != Some(lease.epoch) {
@@ -189,38 +224,99 @@ async fn coordinate(
                     if let Ok(Some(a)) = load(&mut conn, &shared.keys).await {
                         shared.serve_assignment(a);
                     }
-                }
-                let now = now_ms();
-                let (live, connections) = {
-                    let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
-                    (fleet.live(now), fleet.partition_connections(args.topic.partitions, now))
-                };
-                let previous = shared.assignment();
-                let Some((next, moved)) =
-                    next_assignment(previous.as_deref(), &live, args.topic.partitions, &connections, lease.epoch)
-                else {
-                    continue;
-                };
-                match publish(&store, &mut conn, &lease, &shared.keys, &next).await {
-                    Ok(()) => {
-                        tracing::info!(epoch = next.epoch, moved, nodes = next.nodes.len(), "assignment published");
-                        shared.metrics.partitions_moved.increment(u64::from(moved));
-                        shared.serve_assignment(next);
+                    let mut fresh = Engine::new(args.scale.clone(), actuation.kind);
+                    if let Ok(Some(last)) = load_document(&mut conn, &shared.keys.scale_decision()).await {
+                        let draining = shared.assignment().into_iter().flat_map(|a| {
+                            a.nodes
+                                .iter()
+                                .filter(|n| n.state == rtc_core::NodeState::Draining)
+                                .map(|n| n.id.clone())
+                                .collect::<Vec<_>>()
+                        });
+                        fresh.resume_from(&last, draining);
                     }
-                    Err(ElectionError::Fenced) => tracing::warn!("assignment write fenced: no longer the leader"),
-                    Err(e) => tracing::warn!(error = %e, "assignment write failed"),
+                    engine = Some(fresh);
+                    decide_now = true;
                 }
+                let engine = engine.get_or_insert_with(|| Engine::new(args.scale.clone(), actuation.kind));
+                if decide_now {
+                    let publisher = (&store, &mut conn, &lease, &shared.keys);
+                    match crate::decide::tick(
+                        engine,
+                        &shared.fleet,
+                        now,
+                        &actuation,
+                        publisher,
+                        &shared.decisions,
+                        &shared.metrics,
+                    )
+                    .await
+                    {
+                        Ok(_) => {}
+                        Err(ElectionError::Fenced) => tracing::warn!("decision write fenced: no longer the leader"),
+                        Err(e) => tracing::warn!(error = %e, "decision write failed"),
+                    }
+                }
+                publish_assignment(&shared, &store, &mut conn, &lease, &engine.excluded(), now).await;
             }
             Role::Follower => {
                 if led_before.take().is_some() {
                     shared.metrics.is_leader.set(0.0);
+                    engine = None;
                 }
                 match load(&mut conn, &shared.keys).await {
                     Ok(Some(a)) => shared.serve_assignment(a),
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "assignment load failed"),
                 }
+                if decide_now && let Ok(Some(d)) = load_document(&mut conn, &shared.keys.scale_decision()).await {
+                    crate::decide::follow(&shared.decisions, d, &shared.metrics);
+                }
             }
         }
+    }
+}
+
+/// The leader's assignment step: nodes the scaling engine is draining or
+/// removing own nothing.
+async fn publish_assignment(
+    shared: &Shared,
+    store: &LeaseStore,
+    conn: &mut ConnectionManager,
+    lease: &crate::election::Lease,
+    excluded: &std::collections::BTreeSet<String>,
+    now: u64,
+) {
+    let args = &shared.args;
+    let (mut live, connections) = {
+        let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        (fleet.live(now), fleet.partition_connections(args.topic.partitions, now))
+    };
+    for node in live.iter_mut().filter(|n| excluded.contains(&n.id)) {
+        node.state = rtc_core::NodeState::Draining;
+    }
+    let previous = shared.assignment();
+    let Some((next, moved)) =
+        next_assignment(previous.as_deref(), &live, args.topic.partitions, &connections, lease.epoch)
+    else {
+        return;
+    };
+    match publish(store, conn, lease, &shared.keys, &next).await {
+        Ok(()) => {
+            tracing::info!(epoch = next.epoch, moved, nodes = next.nodes.len(), "assignment published");
+            shared.metrics.partitions_moved.increment(u64::from(moved));
+            shared.serve_assignment(next);
+        }
+        Err(ElectionError::Fenced) => tracing::warn!("assignment write fenced: no longer the leader"),
+        Err(e) => tracing::warn!(error = %e, "assignment write failed"),
+    }
+}
+
+/// `rtc_lb_nodes{state}`: live nodes by the state they report.
+fn count_nodes(shared: &Shared, now: u64) {
+    let counts = shared.fleet.lock().unwrap_or_else(|p| p.into_inner()).count_by_state(now);
+    for state in [rtc_core::NodeState::Starting, rtc_core::NodeState::Ready, rtc_core::NodeState::Draining] {
+        let n = counts.get(&state).copied().unwrap_or(0);
+        shared.metrics.set("rtc_lb_nodes", "state", state.as_str(), n as f64);
     }
 }

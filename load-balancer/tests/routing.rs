@@ -2,137 +2,14 @@
 //! heartbeats straight to the stream; two or three load balancers elect a
 //! leader, publish the assignment and route.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
-use redis::AsyncCommands;
-use rtc_core::{Document, Heartbeat, NodeState};
-use rtc_load_balancer::config::ServeArgs;
-use rtc_load_balancer::service::{LbHandle, start};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::*;
 use tokio_util::sync::CancellationToken;
-
-const P: u32 = 12;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-fn prefix() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("rt{}-{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-async fn lb(prefix: &str, id: &str, extra: &[&str]) -> LbHandle {
-    let url = std::env::var("RTC_TEST_REDIS_URL").expect("run through scripts/test");
-    let mut args = vec![
-        "lb",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        &url,
-        "--key-prefix",
-        prefix,
-        "--partitions",
-        "12",
-        "--replica-id",
-        id,
-        "--heartbeat-interval-ms",
-        "100",
-        "--lease-ttl-ms",
-        "600",
-        "--assignment-poll-ms",
-        "100",
-    ];
-    args.extend_from_slice(extra);
-    if !extra.contains(&"--auth") {
-        args.extend(["--auth", "none"]);
-    }
-    start(Args::try_parse_from(args).unwrap().serve).await.expect("starts")
-}
-
-/// Fake socket nodes: a heartbeat every 100 ms each until stopped.
-fn beat(prefix: &str, nodes: &[&str], stop: CancellationToken) {
-    let key = rtc_core::Keys::new(prefix).heartbeats();
-    let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-    tokio::spawn(async move {
-        let url = std::env::var("RTC_TEST_REDIS_URL").unwrap();
-        let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-        for seq in 1.. {
-            for node in &nodes {
-                let hb = Heartbeat {
-                    v: 1,
-                    node_id: node.clone(),
-                    url: format!("ws://{node}:8080/ws"),
-                    state: NodeState::Ready,
-                    seq,
-                    sent_at_ms: 0,
-                    assignment_epoch: 0,
-                    connections: 0,
-                    capacity: 100,
-                    cpu: 0.1,
-                    memory: 0.1,
-                    mps_in: 0.0,
-                    mps_out: 0.0,
-                    p95_latency_ms: 0.0,
-                    kafka_lag: 0,
-                    partition_connections: None,
-                };
-                let _: String = conn.xadd(&key, "*", &[("hb", hb.to_json())]).await.unwrap();
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    });
-}
-
-async fn get_text(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n{extra}connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
-
-async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let (status, body) = get_text(addr, path, headers).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-async fn routes(lb: &LbHandle, users: &[String]) -> BTreeMap<String, (String, u64)> {
-    let mut out = BTreeMap::new();
-    for u in users {
-        let (status, body) = get(lb.addr, &format!("/v1/route?user={u}"), &[]).await;
-        assert_eq!(status, 200, "{body}");
-        out.insert(u.clone(), (body["node_id"].as_str().unwrap().to_owned(), body["epoch"].as_u64().unwrap()));
-    }
-    out
-}
-
-async fn until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn leader(lbs: &[LbHandle]) -> Vec<usize> {
-    lbs.iter().enumerate().filter(|(_, l)| l.shared.role.borrow().lease().is_some()).map(|(i, _)| i).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_follows_the_fleet_and_survives_failover() {

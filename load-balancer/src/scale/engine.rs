@@ -1,0 +1,804 @@
+//! The scaling engine: from the fleet's signals to one decision per tick.
+//! Pure and deterministic: time is passed in, state lives in [`Engine`].
+//!
+//! Scale-out is fast: urgency from thresholds sets a step of 1, 2 or 4
+//! nodes, doubled by each consecutive scale-out inside the window and
+//! capped, and never below what capacity arithmetic needs for the load
+//! predicted one node start-up ahead. Scale-in is slow: every signal under
+//! its low watermark for the whole window, the remaining nodes' projected
+//! utilisation under a bound, no recent scale-out; then one victim is
+//! drained (its partitions moved away, its users gone or a deadline passed)
+//! before the desired count is lowered.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rtc_core::{Action, Decision, Urgency};
+use serde::Serialize;
+
+use super::config::ScaleConfig;
+use super::hpa;
+use super::signals::{FleetSignals, fleet_signals};
+use crate::actuate::{WorkloadKind, choose_victim};
+use crate::fleet::Fleet;
+
+/// One reason the engine saw, with its urgency (none for scale-in/hold).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub urgency: Urgency,
+    /// Short stable code, the `reason` label of `rtc_lb_scale_signals_total`.
+    pub code: &'static str,
+    pub text: String,
+}
+
+/// The figures a decision was made from (served by `/v1/decisions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inputs {
+    pub live: u32,
+    pub serving: u32,
+    pub starting: u32,
+    pub connections: u64,
+    pub connections_fraction: f64,
+    pub max_connections_fraction: f64,
+    pub cpu_mean: f64,
+    pub cpu_max: f64,
+    pub memory_mean: f64,
+    pub memory_max: f64,
+    pub mps_out: f64,
+    pub p95_max_ms: f64,
+    pub lag_max: u64,
+    pub connections_slope: f64,
+    /// Nodes capacity arithmetic asks for (load one start-up ahead).
+    pub needed: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// `leader_epoch` is 0: the publisher stamps it.
+    pub decision: Decision,
+    /// The primary reason's code (metric label).
+    pub code: &'static str,
+    pub findings: Vec<Finding>,
+    pub inputs: Inputs,
+    /// Nodes that must own no partitions: being drained, or removed and
+    /// not yet stopped.
+    pub excluded: BTreeSet<String>,
+    /// Pods to make the cheapest to delete before `decision` is published
+    /// (Deployment scale-in only).
+    pub mark: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Drain {
+    victims: Vec<String>,
+    started_ms: u64,
+    target: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: ScaleConfig,
+    kind: WorkloadKind,
+    desired: Option<u32>,
+    /// Recent scale-outs, newest last, within the consecutive window.
+    scale_outs: VecDeque<(u64, Urgency)>,
+    /// The last scale-out, for the scale-in cooldown.
+    last_scale_out_ms: Option<u64>,
+    calm_since_ms: Option<u64>,
+    drain: Option<Drain>,
+    /// Removed nodes still alive, and since when.
+    retiring: BTreeMap<String, u64>,
+}
+
+impl Engine {
+    pub fn new(config: ScaleConfig, kind: WorkloadKind) -> Self {
+        Self {
+            config,
+            kind,
+            desired: None,
+            scale_outs: VecDeque::new(),
+            last_scale_out_ms: None,
+            calm_since_ms: None,
+            drain: None,
+            retiring: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ScaleConfig {
+        &self.config
+    }
+
+    /// Continues from a previous leader's decision: its desired count, its
+    /// scale-out time for the cooldown and, after a scale-in, the nodes its
+    /// assignment listed as draining (removed, not yet stopped). A drain in
+    /// progress is not carried over: the scale-in window starts again.
+    pub fn resume_from(&mut self, last: &Decision, draining: impl IntoIterator<Item = String>) {
+        self.desired = Some(last.desired_replicas);
+        if last.action == Action::ScaleIn {
+            self.retiring.extend(draining.into_iter().map(|id| (id, last.decided_at_ms)));
+        }
+        if last.action == Action::ScaleOut {
+            self.scale_outs.push_back((last.decided_at_ms, last.urgency));
+            self.last_scale_out_ms = Some(last.decided_at_ms);
+        }
+    }
+
+    /// A Deployment victim could not be marked (the API refused): give the
+    /// drain up so the wrong pod is never removed; the victims serve again.
+    pub fn abandon_scale_in(&mut self, now_ms: u64) {
+        if let Some(prev) = self.desired {
+            self.desired = Some(prev + self.retiring.len() as u32);
+        }
+        self.retiring.clear();
+        self.drain = None;
+        self.calm_since_ms = Some(now_ms);
+    }
+
+    pub fn decide(&mut self, fleet: &Fleet, now_ms: u64) -> Outcome {
+        let c = &self.config;
+        self.retiring.retain(|id, since| fleet.is_alive(id, now_ms) && now_ms - *since < c.retire_timeout_ms);
+        while self.scale_outs.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > c.consecutive_window_ms) {
+            self.scale_outs.pop_front();
+        }
+        let excluded = self.excluded();
+        let s = fleet_signals(fleet, now_ms, c.trend_window_ms, &excluded);
+        let present = s.live - self.retiring.len() as u32;
+        let current = self.desired.unwrap_or(present).max(present).min(c.max_replicas);
+        let (needed, trend_needed) = self.needed(&s);
+        let mut findings = self.pressure(&s);
+        if trend_needed > current {
+            let (code, why) = if needed > current { ("capacity", "load now") } else { ("trend", "load predicted") };
+            findings.push(Finding {
+                urgency: Urgency::Moderate,
+                code,
+                text: format!("{why} needs {trend_needed} nodes ({current} now)"),
+            });
+        }
+        let reported = self.desired.unwrap_or(present);
+        let inputs = inputs(&s, trend_needed);
+
+        let mut out = if reported < c.min_replicas || findings.iter().any(|f| f.urgency > Urgency::None) {
+            self.scale_out(&s, now_ms, reported, current, trend_needed, findings)
+        } else {
+            self.scale_in(&s, fleet, now_ms, current, findings)
+        };
+        out.decision.decided_at_ms = now_ms;
+        out.inputs = inputs;
+        out.excluded = self.excluded();
+        self.desired = Some(out.decision.desired_replicas);
+        out
+    }
+
+    /// Nodes that must own no partitions: being drained, or removed and
+    /// not yet stopped.
+    pub fn excluded(&self) -> BTreeSet<String> {
+        let draining = self.drain.iter().flat_map(|d| d.victims.iter().cloned());
+        self.retiring.keys().cloned().chain(draining).collect()
+    }
+
+    /// Nodes needed now, and for the load one start-up ahead (rising
+    /// trends only: scale-in never acts on a prediction).
+    fn needed(&self, s: &FleetSignals) -> (u32, u32) {
+        let c = &self.config;
+        let ahead = c.node_startup_ms as f64 / 1000.0;
+        let nodes = |load: f64, per_node: f64| {
+            if per_node > 0.0 && load > 0.0 { (load / per_node - 1e-9).ceil() as u32 } else { 0 }
+        };
+        let compute = |ahead: f64| {
+            [
+                nodes(
+                    s.connections as f64 + s.connections_slope.max(0.0) * ahead,
+                    s.node_capacity * c.connections_target,
+                ),
+                nodes(s.cpu_total + s.cpu_slope.max(0.0) * ahead, c.cpu_target),
+                nodes(s.memory_total + s.memory_slope.max(0.0) * ahead, c.memory_target),
+                nodes(s.mps_out + s.mps_slope.max(0.0) * ahead, c.mps_target),
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+        };
+        (compute(0.0), compute(ahead))
+    }
+
+    /// Threshold breaches, each with its urgency: a single hot node is
+    /// moderate, a hot fleet average or a critical node high, a critical
+    /// fleet average critical.
+    fn pressure(&self, s: &FleetSignals) -> Vec<Finding> {
+        let c = &self.config;
+        let grade = |mean: f64, max: f64, high: f64, critical: f64| {
+            if mean >= critical {
+                Urgency::Critical
+            } else if mean >= high || max >= critical {
+                Urgency::High
+            } else if max >= high {
+                Urgency::Moderate
+            } else {
+                Urgency::None
+            }
+        };
+        let slo = c.latency_slo_ms;
+        let checks = [
+            (
+                "connections",
+                grade(s.connections_fraction, s.max_connections_fraction, c.connections_high, c.connections_critical),
+                format!(
+                    "connections at {:.2} of capacity (hottest node {:.2}; high {:.2})",
+                    s.connections_fraction, s.max_connections_fraction, c.connections_high
+                ),
+            ),
+            (
+                "cpu",
+                grade(s.cpu_mean, s.cpu_max, c.cpu_high, c.cpu_critical),
+                format!("cpu mean {:.2}, max {:.2} (high {:.2})", s.cpu_mean, s.cpu_max, c.cpu_high),
+            ),
+            (
+                "memory",
+                grade(s.memory_mean, s.memory_max, c.memory_high, c.memory_critical),
+                format!("memory mean {:.2}, max {:.2} (high {:.2})", s.memory_mean, s.memory_max, c.memory_high),
+            ),
+            (
+                "latency",
+                grade(s.p95_mean_ms, s.p95_max_ms, slo, 2.0 * slo),
+                format!("p95 latency mean {:.0} ms, max {:.0} ms (SLO {slo:.0} ms)", s.p95_mean_ms, s.p95_max_ms),
+            ),
+            (
+                "kafka_lag",
+                grade(s.lag_mean, s.lag_max as f64, c.lag_high as f64, c.lag_critical as f64),
+                format!("kafka lag mean {:.0}, max {} (high {})", s.lag_mean, s.lag_max, c.lag_high),
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, u, _)| *u > Urgency::None)
+            .map(|(code, urgency, text)| Finding { urgency, code, text })
+            .collect()
+    }
+
+    fn scale_out(
+        &mut self,
+        s: &FleetSignals,
+        now_ms: u64,
+        reported: u32,
+        current: u32,
+        needed: u32,
+        mut findings: Vec<Finding>,
+    ) -> Outcome {
+        let c = &self.config;
+        if let Some(drain) = self.drain.take() {
+            findings.push(finding("drain_cancelled", format!("drain of {} cancelled", drain.victims.join(", "))));
+        }
+        if reported < c.min_replicas {
+            findings.push(Finding {
+                urgency: Urgency::Moderate,
+                code: "min_replicas",
+                text: format!("{reported} nodes, minimum {}", c.min_replicas),
+            });
+        }
+        findings.sort_by_key(|f| std::cmp::Reverse(f.urgency));
+        let urgency = findings[0].urgency;
+        let code = findings[0].code;
+
+        // Nodes asked for recently and not serving yet: wait for them
+        // (up to twice the expected start-up time) unless the need grew or
+        // got more urgent.
+        let last = self.scale_outs.back().copied();
+        let missing = current.saturating_sub(s.serving);
+        if let Some((at, last_urgency)) = last
+            && now_ms.saturating_sub(at) < 2 * c.node_startup_ms
+            && missing > 0
+            && needed <= current
+            && urgency <= last_urgency
+            && reported >= c.min_replicas
+        {
+            let text = format!("waiting for {missing} node(s) asked for {} s ago", (now_ms - at) / 1000);
+            return hold(current, urgency, "waiting_for_nodes", text, findings);
+        }
+
+        let base = match urgency {
+            Urgency::None | Urgency::Moderate => 1u32,
+            Urgency::High => 2,
+            Urgency::Critical => 4,
+        };
+        let consecutive = self.scale_outs.len() as u32;
+        let step = base.saturating_mul(1u32 << consecutive.min(5)).min(c.max_step);
+        let stepped = if current < c.min_replicas { c.min_replicas } else { current + step };
+        let mut desired = stepped.max(needed);
+        if desired > c.max_replicas {
+            desired = c.max_replicas;
+            findings.push(finding("max_replicas", format!("capped at {} replicas", c.max_replicas)));
+        }
+        if desired <= current {
+            return hold(current, urgency, "max_replicas", format!("at the maximum of {}", c.max_replicas), findings);
+        }
+        if !hpa::honours(current, desired, c.hpa_tolerance) {
+            let enlarged = hpa::smallest_honoured_above(current, c.hpa_tolerance);
+            if enlarged > c.max_replicas {
+                let text = format!("{current} -> {desired} is within the HPA tolerance and cannot be enlarged");
+                return hold(current, urgency, "hpa_tolerance", text, findings);
+            }
+            findings.push(finding("hpa_tolerance", format!("step enlarged {desired} -> {enlarged} for the HPA")));
+            desired = enlarged;
+        }
+        self.scale_outs.push_back((now_ms, urgency));
+        self.last_scale_out_ms = Some(now_ms);
+        self.calm_since_ms = None;
+        decision(Action::ScaleOut, current, desired, urgency, code, findings)
+    }
+
+    fn scale_in(
+        &mut self,
+        s: &FleetSignals,
+        fleet: &Fleet,
+        now_ms: u64,
+        current: u32,
+        mut findings: Vec<Finding>,
+    ) -> Outcome {
+        let c = self.config.clone();
+        let calm = self.calm(s);
+        self.calm_since_ms = if calm { Some(self.calm_since_ms.unwrap_or(now_ms)) } else { None };
+
+        if let Some(drain) = self.drain.clone() {
+            if let Some(why) = self.over_projection(s, 0) {
+                self.drain = None;
+                return hold(current, Urgency::None, "drain_cancelled", format!("drain cancelled: {why}"), findings);
+            }
+            let left: u64 = drain
+                .victims
+                .iter()
+                .filter(|v| fleet.is_alive(v, now_ms))
+                .filter_map(|v| s.nodes.iter().find(|n| &n.id == v))
+                .map(|n| n.connections)
+                .sum();
+            let overdue = now_ms.saturating_sub(drain.started_ms) >= c.drain_deadline_ms;
+            if left > 0 && !overdue {
+                let text = format!("draining {}: {left} connection(s) left", drain.victims.join(", "));
+                return hold(current, Urgency::None, "draining", text, findings);
+            }
+            self.drain = None;
+            let code = if left > 0 { "drain_deadline" } else { "drained" };
+            let text = format!(
+                "{} drained ({left} connection(s) left after {} s); removing",
+                drain.victims.join(", "),
+                now_ms.saturating_sub(drain.started_ms) / 1000
+            );
+            findings.push(finding(code, text));
+            for v in &drain.victims {
+                self.retiring.insert(v.clone(), now_ms);
+            }
+            // A fresh window before the next removal.
+            self.calm_since_ms = calm.then_some(now_ms);
+            let mut out = decision(Action::ScaleIn, current, drain.target, Urgency::None, code, findings);
+            if self.kind == WorkloadKind::Deployment {
+                out.mark = drain.victims;
+            }
+            return out;
+        }
+        if !self.retiring.is_empty() {
+            let names: Vec<&str> = self.retiring.keys().map(String::as_str).collect();
+            return hold(
+                current,
+                Urgency::None,
+                "retiring",
+                format!("waiting for {} to stop", names.join(", ")),
+                findings,
+            );
+        }
+        if !calm {
+            return hold(current, Urgency::None, "steady", "load between the watermarks".into(), findings);
+        }
+        let calm_for = now_ms - self.calm_since_ms.unwrap_or(now_ms);
+        if calm_for < c.scale_in_window_ms {
+            let text =
+                format!("under the low watermarks for {} s of {} s", calm_for / 1000, c.scale_in_window_ms / 1000);
+            return hold(current, Urgency::None, "scale_in_window", text, findings);
+        }
+        if let Some(at) = self.last_scale_out_ms
+            && now_ms.saturating_sub(at) < c.scale_in_cooldown_ms
+        {
+            return hold(current, Urgency::None, "cooldown", "scaled out recently".into(), findings);
+        }
+        if current <= c.min_replicas {
+            return hold(
+                current,
+                Urgency::None,
+                "min_replicas",
+                format!("at the minimum of {}", c.min_replicas),
+                findings,
+            );
+        }
+        if s.live != current || s.serving != current {
+            let text = format!("{} of {current} nodes serving", s.serving);
+            return hold(current, Urgency::None, "steady", text, findings);
+        }
+        let target = match hpa::largest_honoured_below(current, c.hpa_tolerance) {
+            Some(t) if current - t <= c.scale_in_max_step => t.max(c.min_replicas),
+            _ => {
+                let text = format!(
+                    "removing {} node(s) from {current} is within the HPA tolerance {}; held",
+                    c.scale_in_max_step, c.hpa_tolerance
+                );
+                return hold(current, Urgency::None, "hpa_tolerance", text, findings);
+            }
+        };
+        let remove = current - target;
+        if let Some(why) = self.over_projection(s, remove) {
+            return hold(current, Urgency::None, "projected_load", why, findings);
+        }
+        let mut candidates: Vec<(String, u64)> =
+            s.nodes.iter().filter(|n| n.serving).map(|n| (n.id.clone(), n.connections)).collect();
+        let mut victims = Vec::new();
+        for _ in 0..remove {
+            let Some(v) = choose_victim(self.kind, &candidates) else { break };
+            candidates.retain(|(id, _)| *id != v);
+            victims.push(v);
+        }
+        let text =
+            format!("low load for {} s: draining {} before {current} -> {target}", calm_for / 1000, victims.join(", "));
+        self.drain = Some(Drain { victims, started_ms: now_ms, target });
+        hold(current, Urgency::None, "draining", text, findings)
+    }
+
+    fn calm(&self, s: &FleetSignals) -> bool {
+        let c = &self.config;
+        s.serving > 0
+            && s.connections_fraction < c.connections_low
+            && s.cpu_mean < c.cpu_low
+            && s.memory_mean < c.memory_low
+            && s.p95_max_ms < c.latency_slo_ms / 2.0
+            && s.lag_max < c.lag_low
+            && (c.mps_target == 0.0 || s.mps_out / f64::from(s.serving) < c.mps_target * c.connections_low)
+    }
+
+    /// Why the serving nodes minus `remove` would be too loaded, if so.
+    fn over_projection(&self, s: &FleetSignals, remove: u32) -> Option<String> {
+        let bound = self.config.scale_in_max_projected;
+        let left = s.serving.checked_sub(remove).filter(|n| *n > 0)? as f64;
+        let capacity = s.node_capacity * left;
+        let projected = [
+            ("connections", if capacity > 0.0 { s.connections as f64 / capacity } else { 0.0 }),
+            ("cpu", s.cpu_total / left),
+            ("memory", s.memory_total / left),
+        ];
+        projected
+            .into_iter()
+            .find(|(_, v)| *v >= bound)
+            .map(|(name, v)| format!("{name} would reach {v:.2} on {left} node(s) (bound {bound:.2})"))
+    }
+}
+
+fn finding(code: &'static str, text: String) -> Finding {
+    Finding { urgency: Urgency::None, code, text }
+}
+
+fn inputs(s: &FleetSignals, needed: u32) -> Inputs {
+    Inputs {
+        live: s.live,
+        serving: s.serving,
+        starting: s.starting,
+        connections: s.connections,
+        connections_fraction: s.connections_fraction,
+        max_connections_fraction: s.max_connections_fraction,
+        cpu_mean: s.cpu_mean,
+        cpu_max: s.cpu_max,
+        memory_mean: s.memory_mean,
+        memory_max: s.memory_max,
+        mps_out: s.mps_out,
+        p95_max_ms: s.p95_max_ms,
+        lag_max: s.lag_max,
+        connections_slope: s.connections_slope,
+        needed,
+    }
+}
+
+fn decision(
+    action: Action,
+    current: u32,
+    desired: u32,
+    urgency: Urgency,
+    code: &'static str,
+    findings: Vec<Finding>,
+) -> Outcome {
+    let mut reason: String = findings.iter().map(|f| f.text.as_str()).collect::<Vec<_>>().join("; ");
+    reason.truncate(rtc_core::decision::MAX_REASON_LEN);
+    Outcome {
+        decision: Decision {
+            v: rtc_core::CONTRACT_VERSION,
+            desired_replicas: desired,
+            current_replicas: current,
+            action,
+            step: desired.abs_diff(current),
+            urgency,
+            reason,
+            decided_at_ms: 0,
+            leader_epoch: 0,
+        },
+        code,
+        findings,
+        inputs: inputs(&FleetSignals::default(), 0),
+        excluded: BTreeSet::new(),
+        mark: Vec::new(),
+    }
+}
+
+/// Keeps `current`; the hold's own reason goes first.
+fn hold(current: u32, urgency: Urgency, code: &'static str, text: String, mut findings: Vec<Finding>) -> Outcome {
+    findings.insert(0, finding(code, text));
+    decision(Action::Hold, current, current, urgency, code, findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scale::sim::heartbeat;
+    use rtc_core::{Heartbeat, NodeState};
+
+    /// Drives one engine with hand-made heartbeats, one per node per call.
+    struct Bench {
+        fleet: Fleet,
+        engine: Engine,
+        seq: u64,
+    }
+
+    impl Bench {
+        fn new(config: ScaleConfig, kind: WorkloadKind) -> Self {
+            Self { fleet: Fleet::new(1000, 600_000), engine: Engine::new(config, kind), seq: 0 }
+        }
+
+        fn deployment() -> Self {
+            Self::new(ScaleConfig::default(), WorkloadKind::Deployment)
+        }
+
+        /// Every node reports at `now`; `edit` may change its heartbeat.
+        fn tick_with(&mut self, now: u64, nodes: &[(&str, u64)], edit: impl Fn(&mut Heartbeat)) -> Outcome {
+            self.seq += 1;
+            for (id, connections) in nodes {
+                let mut hb = heartbeat(id, self.seq, now, NodeState::Ready);
+                hb.connections = *connections;
+                hb.cpu = 0.05 + 0.25 * (*connections as f64 / 1000.0);
+                hb.memory = 0.2;
+                hb.p95_latency_ms = 10.0;
+                edit(&mut hb);
+                self.fleet.observe(hb, now).unwrap();
+            }
+            self.engine.decide(&self.fleet, now)
+        }
+
+        fn tick(&mut self, now: u64, nodes: &[(&str, u64)]) -> Outcome {
+            self.tick_with(now, nodes, |_| {})
+        }
+    }
+
+    fn four(connections: [u64; 4]) -> Vec<(&'static str, u64)> {
+        ["n0", "n1", "n2", "n3"].into_iter().zip(connections).collect()
+    }
+
+    fn summary(out: &Outcome) -> (Action, Urgency, &'static str, u32) {
+        (out.decision.action, out.decision.urgency, out.code, out.decision.desired_replicas)
+    }
+
+    #[test]
+    fn scale_out_urgency_and_step_per_rule() {
+        use Action::*;
+        use Urgency::*;
+        type Edit = fn(&mut Heartbeat);
+        type Expected = (Action, Urgency, &'static str, u32);
+        let cases: [(&str, [u64; 4], Edit, Expected); 9] = [
+            ("between the watermarks", [500; 4], |_| {}, (Hold, None, "steady", 4)),
+            ("one hot node", [850, 500, 500, 500], |_| {}, (ScaleOut, Moderate, "connections", 5)),
+            ("hot fleet", [850; 4], |_| {}, (ScaleOut, High, "connections", 6)),
+            ("critical fleet", [970; 4], |_| {}, (ScaleOut, Critical, "connections", 8)),
+            ("cpu over high on average", [400; 4], |h| h.cpu = 0.8, (ScaleOut, High, "cpu", 6)),
+            (
+                "memory critical on one node",
+                [400; 4],
+                |h| h.memory = if h.node_id == "n0" { 0.95 } else { 0.5 },
+                (ScaleOut, High, "memory", 6),
+            ),
+            ("latency over the SLO", [400; 4], |h| h.p95_latency_ms = 150.0, (ScaleOut, High, "latency", 6)),
+            ("latency over twice the SLO", [400; 4], |h| h.p95_latency_ms = 250.0, (ScaleOut, Critical, "latency", 8)),
+            (
+                "lag on one node",
+                [400; 4],
+                |h| h.kafka_lag = if h.node_id == "n2" { 20_000 } else { 0 },
+                (ScaleOut, Moderate, "kafka_lag", 5),
+            ),
+        ];
+        for (name, connections, edit, expected) in cases {
+            let mut bench = Bench::deployment();
+            let out = bench.tick_with(0, &four(connections), edit);
+            assert_eq!(summary(&out), expected, "{name}: {}", out.decision.reason);
+            assert_eq!(out.decision.step, expected.3.abs_diff(4), "{name}");
+        }
+    }
+
+    #[test]
+    fn capacity_arithmetic_sets_the_floor() {
+        // Mean 0.79 is under the high watermark, but 4 x 790 users at the
+        // 0.70 target need 5 nodes.
+        let mut bench = Bench::deployment();
+        let out = bench.tick(0, &four([790; 4]));
+        assert_eq!(summary(&out), (Action::ScaleOut, Urgency::Moderate, "capacity", 5), "{}", out.decision.reason);
+        assert_eq!(out.inputs.needed, 5);
+    }
+
+    #[test]
+    fn consecutive_scale_outs_double_the_step_up_to_the_cap() {
+        // No HPA tolerance, so steps are never enlarged here.
+        let config = ScaleConfig { hpa_tolerance: 0.0, consecutive_window_ms: 300_000, ..ScaleConfig::default() };
+        let mut bench = Bench::new(config, WorkloadKind::Deployment);
+        let hot = four([850, 500, 500, 500]);
+        let mut steps = Vec::new();
+        for i in 0..5 {
+            // Past twice the start-up time each time, so it does not wait.
+            let out = bench.tick(i * 61_000, &hot);
+            steps.push(out.decision.step);
+        }
+        assert_eq!(steps, vec![1, 2, 4, 5, 5]);
+        // Outside the consecutive window the step starts again at 1.
+        let out = bench.tick(4 * 61_000 + 301_000, &hot);
+        assert_eq!(out.decision.step, 1);
+    }
+
+    #[test]
+    fn waits_for_the_nodes_it_asked_for_unless_things_get_worse() {
+        let mut bench = Bench::deployment();
+        assert_eq!(bench.tick(0, &four([850, 500, 500, 500])).decision.desired_replicas, 5);
+        let out = bench.tick(2_000, &four([850, 500, 500, 500]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::Moderate, "waiting_for_nodes", 5));
+        let out = bench.tick(4_000, &four([970; 4]));
+        assert_eq!(summary(&out), (Action::ScaleOut, Urgency::Critical, "connections", 10), "{}", out.decision.reason);
+        assert_eq!(out.decision.current_replicas, 5, "counts the node still starting");
+    }
+
+    #[test]
+    fn steps_the_hpa_would_ignore_are_enlarged_or_held() {
+        let nodes: Vec<(String, u64)> = (0..20).map(|i| (format!("n{i:02}"), if i == 0 { 850 } else { 500 })).collect();
+        let nodes: Vec<(&str, u64)> = nodes.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+        let mut bench = Bench::deployment();
+        let out = bench.tick(0, &nodes);
+        let expected = hpa::smallest_honoured_above(20, 0.1);
+        assert!(expected > 21);
+        assert_eq!(summary(&out), (Action::ScaleOut, Urgency::Moderate, "connections", expected));
+        assert!(out.findings.iter().any(|f| f.code == "hpa_tolerance"), "{:?}", out.findings);
+
+        let capped = ScaleConfig { max_replicas: 21, ..ScaleConfig::default() };
+        let mut bench = Bench::new(capped, WorkloadKind::Deployment);
+        let out = bench.tick(0, &nodes);
+        assert_eq!(summary(&out), (Action::Hold, Urgency::Moderate, "hpa_tolerance", 20), "{}", out.decision.reason);
+    }
+
+    #[test]
+    fn replica_bounds() {
+        let mut bench = Bench::deployment();
+        let out = bench.tick(0, &[]);
+        assert_eq!(summary(&out), (Action::ScaleOut, Urgency::Moderate, "min_replicas", 2));
+        let at_max = ScaleConfig { max_replicas: 4, ..ScaleConfig::default() };
+        let mut bench = Bench::new(at_max, WorkloadKind::Deployment);
+        let out = bench.tick(0, &four([970; 4]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::Critical, "max_replicas", 4));
+    }
+
+    const LOW: [u64; 4] = [100, 50, 120, 100];
+
+    /// Runs a calm fleet until the engine starts a drain; returns its time.
+    fn calm_until_drain(bench: &mut Bench, nodes: &[(&str, u64)]) -> u64 {
+        let mut now = 0;
+        loop {
+            let out = bench.tick(now, nodes);
+            if out.code == "draining" {
+                return now;
+            }
+            assert_eq!(summary(&out).0, Action::Hold);
+            assert_eq!(out.code, "scale_in_window", "{}", out.decision.reason);
+            now += 2_000;
+        }
+    }
+
+    #[test]
+    fn scale_in_drains_the_emptiest_node_first_then_lowers_desired() {
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        assert_eq!(started, 300_000, "the whole window first");
+        assert_eq!(bench.engine.excluded(), BTreeSet::from(["n1".to_owned()]));
+        // Still users on n1: hold.
+        let out = bench.tick(started + 2_000, &four(LOW));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "draining", 4));
+        assert_eq!(out.excluded, BTreeSet::from(["n1".to_owned()]));
+        // They left: desired goes down, n1 is marked.
+        let out = bench.tick(started + 4_000, &four([130, 0, 150, 140]));
+        assert_eq!(summary(&out), (Action::ScaleIn, Urgency::None, "drained", 3), "{}", out.decision.reason);
+        assert_eq!(out.mark, vec!["n1".to_owned()]);
+        // n1 still alive: held, still excluded, nothing else removed.
+        let out = bench.tick(started + 6_000, &four([130, 0, 150, 140]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "retiring", 3));
+        assert!(out.excluded.contains("n1"));
+        // n1 stopped: a fresh window before the next removal.
+        let three = [("n0", 130), ("n2", 150), ("n3", 140)];
+        let out = bench.tick(started + 10_000, &three);
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "scale_in_window", 3), "{}", out.decision.reason);
+        assert!(out.excluded.is_empty());
+    }
+
+    #[test]
+    fn statefulset_victim_is_the_highest_ordinal_and_nothing_is_marked() {
+        let mut bench = Bench::new(ScaleConfig::default(), WorkloadKind::StatefulSet);
+        let nodes = [("socket-2", 10), ("socket-9", 300), ("socket-10", 200), ("socket-0", 50)];
+        let started = calm_until_drain(&mut bench, &nodes);
+        assert_eq!(bench.engine.excluded(), BTreeSet::from(["socket-10".to_owned()]));
+        let nodes = [("socket-2", 100), ("socket-9", 300), ("socket-10", 0), ("socket-0", 150)];
+        let out = bench.tick(started + 2_000, &nodes);
+        assert_eq!(summary(&out), (Action::ScaleIn, Urgency::None, "drained", 3));
+        assert!(out.mark.is_empty());
+    }
+
+    #[test]
+    fn a_drain_ends_at_its_deadline_or_when_load_returns() {
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        let out = bench.tick(started + 58_000, &four(LOW));
+        assert_eq!(out.code, "draining");
+        let out = bench.tick(started + 60_000, &four(LOW));
+        assert_eq!(summary(&out), (Action::ScaleIn, Urgency::None, "drain_deadline", 3), "{}", out.decision.reason);
+
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        let out = bench.tick(started + 2_000, &four([970; 4]));
+        assert_eq!(out.decision.action, Action::ScaleOut);
+        assert!(out.excluded.is_empty(), "the victim serves again");
+        assert!(out.findings.iter().any(|f| f.code == "drain_cancelled"));
+    }
+
+    #[test]
+    fn scale_in_needs_room_on_the_remaining_nodes_and_no_recent_scale_out() {
+        // Memory 0.45 is calm, but on 3 of 4 nodes it would be 0.6.
+        let mut bench = Bench::deployment();
+        let mut out = bench.tick_with(0, &four(LOW), |h| h.memory = 0.45);
+        for now in (2_000..=300_000).step_by(2_000) {
+            out = bench.tick_with(now, &four(LOW), |h| h.memory = 0.45);
+        }
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "projected_load", 4), "{}", out.decision.reason);
+
+        let slow = ScaleConfig { scale_in_cooldown_ms: 600_000, ..ScaleConfig::default() };
+        let mut bench = Bench::new(slow, WorkloadKind::Deployment);
+        assert_eq!(bench.tick(0, &four([850, 500, 500, 500])).decision.action, Action::ScaleOut);
+        let five = [("n0", 100), ("n1", 50), ("n2", 120), ("n3", 100), ("n4", 100)];
+        for now in (2_000..=400_000).step_by(2_000) {
+            out = bench.tick(now, &five);
+        }
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "cooldown", 5), "{}", out.decision.reason);
+    }
+
+    #[test]
+    fn a_scale_in_the_api_refused_is_given_up() {
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        let out = bench.tick(started + 2_000, &four([130, 0, 150, 140]));
+        assert_eq!(out.decision.desired_replicas, 3);
+        bench.engine.abandon_scale_in(started + 2_000);
+        assert!(bench.engine.excluded().is_empty());
+        let out = bench.tick(started + 4_000, &four([130, 0, 150, 140]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "scale_in_window", 4));
+    }
+
+    #[test]
+    fn a_new_leader_continues_from_the_last_decision() {
+        let mut bench = Bench::deployment();
+        let last = bench.tick(0, &four([970; 4])).decision;
+        let mut next = Bench::deployment();
+        next.engine.resume_from(&last, ["n3".to_owned()]);
+        let out = next.tick(2_000, &four([970; 4]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::Critical, "waiting_for_nodes", 8));
+        assert!(out.excluded.is_empty(), "only a scale-in leaves nodes retiring");
+
+        // After a scale-in the removed node stays excluded and uncounted.
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        let last = bench.tick(started + 2_000, &four([130, 0, 150, 140])).decision;
+        assert_eq!(last.action, Action::ScaleIn);
+        let mut next = Bench::deployment();
+        next.engine.resume_from(&last, ["n1".to_owned()]);
+        let out = next.tick(started + 4_000, &four([130, 0, 150, 140]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "retiring", 3));
+        assert_eq!(out.excluded, BTreeSet::from(["n1".to_owned()]));
+    }
+}

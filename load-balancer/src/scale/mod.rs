@@ -1,0 +1,17 @@
+//! Scaling: how many socket nodes the fleet needs, decided by the leader
+//! every tick from the heartbeat history.
+//!
+//! - [`config`]: every threshold, with its default.
+//! - [`signals`]: per-node and fleet signals with trends, pure.
+//! - [`engine`]: the rules, pure; time is passed in.
+//! - [`hpa`]: the HPA tolerance rule the steps must respect.
+//! - [`sim`]: the replay harness (open and closed loop) the tests use.
+
+pub mod config;
+pub mod engine;
+pub mod hpa;
+pub mod signals;
+pub mod sim;
+
+pub use config::ScaleConfig;
+pub use engine::{Engine, Finding, Inputs, Outcome};
