@@ -5,7 +5,9 @@
 //! - `assign`: a v1 assignment giving every partition to one ready node;
 //! - `clients`: a fleet of WebSocket sessions from one local source address,
 //!   optionally measuring end-to-end latency of the messages they receive;
-//! - `produce`: a paced Kafka producer to random users.
+//! - `produce`: a paced Kafka producer to random users;
+//! - `heartbeats`: a fleet of fake socket nodes' heartbeats;
+//! - `failover`: load-balancer failover times over repeated leader kills.
 //!
 //! Every tool is bounded in count and time, and prints its figures as one
 //! JSON line on stdout (progress goes to stderr).
@@ -15,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod clients;
+mod lb;
 mod produce;
 
 #[derive(Debug, Parser)]
@@ -38,6 +41,11 @@ enum Command {
     Clients(clients::ClientsArgs),
     /// Produces messages at a fixed rate to random users.
     Produce(produce::ProduceArgs),
+    /// Writes heartbeats of a fleet of fake socket nodes.
+    Heartbeats(lb::HeartbeatsArgs),
+    /// Times load-balancer failovers: kill the leader, wait for the new
+    /// leader's first fenced write.
+    Failover(lb::FailoverArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +99,8 @@ fn main() -> anyhow::Result<()> {
             runtime(threads)?.block_on(clients::run(args))
         }
         Command::Produce(args) => runtime(1)?.block_on(produce::run(args)),
+        Command::Heartbeats(args) => runtime(1)?.block_on(lb::heartbeats(args)),
+        Command::Failover(args) => runtime(1)?.block_on(lb::failover(args)),
     }
 }
 

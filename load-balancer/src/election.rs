@@ -143,6 +143,12 @@ impl LeaseStore {
         Ok(released == 1)
     }
 
+    /// How long until the current lease runs out, if one is held.
+    pub async fn expires_in(&self, conn: &mut impl ConnectionLike) -> Result<Option<Duration>, ElectionError> {
+        let ms: i64 = redis::cmd("PTTL").arg(&self.lease_key).query_async(conn).await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
     /// The current lease, if any.
     pub async fn current(&self, conn: &mut impl ConnectionLike) -> Result<Option<Lease>, ElectionError> {
         let raw: Option<String> = redis::cmd("GET").arg(&self.lease_key).query_async(conn).await?;
@@ -195,14 +201,14 @@ impl<C: ConnectionLike + Send> Elector<C> {
     }
 
     pub async fn run(mut self, role: watch::Sender<Role>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.period());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed_at = Instant::now();
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = self.period();
             let current = role.borrow().clone();
             match current {
                 Role::Follower => match self.store.try_acquire(&mut self.conn, &self.holder).await {
@@ -211,7 +217,14 @@ impl<C: ConnectionLike + Send> Elector<C> {
                         tracing::info!(holder = %lease.holder, epoch = lease.epoch, "acquired the leader lease");
                         role.send_replace(Role::Leader(lease));
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        // Someone leads: try again just after its lease would
+                        // run out (a dead leader's lease simply expires), so a
+                        // failover takes the TTL, not the TTL plus a period.
+                        if let Ok(Some(left)) = self.store.expires_in(&mut self.conn).await {
+                            wait = wait.min(left + Duration::from_millis(5));
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "lease acquisition failed"),
                 },
                 Role::Leader(lease) => {

@@ -7,27 +7,62 @@ use rtc_core::{Heartbeat, NodeState};
 
 use crate::assign::LiveNode;
 
-/// One heartbeat as received.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+/// The figures of one heartbeat that matter over time, as received: the
+/// history keeps these (about 90 bytes), not whole heartbeats, so a large
+/// fleet's window stays affordable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
     /// When the load balancer received it (its own clock, milliseconds).
     pub received_ms: u64,
-    pub heartbeat: Heartbeat,
+    pub seq: u64,
+    pub sent_at_ms: u64,
+    pub connections: u64,
+    pub capacity: u64,
+    pub cpu: f64,
+    pub memory: f64,
+    pub mps_out: f64,
+    pub p95_latency_ms: f64,
+    pub kafka_lag: u64,
+}
+
+impl Reading {
+    fn of(hb: &Heartbeat, received_ms: u64) -> Self {
+        Self {
+            received_ms,
+            seq: hb.seq,
+            sent_at_ms: hb.sent_at_ms,
+            connections: hb.connections,
+            capacity: hb.capacity,
+            cpu: hb.cpu,
+            memory: hb.memory,
+            mps_out: hb.mps_out,
+            p95_latency_ms: hb.p95_latency_ms,
+            kafka_lag: hb.kafka_lag,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
-    /// Oldest first, at most the history window.
-    pub history: VecDeque<Sample>,
+    latest: Heartbeat,
+    /// Oldest first, at most the history window; never empty.
+    pub history: VecDeque<Reading>,
 }
 
 impl NodeRecord {
     pub fn latest(&self) -> &Heartbeat {
-        &self.history.back().expect("a record has at least one sample").heartbeat
+        &self.latest
     }
 
     pub fn last_seen_ms(&self) -> u64 {
         self.history.back().map_or(0, |s| s.received_ms)
+    }
+
+    /// The readings received at or after `since_ms`, plus the one before
+    /// (the value in force at `since_ms`).
+    pub fn since(&self, since_ms: u64) -> impl Iterator<Item = &Reading> {
+        let first = self.history.partition_point(|r| r.received_ms < since_ms).saturating_sub(1);
+        self.history.range(first..)
     }
 }
 
@@ -62,19 +97,22 @@ impl Fleet {
     /// restarted (its `seq` starts again) is taken as new.
     pub fn observe(&mut self, heartbeat: Heartbeat, now_ms: u64) -> Result<(), Rejected> {
         let dead_after_ms = self.dead_after_ms();
-        let record =
-            self.nodes.entry(heartbeat.node_id.clone()).or_insert_with(|| NodeRecord { history: VecDeque::new() });
-        if let Some(last) = record.history.back() {
-            let restarted = heartbeat.seq <= 1 && last.heartbeat.seq > 1
-                || heartbeat.sent_at_ms > last.heartbeat.sent_at_ms + dead_after_ms;
-            if heartbeat.seq <= last.heartbeat.seq && !restarted {
-                return Err(Rejected::Stale);
-            }
-            if restarted {
-                record.history.clear();
-            }
+        let reading = Reading::of(&heartbeat, now_ms);
+        let Some(record) = self.nodes.get_mut(&heartbeat.node_id) else {
+            let id = heartbeat.node_id.clone();
+            self.nodes.insert(id, NodeRecord { latest: heartbeat, history: VecDeque::from([reading]) });
+            return Ok(());
+        };
+        let last = &record.latest;
+        let restarted = heartbeat.seq <= 1 && last.seq > 1 || heartbeat.sent_at_ms > last.sent_at_ms + dead_after_ms;
+        if heartbeat.seq <= last.seq && !restarted {
+            return Err(Rejected::Stale);
         }
-        record.history.push_back(Sample { received_ms: now_ms, heartbeat });
+        if restarted {
+            record.history.clear();
+        }
+        record.latest = heartbeat;
+        record.history.push_back(reading);
         let oldest_kept = now_ms.saturating_sub(self.window_ms);
         while record.history.len() > 1 && record.history.front().is_some_and(|s| s.received_ms < oldest_kept) {
             record.history.pop_front();
@@ -182,7 +220,7 @@ mod tests {
         }
         let history = &fleet.record("a").unwrap().history;
         assert_eq!(history.len(), 6, "samples within 5 s of the newest");
-        assert_eq!(history.front().unwrap().heartbeat.seq, 15);
+        assert_eq!(history.front().unwrap().seq, 15);
         assert_eq!(fleet.observe(hb("a", 20, 20_000, NodeState::Ready), 20_100), Err(Rejected::Stale));
         assert_eq!(fleet.observe(hb("a", 7, 20_000, NodeState::Ready), 20_100), Err(Rejected::Stale));
     }

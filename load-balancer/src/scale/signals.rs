@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use rtc_core::NodeState;
 use serde::Serialize;
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Reading};
 
 /// One live node's latest figures and trends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -109,21 +109,21 @@ fn fleet_series(
     live: &[&str],
     now_ms: u64,
     window_ms: u64,
-    value: impl Fn(&rtc_core::Heartbeat) -> f64,
+    value: impl Fn(&Reading) -> f64,
 ) -> Vec<(f64, f64)> {
     let since = now_ms.saturating_sub(window_ms);
     let seconds = ((now_ms - since) / 1000) as usize;
     let mut totals = vec![0.0; seconds + 1];
     let mut covered = vec![0usize; seconds + 1];
     for record in live.iter().filter_map(|id| fleet.record(id)) {
-        let samples: Vec<&crate::fleet::Sample> = record.history.iter().collect();
+        let samples: Vec<&Reading> = record.since(since).collect();
         for (i, sample) in samples.iter().enumerate() {
             let from = sample.received_ms.saturating_sub(since).div_ceil(1000) as usize;
             let until = samples.get(i + 1).map_or(seconds + 1, |next| {
                 (next.received_ms.saturating_sub(since).div_ceil(1000) as usize).min(seconds + 1)
             });
             for second in from.min(seconds + 1)..until {
-                totals[second] += value(&sample.heartbeat);
+                totals[second] += value(sample);
                 covered[second] += 1;
             }
         }
@@ -136,13 +136,7 @@ fn fleet_series(
 
 /// The sustained trend (per second) of a fleet total, if the series spans
 /// at least half the window.
-fn trend(
-    fleet: &Fleet,
-    live: &[&str],
-    now_ms: u64,
-    window_ms: u64,
-    value: impl Fn(&rtc_core::Heartbeat) -> f64,
-) -> f64 {
+fn trend(fleet: &Fleet, live: &[&str], now_ms: u64, window_ms: u64, value: impl Fn(&Reading) -> f64) -> f64 {
     let series = fleet_series(fleet, live, now_ms, window_ms, value);
     if (series.len() as u64) * 1000 < window_ms / 2 { 0.0 } else { sustained_slope(&series) }
 }
@@ -181,7 +175,7 @@ fn summarise(nodes: Vec<NodeSignals>, fleet: &Fleet, now_ms: u64, trend_window_m
     let serving_capacity: u64 = serving.iter().map(|n| n.capacity).sum();
     let connections: u64 = nodes.iter().map(|n| n.connections).sum();
     let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-    let trend_of = |value: fn(&rtc_core::Heartbeat) -> f64| trend(fleet, &live, now_ms, trend_window_ms, value);
+    let trend_of = |value: fn(&Reading) -> f64| trend(fleet, &live, now_ms, trend_window_ms, value);
     FleetSignals {
         live: nodes.len() as u32,
         serving: serving.len() as u32,
