@@ -12,11 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use rtc_core::{Action, Decision, Urgency};
+use rtc_core::{Action, Decision, Urgency, hpa};
 use serde::Serialize;
 
 use super::config::ScaleConfig;
-use super::hpa;
 use super::signals::{FleetSignals, fleet_signals};
 use crate::actuate::{WorkloadKind, choose_victim};
 use crate::fleet::Fleet;
@@ -310,8 +309,8 @@ impl Engine {
         if desired <= current {
             return hold(current, urgency, "max_replicas", format!("at the maximum of {}", c.max_replicas), findings);
         }
-        if !hpa::honours(current, desired, c.hpa_tolerance) {
-            let enlarged = hpa::smallest_honoured_above(current, c.hpa_tolerance);
+        if !hpa_honours(current, desired, c.hpa_tolerance) {
+            let enlarged = hpa::smallest_honoured_scale_up(current, c.hpa_tolerance).unwrap_or(u32::MAX);
             if enlarged > c.max_replicas {
                 let text = format!("{current} -> {desired} is within the HPA tolerance and cannot be enlarged");
                 return hold(current, urgency, "hpa_tolerance", text, findings);
@@ -410,7 +409,7 @@ impl Engine {
             let text = format!("{} of {current} nodes serving", s.serving);
             return hold(current, Urgency::None, "steady", text, findings);
         }
-        let target = match hpa::largest_honoured_below(current, c.hpa_tolerance) {
+        let target = match hpa::largest_honoured_scale_down(current, c.hpa_tolerance) {
             Some(t) if current - t <= c.scale_in_max_step => t.max(c.min_replicas),
             _ => {
                 let text = format!(
@@ -464,6 +463,12 @@ impl Engine {
             .find(|(_, v)| *v >= bound)
             .map(|(name, v)| format!("{name} would reach {v:.2} on {left} node(s) (bound {bound:.2})"))
     }
+}
+
+/// Whether the HPA acts on `desired` (reported as an `AverageValue` metric
+/// with target 1) when it has `current` replicas.
+pub fn hpa_honours(current: u32, desired: u32, tolerance: f64) -> bool {
+    desired != current && hpa::external_average_value(current, f64::from(desired), 1.0, tolerance, tolerance) == desired
 }
 
 fn finding(code: &'static str, text: String) -> Finding {
@@ -656,7 +661,7 @@ mod tests {
         let nodes: Vec<(&str, u64)> = nodes.iter().map(|(id, c)| (id.as_str(), *c)).collect();
         let mut bench = Bench::deployment();
         let out = bench.tick(0, &nodes);
-        let expected = hpa::smallest_honoured_above(20, 0.1);
+        let expected = hpa::smallest_honoured_scale_up(20, 0.1).unwrap();
         assert!(expected > 21);
         assert_eq!(summary(&out), (Action::ScaleOut, Urgency::Moderate, "connections", expected));
         assert!(out.findings.iter().any(|f| f.code == "hpa_tolerance"), "{:?}", out.findings);

@@ -3,13 +3,12 @@
 //!
 //! - [`config`]: every threshold, with its default.
 //! - [`signals`]: per-node and fleet signals with trends, pure.
-//! - [`engine`]: the rules, pure; time is passed in.
-//! - [`hpa`]: the HPA tolerance rule the steps must respect.
+//! - [`engine`]: the rules, pure; time is passed in. Steps respect the
+//!   HPA's tolerance as modelled in [`rtc_core::hpa`].
 //! - [`sim`]: the replay harness (open and closed loop) the tests use.
 
 pub mod config;
 pub mod engine;
-pub mod hpa;
 pub mod signals;
 pub mod sim;
 

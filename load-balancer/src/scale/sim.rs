@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use super::config::ScaleConfig;
 use super::engine::{Engine, Outcome};
-use super::hpa;
 use crate::actuate::WorkloadKind;
 use crate::fleet::Fleet;
 
@@ -220,7 +219,7 @@ impl Simulation {
                 // The model HPA: exactly the desired count, unless within
                 // its tolerance.
                 let desired = out.decision.desired_replicas;
-                if hpa::honours(spec, desired, self.config.hpa_tolerance) {
+                if super::engine::hpa_honours(spec, desired, self.config.hpa_tolerance) {
                     spec = desired;
                 }
                 report.timeline.push(Step::new(now, out));
