@@ -4,7 +4,8 @@
 use clap::Args;
 
 /// The scaling engine's settings. Fractions are of a node's capacity or of
-/// its container's limit; durations are milliseconds.
+/// its container's limit (set a signal's thresholds above 1 to leave it
+/// out); durations are milliseconds.
 #[derive(Debug, Clone, Args, PartialEq)]
 pub struct ScaleConfig {
     /// Fewest socket nodes wanted, whatever the load.
@@ -129,10 +130,12 @@ impl ScaleConfig {
             return Err(format!("need 1 <= min replicas ({}) <= max ({})", self.min_replicas, self.max_replicas));
         }
         let ordered = |name: &str, low: f64, target: f64, high: f64, critical: f64| {
-            if 0.0 < low && low < target && target <= high && high <= critical && critical <= 1.0 {
+            // Values above 1 are allowed: they leave the signal out (on one
+            // machine, nodes without a container limit report the host's CPU).
+            if 0.0 < low && low < target && target <= high && high <= critical {
                 Ok(())
             } else {
-                Err(format!("{name}: need 0 < low < target <= high <= critical <= 1"))
+                Err(format!("{name}: need 0 < low < target <= high <= critical"))
             }
         };
         ordered(
