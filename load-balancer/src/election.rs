@@ -202,13 +202,16 @@ impl<C: ConnectionLike + Send> Elector<C> {
 
     pub async fn run(mut self, role: watch::Sender<Role>, shutdown: CancellationToken) {
         let mut renewed_at = Instant::now();
-        let mut wait = Duration::ZERO;
+        let mut next = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
             }
-            wait = self.period();
+            // Scheduled from the start of this round, so a slow Redis call
+            // does not push the next renewal (or the step-down) later.
+            let round = Instant::now();
+            let mut wait = self.period();
             let current = role.borrow().clone();
             match current {
                 Role::Follower => match self.store.try_acquire(&mut self.conn, &self.holder).await {
@@ -234,6 +237,7 @@ impl<C: ConnectionLike + Send> Elector<C> {
                         Ok(false) => {
                             tracing::warn!(epoch = lease.epoch, "lost the leader lease");
                             role.send_replace(Role::Follower);
+                            next = round + wait;
                             continue;
                         }
                         Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
@@ -241,9 +245,13 @@ impl<C: ConnectionLike + Send> Elector<C> {
                     if renewed_at.elapsed() >= self.valid_for() {
                         tracing::warn!(epoch = lease.epoch, "lease not renewed in time: stepping down");
                         role.send_replace(Role::Follower);
+                    } else {
+                        // Check again no later than the end of validity.
+                        wait = wait.min((renewed_at + self.valid_for()).saturating_duration_since(round));
                     }
                 }
             }
+            next = round + wait;
         }
         let last = role.borrow().clone();
         if let Role::Leader(lease) = last {
