@@ -206,7 +206,7 @@ impl<C: ConnectionLike + Send> Elector<C> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = tokio::time::sleep_until(next) => {}
             }
             // Scheduled from the start of this round, so a slow Redis call
             // does not push the next renewal (or the step-down) later.
