@@ -453,13 +453,17 @@ impl Engine {
         let bound = self.config.scale_in_max_projected;
         let left = s.serving.checked_sub(remove).filter(|n| *n > 0)? as f64;
         let capacity = s.node_capacity * left;
+        let c = &self.config;
+        // A signal left out (low watermark above 1) is left out here too.
         let projected = [
-            ("connections", if capacity > 0.0 { s.connections as f64 / capacity } else { 0.0 }),
-            ("cpu", s.cpu_total / left),
-            ("memory", s.memory_total / left),
+            ("connections", c.connections_low, if capacity > 0.0 { s.connections as f64 / capacity } else { 0.0 }),
+            ("cpu", c.cpu_low, s.cpu_total / left),
+            ("memory", c.memory_low, s.memory_total / left),
         ];
         projected
             .into_iter()
+            .filter(|(_, low, _)| *low <= 1.0)
+            .map(|(name, _, v)| (name, v))
             .find(|(_, v)| *v >= bound)
             .map(|(name, v)| format!("{name} would reach {v:.2} on {left} node(s) (bound {bound:.2})"))
     }
@@ -762,6 +766,16 @@ mod tests {
             out = bench.tick_with(now, &four(LOW), |h| h.memory = 0.45);
         }
         assert_eq!(summary(&out), (Action::Hold, Urgency::None, "projected_load", 4), "{}", out.decision.reason);
+
+        // A signal left out (thresholds above 1, as the one-machine demo
+        // does for the host's CPU) is left out of the projection as well.
+        let cpu_off =
+            ScaleConfig { cpu_low: 1.5, cpu_target: 2.0, cpu_high: 2.0, cpu_critical: 2.0, ..ScaleConfig::default() };
+        let mut bench = Bench::new(cpu_off, WorkloadKind::Deployment);
+        for now in (0..=300_000).step_by(2_000) {
+            out = bench.tick_with(now, &four(LOW), |h| h.cpu = 0.95);
+        }
+        assert_eq!(out.code, "draining", "{}", out.decision.reason);
 
         let slow = ScaleConfig { scale_in_cooldown_ms: 600_000, ..ScaleConfig::default() };
         let mut bench = Bench::new(slow, WorkloadKind::Deployment);
