@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use rtc_core::redis_io::{Backoff, HeartbeatCursor};
+use rtc_core::redis_io::{HeartbeatBatch, HeartbeatCursor};
 use rtc_core::{Assignment, ContractError, Document, Heartbeat, NodeState};
 use tokio_util::sync::CancellationToken;
 
@@ -100,33 +100,18 @@ pub async fn follow_heartbeats(
             return;
         }
     };
-    let mut cursor = HeartbeatCursor::since(key, since_ms, 1_000, block);
-    let mut backoff = Backoff::default();
-    loop {
-        let batch = tokio::select! {
-            _ = stop.cancelled() => return,
-            batch = cursor.next_batch(&mut conn) => batch,
-        };
-        match batch {
-            Ok(entries) => {
-                backoff.reset();
-                let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
-                for entry in entries {
-                    match entry {
-                        Ok(hb) => view.observe(hb),
-                        Err(e) => tracing::debug!(error = %e, "invalid heartbeat skipped"),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "reading heartbeats failed");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                }
+    let cursor = HeartbeatCursor::since(key, since_ms, 1_000, block);
+    let on_batch = |_: &str, entries: HeartbeatBatch| {
+        let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries {
+            match entry {
+                Ok(hb) => view.observe(hb),
+                Err(e) => tracing::debug!(error = %e, "invalid heartbeat skipped"),
             }
         }
-    }
+    };
+    let on_error = |e: &redis::RedisError| tracing::debug!(error = %e, "reading heartbeats failed");
+    cursor.follow(&mut conn, stop.cancelled(), on_batch, on_error).await;
 }
 
 /// The nodes the current assignment lists as `draining` (none without an

@@ -2,7 +2,8 @@
 //!
 //! - [`HeartbeatCursor`] reads the `rtc:heartbeats` stream: it resumes where
 //!   it was, reads in bounded blocking batches, and parses every entry (each
-//!   result is a heartbeat or the typed reason it is invalid, never a panic).
+//!   result is a heartbeat or the typed reason it is invalid, never a panic);
+//!   [`HeartbeatCursor::follow`] tails it with backoff on errors.
 //! - [`notify_on_publish`] turns a pub/sub channel into wake-ups.
 //! - [`connection_manager`] is a reconnecting connection that is created
 //!   even while Redis is down (services start and keep serving without it).
@@ -41,10 +42,7 @@ impl HeartbeatCursor {
     }
 
     /// The next batch (empty after `block` without news).
-    pub async fn next_batch(
-        &mut self,
-        conn: &mut impl ConnectionLike,
-    ) -> redis::RedisResult<Vec<Result<Heartbeat, ContractError>>> {
+    pub async fn next_batch(&mut self, conn: &mut impl ConnectionLike) -> redis::RedisResult<HeartbeatBatch> {
         let reply: Option<StreamReadReply> = redis::cmd("XREAD")
             .arg(&self.options)
             .arg("STREAMS")
@@ -61,6 +59,46 @@ impl HeartbeatCursor {
             });
         }
         Ok(out)
+    }
+}
+
+/// What [`HeartbeatCursor::next_batch`] yields: each entry parsed, or the
+/// reason it is invalid.
+pub type HeartbeatBatch = Vec<Result<Heartbeat, ContractError>>;
+
+impl HeartbeatCursor {
+    /// Tails the stream until `stop` resolves. Each batch (empty after
+    /// `block` without news, so a quiet stream still ticks) goes to
+    /// `on_batch` with the id of the newest entry read so far; a failed read
+    /// goes to `on_error` and is retried after a growing backoff.
+    pub async fn follow(
+        mut self,
+        conn: &mut impl ConnectionLike,
+        stop: impl std::future::Future<Output = ()>,
+        mut on_batch: impl FnMut(&str, HeartbeatBatch),
+        mut on_error: impl FnMut(&redis::RedisError),
+    ) {
+        let mut stop = std::pin::pin!(stop);
+        let mut backoff = Backoff::default();
+        loop {
+            let batch = tokio::select! {
+                _ = &mut stop => return,
+                b = self.next_batch(conn) => b,
+            };
+            match batch {
+                Ok(batch) => {
+                    backoff.reset();
+                    on_batch(&self.last_id, batch);
+                }
+                Err(e) => {
+                    on_error(&e);
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
     }
 }
 

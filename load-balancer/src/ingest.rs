@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use rtc_core::NodeState;
-use rtc_core::redis_io::{Backoff, HeartbeatCursor};
+use rtc_core::redis_io::HeartbeatCursor;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -72,49 +72,35 @@ pub struct Ingest<C> {
 impl<C: ConnectionLike + Send> Ingest<C> {
     /// Runs until `shutdown`; `changed` gets the new membership whenever it
     /// differs (a join, a state change, a death noticed on a quiet stream).
-    pub async fn run(mut self, changed: watch::Sender<Membership>, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                b = self.cursor.next_batch(&mut self.conn) => b,
+    pub async fn run(self, changed: watch::Sender<Membership>, shutdown: CancellationToken) {
+        let Ingest { mut conn, cursor, fleet, partitions, observer, clock } = self;
+        let on_batch = |position: &str, batch| {
+            let now = clock();
+            // The age of the newest entry read (stream ids are the Redis
+            // clock's milliseconds): milliseconds when caught up, growing
+            // when this replica falls behind.
+            let read_ms = position.split('-').next().and_then(|ms| ms.parse::<u64>().ok());
+            let lag = match read_ms {
+                Some(ms) if !Vec::is_empty(&batch) => now.saturating_sub(ms) as f64 / 1000.0,
+                _ => 0.0,
             };
-            let now = (self.clock)();
-            match batch {
-                Ok(batch) => {
-                    backoff.reset();
-                    // The age of the newest entry read (stream ids are the
-                    // Redis clock's milliseconds): milliseconds when caught
-                    // up, growing when this replica falls behind.
-                    let read_ms = self.cursor.position().split('-').next().and_then(|ms| ms.parse::<u64>().ok());
-                    let lag = match read_ms {
-                        Some(ms) if !batch.is_empty() => now.saturating_sub(ms) as f64 / 1000.0,
-                        _ => 0.0,
-                    };
-                    let current = {
-                        let mut fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-                        let taken = apply_batch(&mut fleet, batch, self.partitions, now, self.observer.as_ref());
-                        self.observer.ingested(taken, lag);
-                        fleet.expire(now);
-                        membership(&fleet, now)
-                    };
-                    changed.send_if_modified(|m| {
-                        let differs = *m != current;
-                        if differs {
-                            *m = current;
-                        }
-                        differs
-                    });
+            let current = {
+                let mut fleet = fleet.lock().unwrap_or_else(|p| p.into_inner());
+                let taken = apply_batch(&mut fleet, batch, partitions, now, observer.as_ref());
+                observer.ingested(taken, lag);
+                fleet.expire(now);
+                membership(&fleet, now)
+            };
+            changed.send_if_modified(|m| {
+                let differs = *m != current;
+                if differs {
+                    *m = current;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading heartbeats failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-            }
-        }
+                differs
+            });
+        };
+        let on_error = |e: &redis::RedisError| tracing::warn!(error = %e, "reading heartbeats failed; retrying");
+        cursor.follow(&mut conn, shutdown.cancelled(), on_batch, on_error).await;
     }
 }
 

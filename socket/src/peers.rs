@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use rtc_core::Heartbeat;
-use rtc_core::redis_io::{Backoff, HeartbeatCursor};
+use rtc_core::redis_io::{HeartbeatBatch, HeartbeatCursor};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -88,33 +88,18 @@ impl Peers {
         shutdown: CancellationToken,
     ) {
         let since = crate::kafka::now_ms().saturating_sub(self.dead_after.as_millis() as i64).max(0) as u64;
-        let mut cursor = HeartbeatCursor::since(key, since, 1000, Duration::from_millis(500));
-        let mut backoff = Backoff::default();
-        loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                b = cursor.next_batch(&mut conn) => b,
-            };
-            match batch {
-                Ok(entries) => {
-                    backoff.reset();
-                    let now = Instant::now();
-                    for entry in entries {
-                        match entry {
-                            Ok(hb) => self.observe(&hb, now),
-                            Err(e) => metrics.count("rtc_socket_invalid_peer_heartbeats_total", "reason", e.kind()),
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading peer heartbeats failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
+        let cursor = HeartbeatCursor::since(key, since, 1000, Duration::from_millis(500));
+        let on_batch = |_: &str, entries: HeartbeatBatch| {
+            let now = Instant::now();
+            for entry in entries {
+                match entry {
+                    Ok(hb) => self.observe(&hb, now),
+                    Err(e) => metrics.count("rtc_socket_invalid_peer_heartbeats_total", "reason", e.kind()),
                 }
             }
-        }
+        };
+        let on_error = |e: &redis::RedisError| tracing::debug!(error = %e, "reading peer heartbeats failed");
+        cursor.follow(&mut conn, shutdown.cancelled(), on_batch, on_error).await;
     }
 }
 
