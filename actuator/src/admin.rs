@@ -6,28 +6,43 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{Counter, Gauge};
+use rtc_core::metrics_export::{CounterFamily, Registry};
 use tokio::sync::watch;
 
 use crate::controller::Status;
 
-static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+rtc_core::label_values! {
+    /// `action` of `rtc_actuator_actions_total`.
+    pub enum Action {
+        ScaleOut => "scale_out",
+        ScaleIn => "scale_in",
+        Spawn => "spawn",
+        Terminate => "terminate",
+        Kill => "kill",
+        UnexpectedExit => "unexpected_exit",
+    }
+}
 
-/// `action` label values of `rtc_actuator_actions_total`, registered up
-/// front so every series exists from the start.
-pub const ACTIONS: [&str; 6] = ["scale_out", "scale_in", "spawn", "terminate", "kill", "unexpected_exit"];
+/// Every metric's `# HELP` text.
+const HELP: &[(&str, &str)] = &[
+    ("rtc_actuator_replicas", "Socket replicas: desired (the HPA's count) and current (running, not stopping)"),
+    ("rtc_actuator_scaler_consecutive_failures", "Scaler calls failed in a row (KEDA's fallback counter)"),
+    ("rtc_actuator_fallback_active", "1 while KEDA's fallback replica count is in force"),
+    ("rtc_actuator_syncs_total", "KEDA + HPA sync loops run"),
+    ("rtc_actuator_actions_total", "What the actuator did, by action"),
+];
 
 /// The actuator's metrics (`rtc_actuator_*`), on a recorder of its own so
 /// several actuators can run in one test process.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
+    registry: Registry,
     desired: Gauge,
     current: Gauge,
     pub scaler_failures: Gauge,
     pub fallback_active: Gauge,
     syncs: Counter,
+    actions: CounterFamily,
 }
 
 impl Default for Metrics {
@@ -38,36 +53,25 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let replicas = |kind: &'static str| {
-            let key = Key::from_parts("rtc_actuator_replicas", vec![Label::from_static_parts("kind", kind)]);
-            recorder.register_gauge(&key, &META)
-        };
-        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &META);
-        let metrics = Self {
+        let registry = Registry::new(&[]);
+        for (name, help) in HELP {
+            registry.describe(name, help);
+        }
+        let replicas = |kind: &'static str| registry.gauge("rtc_actuator_replicas", &[("kind", kind)]);
+        let gauge = |name: &'static str| registry.gauge(name, &[]);
+        Self {
             desired: replicas("desired"),
             current: replicas("current"),
             scaler_failures: gauge("rtc_actuator_scaler_consecutive_failures"),
             fallback_active: gauge("rtc_actuator_fallback_active"),
-            syncs: recorder.register_counter(&Key::from_static_name("rtc_actuator_syncs_total"), &META),
-            handle,
-            recorder,
-        };
-        for action in ACTIONS {
-            metrics.action_counter(action).absolute(0);
+            syncs: registry.counter("rtc_actuator_syncs_total", &[]),
+            actions: registry.family("rtc_actuator_actions_total", "action", Action::LABELS.iter().copied()),
+            registry,
         }
-        metrics
     }
 
-    fn action_counter(&self, action: &'static str) -> Counter {
-        let key = Key::from_parts("rtc_actuator_actions_total", vec![Label::from_static_parts("action", action)]);
-        self.recorder.register_counter(&key, &META)
-    }
-
-    /// Counts one action (one of [`ACTIONS`]).
-    pub fn action(&self, action: &'static str) {
-        self.action_counter(action).increment(1);
+    pub fn action(&self, action: Action) {
+        self.actions.increment(action.as_str());
     }
 
     pub fn sync(&self) {
@@ -80,8 +84,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
-        self.handle.render()
+        self.registry.render()
     }
 }
 
@@ -107,8 +110,8 @@ mod tests {
     fn replicas_and_actions_are_exported() {
         let m = Metrics::new();
         m.replicas(5, 3);
-        m.action("spawn");
-        m.action("spawn");
+        m.action(Action::Spawn);
+        m.action(Action::Spawn);
         let text = m.render();
         assert!(text.contains(r#"rtc_actuator_replicas{kind="desired"} 5"#), "{text}");
         assert!(text.contains(r#"rtc_actuator_replicas{kind="current"} 3"#), "{text}");

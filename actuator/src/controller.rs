@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Admin, Metrics};
+use crate::admin::{self, Action, Admin, Metrics};
 use crate::config::{Config, Workload};
 use crate::events::{Event, Events, EventsError, Kind};
 use crate::fleet::{self, FleetView};
@@ -295,8 +295,11 @@ impl Controller {
         let detail = serde_json::to_value(&outcome).unwrap_or_default();
         self.record(Kind::Sync, running, reason.clone(), detail);
         if self.desired != before {
-            let (kind, action) =
-                if self.desired > before { (Kind::ScaleOut, "scale_out") } else { (Kind::ScaleIn, "scale_in") };
+            let (kind, action) = if self.desired > before {
+                (Kind::ScaleOut, Action::ScaleOut)
+            } else {
+                (Kind::ScaleIn, Action::ScaleIn)
+            };
             self.metrics.action(action);
             let detail = json!({"from": before, "to": self.desired, "path": outcome.path});
             self.record(kind, vec![], reason, detail);
@@ -367,7 +370,7 @@ impl Controller {
             Ok(info) => {
                 let detail = serde_json::to_value(info).unwrap_or_default();
                 self.counts.spawned += 1;
-                self.metrics.action("spawn");
+                self.metrics.action(Action::Spawn);
                 self.record(Kind::Spawn, vec![id], reason, detail);
                 true
             }
@@ -405,7 +408,7 @@ impl Controller {
                 continue;
             }
             self.counts.terminated += 1;
-            self.metrics.action("terminate");
+            self.metrics.action(Action::Terminate);
             let pid = running.iter().find(|p| p.id == victim.id).map(|p| p.pid);
             let detail = json!({
                 "pid": pid,
@@ -421,14 +424,14 @@ impl Controller {
         let reason = if exit.requested {
             if exit.killed {
                 self.counts.killed += 1;
-                self.metrics.action("kill");
+                self.metrics.action(Action::Kill);
                 format!("SIGKILLed after the {} ms grace ({})", self.pods.grace().as_millis(), exit.describe())
             } else {
                 format!("stopped after SIGTERM ({})", exit.describe())
             }
         } else {
             self.counts.unexpected_exits += 1;
-            self.metrics.action("unexpected_exit");
+            self.metrics.action(Action::UnexpectedExit);
             self.backoff.record(self.now_ms(), Duration::from_millis(exit.uptime_ms));
             self.replacing += 1;
             format!("exited unexpectedly ({}); will be replaced", exit.describe())
@@ -443,7 +446,7 @@ impl Controller {
     async fn shutdown(&mut self) {
         for pod in self.pods.terminate_all() {
             self.counts.terminated += 1;
-            self.metrics.action("terminate");
+            self.metrics.action(Action::Terminate);
             let detail = json!({"pid": pod.pid, "grace_ms": self.pods.grace().as_millis() as u64});
             self.record(Kind::Terminate, vec![pod.id], "actuator stopping".into(), detail);
         }

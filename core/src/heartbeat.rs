@@ -24,6 +24,8 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    pub const ALL: [NodeState; 3] = [NodeState::Starting, NodeState::Ready, NodeState::Draining];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Starting => "starting",

@@ -13,6 +13,8 @@ pub mod heartbeat;
 pub mod hpa;
 pub mod ids;
 pub mod keys;
+/// Each service's Prometheus recorder, built one way.
+pub mod metrics_export;
 pub mod partitioner;
 pub mod redis_io;
 pub mod token;

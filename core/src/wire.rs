@@ -29,6 +29,10 @@ impl ContractError {
         Self::InvalidField { field: field.to_owned(), reason: reason.into() }
     }
 
+    /// Every value [`kind`](Self::kind) returns, so metrics can register
+    /// each series up front.
+    pub const KINDS: [&'static str; 5] = ["too_large", "json", "missing_field", "invalid_field", "version"];
+
     /// A short, stable label for metrics (`reason` label values).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -118,5 +122,23 @@ pub trait Document: serde::Serialize + DeserializeOwned {
 
     fn to_json(&self) -> String {
         serde_json::to_string(self).expect("contract documents always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let all = [
+            ContractError::TooLarge { size: 2, limit: 1 },
+            ContractError::Json("x".into()),
+            ContractError::MissingField("v".into()),
+            ContractError::invalid("v", "x"),
+            ContractError::UnsupportedVersion(2),
+        ];
+        let kinds: Vec<_> = all.iter().map(ContractError::kind).collect();
+        assert_eq!(kinds, ContractError::KINDS);
     }
 }

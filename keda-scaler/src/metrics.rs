@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{Counter, Gauge, Histogram};
+use rtc_core::metrics_export::{CounterFamily, Registry};
 
 use crate::cache::{Reading, Snapshot};
-
-static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// Latency buckets (seconds): the goal is P99 ≤ 2 ms, so they are fine there.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -40,11 +38,40 @@ impl Rpc {
 /// `outcome` label values: `ok` or why the answer was UNAVAILABLE.
 pub const OUTCOMES: [&str; 6] = ["ok", "not_loaded", "redis_unreachable", "missing", "malformed", "stale"];
 
+rtc_core::label_values! {
+    /// `outcome` of `rtc_scaler_redis_reads_total`.
+    pub enum RedisRead { Ok => "ok", Error => "error", Missing => "missing", Malformed => "malformed" }
+}
+
+impl RedisRead {
+    fn of(reading: &Reading) -> Self {
+        match reading {
+            Reading::RedisUnreachable(_) => Self::Error,
+            Reading::Missing => Self::Missing,
+            Reading::Malformed(_) => Self::Malformed,
+            Reading::Decision(_) | Reading::NotLoaded => Self::Ok,
+        }
+    }
+}
+
+/// Every metric's `# HELP` text.
+const HELP: &[(&str, &str)] = &[
+    ("rtc_scaler_requests_total", "gRPC requests answered, by RPC and outcome (ok, or why UNAVAILABLE)"),
+    ("rtc_scaler_request_duration_seconds", "Time to answer a gRPC request, by RPC"),
+    ("rtc_scaler_desired_replicas", "desired_replicas of the last decision read"),
+    ("rtc_scaler_decision_age_seconds", "Age of the last decision read"),
+    ("rtc_scaler_decision_fresh", "1 while the decision is within its staleness bound"),
+    ("rtc_scaler_redis_up", "1 when the last read of the decision reached Redis"),
+    ("rtc_scaler_redis_reads_total", "Reads of the decision key, by outcome"),
+    ("rtc_scaler_streams_open", "Open StreamIsActive streams"),
+    ("rtc_scaler_stream_messages_total", "Messages sent on StreamIsActive streams"),
+];
+
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
+    registry: Registry,
     requests: Vec<Vec<Counter>>,
     latency: Vec<Histogram>,
+    redis_reads: CounterFamily,
     pub desired_replicas: Gauge,
     pub decision_age: Gauge,
     pub decision_fresh: Gauge,
@@ -61,49 +88,37 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full("rtc_scaler_request_duration_seconds".into()), &LATENCY_BUCKETS)
-            .expect("buckets are not empty")
-            .build_recorder();
-        let handle = recorder.handle();
-        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &META);
+        let registry = Registry::new(&[("rtc_scaler_request_duration_seconds", &LATENCY_BUCKETS)]);
+        for (name, help) in HELP {
+            registry.describe(name, help);
+        }
+        let gauge = |name: &'static str| registry.gauge(name, &[]);
         let requests = Rpc::ALL
             .iter()
             .map(|rpc| {
                 OUTCOMES
                     .iter()
                     .map(|outcome| {
-                        let labels = vec![
-                            Label::from_static_parts("rpc", rpc.as_str()),
-                            Label::from_static_parts("outcome", outcome),
-                        ];
-                        recorder.register_counter(&Key::from_parts("rtc_scaler_requests_total", labels), &META)
+                        registry.counter("rtc_scaler_requests_total", &[("rpc", rpc.as_str()), ("outcome", outcome)])
                     })
                     .collect()
             })
             .collect();
         let latency = Rpc::ALL
             .iter()
-            .map(|rpc| {
-                let key = Key::from_parts(
-                    "rtc_scaler_request_duration_seconds",
-                    vec![Label::from_static_parts("rpc", rpc.as_str())],
-                );
-                recorder.register_histogram(&key, &META)
-            })
+            .map(|rpc| registry.histogram("rtc_scaler_request_duration_seconds", &[("rpc", rpc.as_str())]))
             .collect();
         Self {
             requests,
             latency,
+            redis_reads: registry.family("rtc_scaler_redis_reads_total", "outcome", RedisRead::LABELS.iter().copied()),
             desired_replicas: gauge("rtc_scaler_desired_replicas"),
             decision_age: gauge("rtc_scaler_decision_age_seconds"),
             decision_fresh: gauge("rtc_scaler_decision_fresh"),
             redis_up: gauge("rtc_scaler_redis_up"),
             streams_open: gauge("rtc_scaler_streams_open"),
-            stream_messages: recorder
-                .register_counter(&Key::from_static_name("rtc_scaler_stream_messages_total"), &META),
-            handle,
-            recorder,
+            stream_messages: registry.counter("rtc_scaler_stream_messages_total", &[]),
+            registry,
         }
     }
 
@@ -117,14 +132,7 @@ impl Metrics {
 
     /// Counts one read of the decision key by outcome.
     pub fn redis_read(&self, reading: &Reading) {
-        let outcome = match reading {
-            Reading::RedisUnreachable(_) => "error",
-            Reading::Missing => "missing",
-            Reading::Malformed(_) => "malformed",
-            Reading::Decision(_) | Reading::NotLoaded => "ok",
-        };
-        let key = Key::from_parts("rtc_scaler_redis_reads_total", vec![Label::from_static_parts("outcome", outcome)]);
-        self.recorder.register_counter(&key, &META).increment(1);
+        self.redis_reads.increment(RedisRead::of(reading).as_str());
     }
 
     /// Sets the decision gauges from the cache at `now_ms`.
@@ -138,8 +146,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
-        self.handle.render()
+        self.registry.render()
     }
 }
 
@@ -161,5 +168,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rtc_scaler_desired_replicas"), "{text}");
+        assert!(text.contains(r#"rtc_scaler_requests_total{rpc="IsActive",outcome="stale"} 0"#), "{text}");
+        assert!(text.contains(r#"rtc_scaler_redis_reads_total{outcome="malformed"} 0"#), "{text}");
+        assert!(text.contains("# HELP rtc_scaler_redis_reads_total"), "{text}");
+    }
+
+    #[test]
+    fn outcomes_list_every_unavailable_kind() {
+        use crate::cache::Unavailable;
+        let all = [
+            Unavailable::NotLoaded,
+            Unavailable::RedisUnreachable(String::new()),
+            Unavailable::Missing,
+            Unavailable::Malformed(rtc_core::ContractError::Json(String::new())),
+            Unavailable::Stale { age_ms: 2, max_age_ms: 1 },
+        ];
+        for why in all {
+            assert!(OUTCOMES.contains(&why.kind()), "{}", why.kind());
+        }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::actuate::{ActuateError, Actuator, WorkloadKind};
 use crate::election::{ElectionError, Lease, LeaseStore};
 use crate::fleet::Fleet;
-use crate::metrics::Metrics;
+use crate::metrics::{ActuationFailure, Metrics};
 use crate::scale::{Engine, Finding, Inputs, Outcome};
 
 /// One decision as `/v1/decisions` shows it. A follower knows only the
@@ -81,7 +81,7 @@ pub async fn tick(
     if let Err(e) = mark(actuation, &outcome.mark).await {
         // The wrong pod could go: keep every node and try again later.
         tracing::warn!(error = %e, victims = ?outcome.mark, "scale-in victim not marked; scale-in given up");
-        metrics.count("rtc_lb_actuation_errors_total", "kind", error_kind(&e));
+        metrics.actuation_error(error_kind(&e));
         engine.abandon_scale_in(now_ms);
         outcome = decide(engine);
         let text = format!("scale-in given up: {e}");
@@ -126,13 +126,13 @@ async fn mark(actuation: &Actuation, victims: &[String]) -> Result<(), ActuateEr
     Ok(())
 }
 
-fn error_kind(e: &ActuateError) -> &'static str {
+fn error_kind(e: &ActuateError) -> ActuationFailure {
     match e {
-        ActuateError::Forbidden(_) => "forbidden",
-        ActuateError::NotFound(_) => "not_found",
-        ActuateError::Conflict(_) => "conflict",
-        ActuateError::Config(_) => "config",
-        ActuateError::Api(_) => "api",
+        ActuateError::Forbidden(_) => ActuationFailure::Forbidden,
+        ActuateError::NotFound(_) => ActuationFailure::NotFound,
+        ActuateError::Conflict(_) => ActuationFailure::Conflict,
+        ActuateError::Config(_) => ActuationFailure::Config,
+        ActuateError::Api(_) => ActuationFailure::Api,
     }
 }
 

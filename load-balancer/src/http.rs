@@ -13,6 +13,7 @@ use rtc_core::{ConnectClaims, NodeState};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::metrics::RouteOutcome;
 use crate::service::Shared;
 
 pub fn public(shared: Arc<Shared>) -> Router {
@@ -45,34 +46,34 @@ async fn route(
     headers: HeaderMap,
     Query(query): Query<RouteQuery>,
 ) -> Response {
-    let outcome = |o: &'static str| shared.metrics.count("rtc_lb_route_requests_total", "outcome", o);
+    let outcome = |o: RouteOutcome| shared.metrics.route(o);
     if shared.limiter.check_key(&peer.ip()).is_err() {
-        outcome("rate_limited");
+        outcome(RouteOutcome::RateLimited);
         return error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
     }
     let authorization = headers.get("authorization").and_then(|h| h.to_str().ok());
     let user = match shared.auth.user(authorization, query.user.as_deref()) {
         Ok(Some(user)) => user,
         Ok(None) => {
-            outcome("bad_user");
+            outcome(RouteOutcome::BadUser);
             return error(StatusCode::BAD_REQUEST, "query parameter `user` is required");
         }
         Err(e) => {
-            outcome("unauthorized");
+            outcome(RouteOutcome::Unauthorized);
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
     };
     if let Err(e) = rtc_core::ids::validate_user_id(&user) {
-        outcome("bad_user");
+        outcome(RouteOutcome::BadUser);
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     let Some(assignment) = shared.assignment() else {
-        outcome("no_node");
+        outcome(RouteOutcome::NoNode);
         return error(StatusCode::SERVICE_UNAVAILABLE, "no assignment yet");
     };
     let partition = rtc_core::partition_for_key(user.as_bytes(), assignment.partitions);
     let Some(owner) = assignment.owner(partition) else {
-        outcome("no_node");
+        outcome(RouteOutcome::NoNode);
         return error(StatusCode::SERVICE_UNAVAILABLE, "no ready node");
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -83,7 +84,7 @@ async fn route(
         epoch: assignment.epoch,
         expires_at_ms: now + shared.args.token_ttl_ms,
     });
-    outcome("ok");
+    outcome(RouteOutcome::Ok);
     axum::Json(json!({
         "user": user,
         "partition": partition,

@@ -315,8 +315,7 @@ async fn publish_assignment(
 /// `rtc_lb_nodes{state}`: live nodes by the state they report.
 fn count_nodes(shared: &Shared, now: u64) {
     let counts = shared.fleet.lock().unwrap_or_else(|p| p.into_inner()).count_by_state(now);
-    for state in [rtc_core::NodeState::Starting, rtc_core::NodeState::Ready, rtc_core::NodeState::Draining] {
-        let n = counts.get(&state).copied().unwrap_or(0);
-        shared.metrics.set("rtc_lb_nodes", "state", state.as_str(), n as f64);
+    for state in rtc_core::NodeState::ALL {
+        shared.metrics.nodes(state, counts.get(&state).copied().unwrap_or(0));
     }
 }

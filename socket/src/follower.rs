@@ -52,7 +52,7 @@ impl Follower {
                 Ok(_) => {}
                 Err(FetchError::Redis(e)) => tracing::debug!(error = %e, "assignment fetch failed"),
                 Err(FetchError::Invalid(e)) => {
-                    self.metrics.count("rtc_socket_invalid_assignments_total", "reason", e.kind());
+                    self.metrics.invalid_assignments.increment(e.kind());
                     tracing::warn!(error = %e, "ignoring an invalid assignment");
                 }
             }

@@ -2,34 +2,27 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a session is closed by the server. Every reason but `Slow` on a
-/// healthy node invites the client to reconnect (through the load balancer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CloseReason {
-    /// Its partition moved to another node.
-    Rebalance,
-    /// This node is draining before it stops.
-    Drain,
-    /// This node is stopping now.
-    Shutdown,
-    /// The session could not keep up with its messages.
-    Slow,
-    /// The client sent nothing, not even a pong, for too long.
-    Idle,
+rtc_core::label_values! {
+    /// Why a session is closed by the server. Every reason but `Slow` on a
+    /// healthy node invites the client to reconnect (through the load
+    /// balancer). Also the `reason` label of `rtc_socket_disconnects_total`.
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum CloseReason {
+        /// Its partition moved to another node.
+        Rebalance => "rebalance",
+        /// This node is draining before it stops.
+        Drain => "drain",
+        /// This node is stopping now.
+        Shutdown => "shutdown",
+        /// The session could not keep up with its messages.
+        Slow => "slow",
+        /// The client sent nothing, not even a pong, for too long.
+        Idle => "idle",
+    }
 }
 
 impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Rebalance => "rebalance",
-            Self::Drain => "drain",
-            Self::Shutdown => "shutdown",
-            Self::Slow => "slow",
-            Self::Idle => "idle",
-        }
-    }
-
     /// WebSocket close code: 4000–4499 ask the client to reconnect.
     pub fn close_code(self) -> u16 {
         match self {
@@ -86,29 +79,40 @@ pub enum ClientFrame {
     Resume { last_id: Option<String> },
 }
 
-/// Why a client frame was refused: the `code` of the error frame and the
-/// `reason` label of `rtc_socket_invalid_frames_total`.
+rtc_core::label_values! {
+    /// Why a client frame was refused: the `code` of the error frame and the
+    /// `reason` label of `rtc_socket_invalid_frames_total`.
+    pub enum InvalidFrame {
+        BadFrame => "bad_frame",
+        TooLarge => "too_large",
+        UnknownType => "unknown_type",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
-    pub code: &'static str,
+    pub code: InvalidFrame,
     pub message: String,
 }
 
 /// Parses one client text frame.
 pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, FrameError> {
     if text.len() > max_bytes {
-        return Err(FrameError { code: "too_large", message: format!("frame over {max_bytes} bytes") });
+        return Err(FrameError { code: InvalidFrame::TooLarge, message: format!("frame over {max_bytes} bytes") });
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| FrameError { code: "bad_frame", message: format!("not JSON: {e}") })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| FrameError { code: InvalidFrame::BadFrame, message: format!("not JSON: {e}") })?;
     match value.get("type").and_then(|t| t.as_str()) {
         Some("send" | "resume") => {}
         Some(other) => {
-            return Err(FrameError { code: "unknown_type", message: format!("unknown frame type {other:?}") });
+            return Err(FrameError {
+                code: InvalidFrame::UnknownType,
+                message: format!("unknown frame type {other:?}"),
+            });
         }
-        None => return Err(FrameError { code: "bad_frame", message: "no string field `type`".into() }),
+        None => return Err(FrameError { code: InvalidFrame::BadFrame, message: "no string field `type`".into() }),
     }
-    serde_json::from_value(value).map_err(|e| FrameError { code: "bad_frame", message: e.to_string() })
+    serde_json::from_value(value).map_err(|e| FrameError { code: InvalidFrame::BadFrame, message: e.to_string() })
 }
 
 /// A message id is `partition:offset`, stable across nodes.
@@ -135,7 +139,7 @@ mod tests {
             parse_client_frame(r#"{"type":"resume","last_id":"17:4711","extra":1}"#, 1024),
             Ok(ClientFrame::Resume { last_id: Some("17:4711".into()) })
         );
-        let err = |text: &str, max| parse_client_frame(text, max).unwrap_err().code;
+        let err = |text: &str, max| parse_client_frame(text, max).unwrap_err().code.as_str();
         assert_eq!(err("{", 1024), "bad_frame");
         assert_eq!(err("[1]", 1024), "bad_frame");
         assert_eq!(err(r#"{"type":7}"#, 1024), "bad_frame");

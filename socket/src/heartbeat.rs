@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use rtc_core::{Document, Heartbeat};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::WindowFigures;
+use crate::metrics::{HeartbeatOutcome, WindowFigures};
 use crate::node::NodeShared;
 use crate::sysstat::{Sample, SysStat};
 
@@ -67,15 +67,16 @@ pub async fn run(node: Arc<NodeShared>, mut conn: ConnectionManager, key: String
         let sample = sys.sample().unwrap_or(Sample { cpu: 0.0, memory: 0.0 });
         let hb = build(&node, seq, crate::kafka::now_ms() as u64, sample, node.metrics.window.take(), last.elapsed());
         last = Instant::now();
-        let lag = hb.kafka_lag;
-        node.metrics.kafka_lag.set(lag as f64);
+        node.metrics.kafka_lag.set(hb.kafka_lag as f64);
+        node.metrics.cpu.set(hb.cpu);
+        node.metrics.memory.set(hb.memory);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key).arg("MAXLEN").arg("~").arg(STREAM_MAXLEN).arg("*").arg("hb").arg(hb.to_json());
         let add = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(interval, add).await {
             Ok(Ok(_)) => {
                 node.metrics.redis_up.set(1.0);
-                node.metrics.count("rtc_socket_heartbeats_total", "outcome", "ok");
+                node.metrics.heartbeats.increment(HeartbeatOutcome::Ok);
             }
             Ok(Err(e)) => failed(&node, &e.to_string()),
             Err(_) => failed(&node, "timed out"),
@@ -85,6 +86,6 @@ pub async fn run(node: Arc<NodeShared>, mut conn: ConnectionManager, key: String
 
 fn failed(node: &NodeShared, error: &str) {
     node.metrics.redis_up.set(0.0);
-    node.metrics.count("rtc_socket_heartbeats_total", "outcome", "error");
+    node.metrics.heartbeats.increment(HeartbeatOutcome::Error);
     tracing::warn!(error, "heartbeat not written; serving on, retrying next tick");
 }

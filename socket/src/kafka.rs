@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{message_id, render_message};
 use crate::hub::{Delivery, Hub};
-use crate::metrics::Metrics;
+use crate::metrics::{InvalidRecord, KafkaFailure, Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -226,7 +226,7 @@ impl ConsumerTask {
                 message = self.consumer.recv(), if !owned.is_empty() => match message {
                     Ok(m) => self.dispatch(&m, &owned),
                     Err(e) => {
-                        self.metrics.count("rtc_socket_kafka_errors_total", "kind", "consume");
+                        self.metrics.kafka_errors.increment(KafkaFailure::Consume);
                         tracing::warn!(error = %e, "kafka consume error");
                     }
                 },
@@ -249,7 +249,7 @@ impl ConsumerTask {
         match result {
             Ok(()) => tracing::info!(partition, start, "partition fetch changed"),
             Err(e) => {
-                self.metrics.count("rtc_socket_kafka_errors_total", "kind", "assign");
+                self.metrics.kafka_errors.increment(KafkaFailure::Assign);
                 tracing::error!(partition, start, error = %e, "could not change partition fetch");
             }
         }
@@ -267,7 +267,7 @@ impl ConsumerTask {
         let ts_ms = m.timestamp().to_millis().unwrap_or(now);
         let user = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let Some(user) = user.filter(|u| rtc_core::ids::validate_user_id(u).is_ok()) else {
-            self.metrics.count("rtc_socket_invalid_records_total", "reason", "key");
+            self.metrics.invalid_records.increment(InvalidRecord::Key);
             self.hub.skipped(partition, offset);
             return;
         };
@@ -302,7 +302,7 @@ impl ConsumerTask {
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
         {
-            self.metrics.count("rtc_socket_kafka_errors_total", "kind", "commit");
+            self.metrics.kafka_errors.increment(KafkaFailure::Commit);
             tracing::warn!(error = %e, "periodic commit failed");
         }
     }

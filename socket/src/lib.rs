@@ -6,6 +6,7 @@
 //! - [`hub`]: who is connected, resume buffers, delivery progress;
 //! - [`kafka`]: the embedded broker, producer and the partition consumer;
 //! - [`ownership`]: applying assignment epochs and the hand-off;
+//! - [`takeover`]: the server's view of hand-off reconnect time;
 //! - [`follower`], [`peers`], [`heartbeat`]: the Redis side;
 //! - [`admin`], [`metrics`], [`sysstat`]: operations.
 
@@ -22,4 +23,5 @@ pub mod ownership;
 pub mod peers;
 pub mod session;
 pub mod sysstat;
+pub mod takeover;
 pub mod ws;

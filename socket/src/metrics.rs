@@ -7,19 +7,96 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{Counter, Gauge, Histogram};
+use rtc_core::ContractError;
+use rtc_core::metrics_export::{CounterFamily, Registry};
 
-static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+use crate::frame::{CloseReason, InvalidFrame};
+use crate::ws::Refused;
 
 /// Delivery latency buckets, seconds: fine below 100 ms where the SLO is.
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Hand-off reconnect buckets, seconds: fine around the 1 s P99 promise.
+const RECONNECT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
+
+/// `reason` of `rtc_socket_disconnects_total` when the client went away.
+pub const CLIENT_GONE: &str = "client";
+
+rtc_core::label_values! {
+    /// `kind` of `rtc_socket_kafka_errors_total`.
+    pub enum KafkaFailure {
+        Produce => "produce",
+        Consume => "consume",
+        Assign => "assign",
+        Commit => "commit",
+        HandoffCommit => "handoff_commit",
+    }
+}
+
+rtc_core::label_values! {
+    /// `direction` of the hand-off counters.
+    pub enum Direction { Acquire => "acquire", Release => "release" }
+}
+
+rtc_core::label_values! {
+    /// `outcome` of `rtc_socket_heartbeats_total`.
+    pub enum HeartbeatOutcome { Ok => "ok", Error => "error" }
+}
+
+rtc_core::label_values! {
+    /// `reason` of `rtc_socket_invalid_records_total`.
+    pub enum InvalidRecord { Key => "key" }
+}
+
+/// Every metric's `# HELP` text.
+const HELP: &[(&str, &str)] = &[
+    ("rtc_socket_connections", "Open WebSocket sessions"),
+    ("rtc_socket_capacity", "Sessions this node is sized for (--capacity)"),
+    ("rtc_socket_cpu_ratio", "CPU use as a fraction of the container's limit (or the host), as in the last heartbeat"),
+    (
+        "rtc_socket_memory_ratio",
+        "Memory use as a fraction of the container's limit (or the host), as in the last heartbeat",
+    ),
+    ("rtc_socket_connects_total", "Sessions accepted"),
+    ("rtc_socket_refused_total", "Connection attempts refused before the upgrade, by reason"),
+    ("rtc_socket_disconnects_total", "Sessions closed, by reason (client: the client went away)"),
+    ("rtc_socket_messages_delivered_total", "Messages written to sessions"),
+    ("rtc_socket_messages_consumed_total", "Records consumed from Kafka"),
+    ("rtc_socket_messages_received_total", "Messages sent by clients and acked by Kafka"),
+    ("rtc_socket_messages_expired_total", "Records consumed too old to deliver"),
+    ("rtc_socket_delivery_latency_seconds", "Kafka record timestamp to socket write"),
+    (
+        "rtc_socket_reconnect_seconds",
+        "Hand-off reconnect time seen by the server: from this node taking over a partition moved from another node \
+         (applying the epoch that gave it the partition) to the welcome of each of its users who then resumes, once \
+         per user, within 10 s; an upper bound of the client's reconnect time (it includes the old node's pacing and \
+         jitter)",
+    ),
+    ("rtc_socket_kafka_lag", "Kafka consumer lag summed over owned partitions"),
+    ("rtc_socket_kafka_errors_total", "Kafka operations that failed, by kind"),
+    ("rtc_socket_owned_partitions", "Partitions this node owns"),
+    ("rtc_socket_assignment_epoch", "Newest assignment epoch applied"),
+    ("rtc_socket_acked_epoch", "Newest assignment epoch acknowledged in a heartbeat"),
+    ("rtc_socket_handoffs_total", "Partition hand-offs completed, by direction"),
+    ("rtc_socket_handoff_timeouts_total", "Hand-offs that went on after a timeout, by direction"),
+    ("rtc_socket_draining", "1 while the node drains"),
+    ("rtc_socket_slow_consumer_drops_total", "Sessions closed because they could not keep up"),
+    ("rtc_socket_invalid_frames_total", "Client frames refused, by reason"),
+    ("rtc_socket_invalid_records_total", "Kafka records that go to nobody, by reason"),
+    ("rtc_socket_invalid_assignments_total", "Assignments read from Redis and ignored, by reason"),
+    ("rtc_socket_invalid_peer_heartbeats_total", "Other nodes' heartbeats ignored, by reason"),
+    ("rtc_socket_heartbeats_total", "Heartbeats written to Redis, by outcome"),
+    ("rtc_socket_redis_up", "1 when the last Redis write succeeded"),
+];
+
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
+    registry: Registry,
     pub connections: Gauge,
+    pub capacity: Gauge,
+    pub cpu: Gauge,
+    pub memory: Gauge,
     pub connects: Counter,
     pub delivered: Counter,
     pub consumed: Counter,
@@ -27,12 +104,31 @@ pub struct Metrics {
     pub expired: Counter,
     pub slow_drops: Counter,
     pub delivery_latency: Histogram,
+    /// See `rtc_socket_reconnect_seconds` in [`HELP`] and `crate::takeover`.
+    pub reconnect: Histogram,
     pub kafka_lag: Gauge,
     pub owned_partitions: Gauge,
     pub draining: Gauge,
     pub redis_up: Gauge,
     pub assignment_epoch: Gauge,
     pub acked_epoch: Gauge,
+    disconnects: CounterFamily,
+    /// `reason`: [`Refused`].
+    pub refused: CounterFamily,
+    /// `reason`: [`InvalidFrame`].
+    pub invalid_frames: CounterFamily,
+    /// `reason`: [`InvalidRecord`].
+    pub invalid_records: CounterFamily,
+    /// `reason`: [`ContractError::kind`].
+    pub invalid_assignments: CounterFamily,
+    /// `kind`: [`KafkaFailure`].
+    pub kafka_errors: CounterFamily,
+    /// `direction`: [`Direction`].
+    pub handoffs: CounterFamily,
+    /// `direction`: [`Direction`].
+    pub handoff_timeouts: CounterFamily,
+    /// `outcome`: [`HeartbeatOutcome`].
+    pub heartbeats: CounterFamily,
     /// Windowed figures for heartbeats (Prometheus counters are cumulative
     /// and their values cannot be read back).
     pub window: Window,
@@ -46,68 +142,63 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full("rtc_socket_delivery_latency_seconds".into()), LATENCY_BUCKETS)
-            .expect("bucket list is not empty")
-            .build_recorder();
-        let handle = recorder.handle();
-        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
-            recorder.describe_counter(name.into(), unit, SharedString::const_str(help));
+        let registry = Registry::new(&[
+            ("rtc_socket_delivery_latency_seconds", LATENCY_BUCKETS),
+            ("rtc_socket_reconnect_seconds", RECONNECT_BUCKETS),
+        ]);
+        for (name, help) in HELP {
+            registry.describe(name, help);
+        }
+        let gauge = |name: &'static str| registry.gauge(name, &[]);
+        let counter = |name: &'static str| registry.counter(name, &[]);
+        let family = |name: &'static str, label: &'static str, values: &[&'static str]| {
+            registry.family(name, label, values.iter().copied())
         };
-        describe("rtc_socket_connections", None, "Open WebSocket sessions");
-        describe("rtc_socket_connects_total", None, "Sessions accepted");
-        describe("rtc_socket_refused_total", None, "Connection attempts refused before the upgrade, by reason");
-        describe("rtc_socket_disconnects_total", None, "Sessions closed, by reason");
-        describe("rtc_socket_messages_delivered_total", None, "Messages written to sessions");
-        describe("rtc_socket_messages_consumed_total", None, "Records consumed from Kafka");
-        describe("rtc_socket_messages_received_total", None, "Messages sent by clients and acked by Kafka");
-        describe("rtc_socket_delivery_latency_seconds", Some(Unit::Seconds), "Kafka record timestamp to socket write");
-        describe("rtc_socket_kafka_lag", None, "Kafka consumer lag summed over owned partitions");
-        describe("rtc_socket_owned_partitions", None, "Partitions this node owns");
-        describe("rtc_socket_draining", None, "1 while the node drains");
-        describe("rtc_socket_slow_consumer_drops_total", None, "Sessions closed because they could not keep up");
-        describe("rtc_socket_invalid_frames_total", None, "Client frames refused, by reason");
-        describe("rtc_socket_redis_up", None, "1 when the last Redis write succeeded");
-        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &META);
-        let counter = |name: &'static str| recorder.register_counter(&Key::from_static_name(name), &META);
+        // Owned by peers.rs, which counts through `count`: registered here so
+        // the series exist from the start.
+        family("rtc_socket_invalid_peer_heartbeats_total", "reason", &ContractError::KINDS);
+        let close_reasons = CloseReason::LABELS.iter().copied().chain([CLIENT_GONE]);
         Self {
             connections: gauge("rtc_socket_connections"),
+            capacity: gauge("rtc_socket_capacity"),
+            cpu: gauge("rtc_socket_cpu_ratio"),
+            memory: gauge("rtc_socket_memory_ratio"),
             connects: counter("rtc_socket_connects_total"),
             delivered: counter("rtc_socket_messages_delivered_total"),
             consumed: counter("rtc_socket_messages_consumed_total"),
             received: counter("rtc_socket_messages_received_total"),
             expired: counter("rtc_socket_messages_expired_total"),
             slow_drops: counter("rtc_socket_slow_consumer_drops_total"),
-            delivery_latency: recorder
-                .register_histogram(&Key::from_static_name("rtc_socket_delivery_latency_seconds"), &META),
+            delivery_latency: registry.histogram("rtc_socket_delivery_latency_seconds", &[]),
+            reconnect: registry.histogram("rtc_socket_reconnect_seconds", &[]),
             kafka_lag: gauge("rtc_socket_kafka_lag"),
             owned_partitions: gauge("rtc_socket_owned_partitions"),
             draining: gauge("rtc_socket_draining"),
             redis_up: gauge("rtc_socket_redis_up"),
             assignment_epoch: gauge("rtc_socket_assignment_epoch"),
             acked_epoch: gauge("rtc_socket_acked_epoch"),
+            disconnects: registry.family("rtc_socket_disconnects_total", "reason", close_reasons),
+            refused: family("rtc_socket_refused_total", "reason", Refused::LABELS),
+            invalid_frames: family("rtc_socket_invalid_frames_total", "reason", InvalidFrame::LABELS),
+            invalid_records: family("rtc_socket_invalid_records_total", "reason", InvalidRecord::LABELS),
+            invalid_assignments: family("rtc_socket_invalid_assignments_total", "reason", &ContractError::KINDS),
+            kafka_errors: family("rtc_socket_kafka_errors_total", "kind", KafkaFailure::LABELS),
+            handoffs: family("rtc_socket_handoffs_total", "direction", Direction::LABELS),
+            handoff_timeouts: family("rtc_socket_handoff_timeouts_total", "direction", Direction::LABELS),
+            heartbeats: family("rtc_socket_heartbeats_total", "outcome", HeartbeatOutcome::LABELS),
             window: Window::default(),
-            handle,
-            recorder,
+            registry,
         }
     }
 
     /// A counter with one label, e.g. `disconnects_total{reason="slow"}`.
     pub fn count(&self, name: &'static str, label: &'static str, value: &'static str) {
-        let key = Key::from_parts(name, vec![Label::from_static_parts(label, value)]);
-        self.recorder.register_counter(&key, &META).increment(1);
+        self.registry.counter(name, &[(label, value)]).increment(1);
     }
 
-    pub fn disconnect(&self, reason: &'static str) {
-        self.count("rtc_socket_disconnects_total", "reason", reason);
-    }
-
-    pub fn refused(&self, reason: &'static str) {
-        self.count("rtc_socket_refused_total", "reason", reason);
-    }
-
-    pub fn invalid_frame(&self, reason: &'static str) {
-        self.count("rtc_socket_invalid_frames_total", "reason", reason);
+    /// A session closed: by the server for `reason`, or by the client (`None`).
+    pub fn disconnect(&self, reason: Option<CloseReason>) {
+        self.disconnects.increment(reason.map_or(CLIENT_GONE, CloseReason::as_str));
     }
 
     /// Records one message written to a session `latency_ms` after its
@@ -121,8 +212,7 @@ impl Metrics {
 
     /// Prometheus text exposition of this node's metrics.
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
-        self.handle.render()
+        self.registry.render()
     }
 }
 
@@ -223,11 +313,21 @@ mod tests {
         let a = Metrics::new();
         let b = Metrics::new();
         a.connects.increment(3);
-        a.disconnect("slow");
+        a.disconnect(Some(CloseReason::Slow));
         a.delivered(12.0);
         let text = a.render();
         assert!(text.contains("rtc_socket_connects_total 3"), "{text}");
         assert!(text.contains("rtc_socket_disconnects_total{reason=\"slow\"} 1"), "{text}");
+        // Every closed label list is there from the start, at 0.
+        assert!(text.contains("rtc_socket_disconnects_total{reason=\"client\"} 0"), "{text}");
+        assert!(text.contains("rtc_socket_refused_total{reason=\"not_owner\"} 0"), "{text}");
+        assert!(text.contains("rtc_socket_kafka_errors_total{kind=\"handoff_commit\"} 0"), "{text}");
+        assert!(text.contains("rtc_socket_invalid_peer_heartbeats_total{reason=\"json\"} 0"), "{text}");
+        assert!(text.contains("rtc_socket_reconnect_seconds_count 0"), "{text}");
+        // Every family is described.
+        for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()) {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help text");
+        }
         assert!(text.contains("rtc_socket_delivery_latency_seconds_bucket{le=\"0.02\"} 1"), "{text}");
         assert!(!b.render().contains("rtc_socket_connects_total 3"));
         assert_eq!(a.window.take().delivered, 1);

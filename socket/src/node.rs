@@ -19,6 +19,7 @@ use crate::kafka::{ConsumerTask, EmbeddedKafka, PartitionConsumer};
 use crate::metrics::Metrics;
 use crate::ownership::{OwnershipView, Reconciler};
 use crate::peers::Peers;
+use crate::takeover::Takeovers;
 
 /// State shared by the node's tasks and request handlers.
 pub struct NodeShared {
@@ -32,6 +33,8 @@ pub struct NodeShared {
     pub consumer: Arc<PartitionConsumer>,
     pub peers: Peers,
     pub heartbeat_now: Notify,
+    /// Partitions recently taken over from other nodes (reconnect time).
+    pub takeovers: Takeovers,
     pub fetch_now: Arc<Notify>,
     lifecycle: AtomicU8,
     ownership: RwLock<Arc<OwnershipView>>,
@@ -164,6 +167,7 @@ impl NodeHandle {
 pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     rtc_core::ids::validate_node_id(&config.node_id)?;
     let metrics = Arc::new(Metrics::new());
+    metrics.capacity.set(config.capacity as f64);
     let timing = &config.timing;
     let hub = Arc::new(Hub::new(
         HubLimits {
@@ -213,6 +217,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         consumer: consumer.clone(),
         peers: Peers::new(config.node_id.clone(), interval * 3),
         heartbeat_now: Notify::new(),
+        takeovers: Takeovers::default(),
         fetch_now: Arc::new(Notify::new()),
         lifecycle: AtomicU8::new(STARTING),
         ownership: RwLock::new(Arc::new(OwnershipView::default())),

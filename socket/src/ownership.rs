@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rtc_core::{Assignment, NodeState};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::frame::CloseReason;
 use crate::hub::CloseCmd;
 use crate::kafka::{Command, commit_sync};
+use crate::metrics::{Direction, KafkaFailure};
 use crate::node::NodeShared;
 
 /// What the WebSocket handler checks a token against.
@@ -63,11 +64,13 @@ pub struct Reconciler {
     state: HashMap<u32, PartitionState>,
     target: BTreeSet<u32>,
     epoch: u64,
+    /// The last assignment applied: who owned a gained partition before.
+    previous: Option<Arc<Assignment>>,
 }
 
 impl Reconciler {
     pub fn new(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>) -> Self {
-        Self { node, consumer, events, state: HashMap::new(), target: BTreeSet::new(), epoch: 0 }
+        Self { node, consumer, events, state: HashMap::new(), target: BTreeSet::new(), epoch: 0, previous: None }
     }
 
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
@@ -77,13 +80,13 @@ impl Reconciler {
                 e = events.recv() => match e { Some(e) => e, None => return },
             };
             match event {
-                Event::Assignment(a) if a.epoch > self.epoch => self.apply(&a),
+                Event::Assignment(a) if a.epoch > self.epoch => self.apply(a),
                 Event::Assignment(_) => continue,
                 Event::AcquireReady { partition, epoch } => {
                     if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch }) {
                         self.state.insert(partition, PartitionState::Serving);
                         let _ = self.consumer.send(Command::Start(partition)).await;
-                        self.node.metrics.count("rtc_socket_handoffs_total", "direction", "acquire");
+                        self.node.metrics.handoffs.increment(Direction::Acquire);
                     }
                 }
                 Event::Released(partition) => {
@@ -91,16 +94,17 @@ impl Reconciler {
                     if self.target.contains(&partition) {
                         self.acquire(partition);
                     }
-                    self.node.metrics.count("rtc_socket_handoffs_total", "direction", "release");
+                    self.node.metrics.handoffs.increment(Direction::Release);
                 }
             }
             self.publish();
         }
     }
 
-    fn apply(&mut self, assignment: &Assignment) {
+    fn apply(&mut self, assignment: Arc<Assignment>) {
+        let applied_at = Instant::now();
         self.epoch = assignment.epoch;
-        self.target = target_partitions(assignment, &self.node.node_id);
+        self.target = target_partitions(&assignment, &self.node.node_id);
         let lost: Vec<u32> = self
             .state
             .iter()
@@ -113,10 +117,21 @@ impl Reconciler {
         }
         let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
         for p in gained {
+            if self.owned_elsewhere_before(p) {
+                self.node.takeovers.taken_over(p, applied_at);
+            }
             self.acquire(p);
         }
+        self.previous = Some(assignment);
         tracing::info!(epoch = self.epoch, owned = self.target.len(), "assignment applied");
         self.node.metrics.assignment_epoch.set(self.epoch as f64);
+    }
+
+    /// The previous assignment gave `partition` to another node: gaining
+    /// it now is a hand-off whose users are on their way here.
+    fn owned_elsewhere_before(&self, partition: u32) -> bool {
+        let before = self.previous.as_ref().and_then(|a| a.owner(partition));
+        before.is_some_and(|owner| owner.id != self.node.node_id)
     }
 
     fn acquire(&mut self, partition: u32) {
@@ -126,7 +141,7 @@ impl Reconciler {
         tokio::spawn(async move {
             let timeout = Duration::from_millis(node.config.timing.peer_ack_timeout_ms);
             if !node.peers.wait_for_ack(epoch, timeout).await {
-                node.metrics.count("rtc_socket_handoff_timeouts_total", "direction", "acquire");
+                node.metrics.handoff_timeouts.increment(Direction::Acquire);
                 tracing::warn!(partition, epoch, "peers did not acknowledge in time; consuming anyway");
             }
             let _ = events.send(Event::AcquireReady { partition, epoch }).await;
@@ -166,7 +181,7 @@ async fn release(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events:
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if node.hub.connections_on(partition) > 0 {
-        node.metrics.count("rtc_socket_handoff_timeouts_total", "direction", "release");
+        node.metrics.handoff_timeouts.increment(Direction::Release);
         tracing::warn!(partition, "sessions still open at the hand-off deadline");
     }
     if let Some(offset) = node.hub.commit_point(partition) {
@@ -178,7 +193,7 @@ async fn release(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events:
         match result {
             Ok(()) => tracing::info!(partition, offset, "hand-off committed"),
             Err(e) => {
-                node.metrics.count("rtc_socket_kafka_errors_total", "kind", "handoff_commit");
+                node.metrics.kafka_errors.increment(KafkaFailure::HandoffCommit);
                 tracing::error!(partition, offset, error = %e, "hand-off commit failed; the next owner redelivers from the last commit");
             }
         }

@@ -11,8 +11,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use crate::frame::{ClientFrame, CloseReason, ServerFrame, message_id, parse_client_frame, parse_message_id};
+use crate::frame::{
+    ClientFrame, CloseReason, InvalidFrame, ServerFrame, message_id, parse_client_frame, parse_message_id,
+};
 use crate::hub::{CloseCmd, Delivery};
+use crate::metrics::KafkaFailure;
 use crate::node::NodeShared;
 
 /// A user admitted by the WebSocket handler.
@@ -41,6 +44,10 @@ struct Session {
     /// replays are deduplicated against these rather than `seen_through`.
     written_recently: VecDeque<i64>,
     last_heard: Instant,
+    /// Welcomed this long after this node took the user's partition over
+    /// from another node: the hand-off reconnect time, recorded if the
+    /// client resumes (see `crate::takeover`).
+    reconnect_after: Option<Duration>,
 }
 
 /// Where a message being written comes from.
@@ -70,6 +77,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted, seat:
         seen_through: None,
         written_recently: VecDeque::new(),
         last_heard: Instant::now(),
+        reconnect_after: None,
     };
 
     let welcome = ServerFrame::Welcome {
@@ -82,6 +90,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted, seat:
     let ended = if ws.send(Message::Text(welcome.into())).await.is_err() {
         Ended::ClientGone
     } else {
+        session.reconnect_after = node.takeovers.since(session.user.partition);
         session.serve(&mut ws, &mut queue, &control).await
     };
     let reason = match ended {
@@ -89,7 +98,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted, seat:
         Ended::ClientGone => None,
     };
     node.hub.unregister(&session.user.user, id, queue, reason);
-    node.metrics.disconnect(reason.map_or("client", CloseReason::as_str));
+    node.metrics.disconnect(reason);
 }
 
 impl Session {
@@ -145,7 +154,7 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            if self.refuse(ws, "bad_frame", "binary frames are not part of the protocol".into()).await.is_err() {
+                            if self.refuse(ws, InvalidFrame::BadFrame, "binary frames are not part of the protocol".into()).await.is_err() {
                                 return Ended::ClientGone;
                             }
                         }
@@ -154,7 +163,7 @@ impl Session {
                         Some(Err(e)) => {
                             // Oversized frames end here (the codec's hard limit).
                             if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
-                                self.node.metrics.invalid_frame("too_large");
+                                self.node.metrics.invalid_frames.increment(InvalidFrame::TooLarge);
                             }
                             return Ended::ClientGone;
                         }
@@ -208,7 +217,7 @@ impl Session {
         match frame {
             ClientFrame::Send { to, body, client_msg_id } => {
                 if let Err(e) = rtc_core::ids::validate_user_id(&to) {
-                    return self.refuse(ws, "bad_frame", format!("recipient: {e}")).await;
+                    return self.refuse(ws, InvalidFrame::BadFrame, format!("recipient: {e}")).await;
                 }
                 let node = &self.node;
                 match crate::kafka::produce(
@@ -228,7 +237,7 @@ impl Session {
                         (client_msg_id, outcome)
                     })),
                     Err(e) => {
-                        node.metrics.count("rtc_socket_kafka_errors_total", "kind", "produce");
+                        node.metrics.kafka_errors.increment(KafkaFailure::Produce);
                         let frame =
                             ServerFrame::Error { code: "send_failed", message: format!("kafka: {e}") }.to_json();
                         return ws.send(Message::Text(frame.into())).await;
@@ -243,8 +252,16 @@ impl Session {
                     // Another partition's id (the partition count changed):
                     // nothing of ours is known to the client.
                     Some(Some(_)) => None,
-                    Some(None) => return self.refuse(ws, "bad_frame", "last_id is not partition:offset".into()).await,
+                    Some(None) => {
+                        return self.refuse(ws, InvalidFrame::BadFrame, "last_id is not partition:offset".into()).await;
+                    }
                 };
+                let (partition, user) = (self.user.partition, &self.user.user);
+                if let Some(took) = self.reconnect_after.take()
+                    && self.node.takeovers.resumed(partition, user)
+                {
+                    self.node.metrics.reconnect.record(took.as_secs_f64());
+                }
                 if let Some(o) = after {
                     self.seen_through = Some(self.seen_through.map_or(o, |s| s.max(o)));
                 }
@@ -257,9 +274,9 @@ impl Session {
         }
     }
 
-    async fn refuse(&self, ws: &mut WebSocket, code: &'static str, message: String) -> Result<(), axum::Error> {
-        self.node.metrics.invalid_frame(code);
-        ws.send(Message::Text(ServerFrame::Error { code, message }.to_json().into())).await
+    async fn refuse(&self, ws: &mut WebSocket, code: InvalidFrame, message: String) -> Result<(), axum::Error> {
+        self.node.metrics.invalid_frames.increment(code);
+        ws.send(Message::Text(ServerFrame::Error { code: code.as_str(), message }.to_json().into())).await
     }
 
     async fn close(&self, ws: &mut WebSocket, cmd: CloseCmd) -> Ended {

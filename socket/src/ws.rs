@@ -28,18 +28,32 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+rtc_core::label_values! {
+    /// Why a connection is refused: the `error` of the JSON answer and the
+    /// `reason` label of `rtc_socket_refused_total`.
+    pub enum Refused {
+        Starting => "starting",
+        Draining => "draining",
+        BadToken => "bad_token",
+        WrongNode => "wrong_node",
+        NotOwner => "not_owner",
+        AtCapacity => "at_capacity",
+        NotWebsocket => "not_websocket",
+    }
+}
+
 /// Why a connection is refused: HTTP status, stable code, detail.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Refused,
     pub message: String,
     pub epoch: u64,
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message, "epoch": self.epoch});
+        let body = serde_json::json!({"error": self.code.as_str(), "message": self.message, "epoch": self.epoch});
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -52,17 +66,17 @@ async fn upgrade(
     let (admitted, seat) = match admit(&node, query.token.as_deref()).await {
         Ok(a) => a,
         Err(refusal) => {
-            node.metrics.refused(refusal.code);
+            node.metrics.refused.increment(refusal.code);
             return refusal.into_response();
         }
     };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => {
-            node.metrics.refused("not_websocket");
+            node.metrics.refused.increment(Refused::NotWebsocket);
             let refusal = Refusal {
                 status: rejection.status(),
-                code: "not_websocket",
+                code: Refused::NotWebsocket,
                 message: rejection.body_text(),
                 epoch: node.ownership().epoch,
             };
@@ -90,25 +104,25 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
     match node.state() {
         rtc_core::NodeState::Ready => {}
         rtc_core::NodeState::Starting => {
-            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "node is starting".into()));
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, Refused::Starting, "node is starting".into()));
         }
         rtc_core::NodeState::Draining => {
-            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining".into()));
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, Refused::Draining, "node is draining".into()));
         }
     }
-    let token = token.ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "bad_token", "no token".into()))?;
+    let token = token.ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, Refused::BadToken, "no token".into()))?;
     let claims = node
         .signer
         .verify(token, crate::kafka::now_ms() as u64)
-        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "bad_token", e.to_string()))?;
+        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, Refused::BadToken, e.to_string()))?;
     if claims.node_id != node.node_id {
-        return Err(refuse(StatusCode::CONFLICT, "wrong_node", format!("token is for node {}", claims.node_id)));
+        return Err(refuse(StatusCode::CONFLICT, Refused::WrongNode, format!("token is for node {}", claims.node_id)));
     }
     let partitions = node.config.topic.partitions;
     if rtc_core::ids::validate_user_id(&claims.user).is_err()
         || rtc_core::partition_for_key(claims.user.as_bytes(), partitions) != claims.partition
     {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "bad_token", "token's user and partition disagree".into()));
+        return Err(refuse(StatusCode::UNAUTHORIZED, Refused::BadToken, "token's user and partition disagree".into()));
     }
     let mut view = view.clone();
     if claims.epoch > view.epoch {
@@ -119,14 +133,14 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
     if !view.accepting.contains(&claims.partition) {
         return Err(Refusal {
             status: StatusCode::CONFLICT,
-            code: "not_owner",
+            code: Refused::NotOwner,
             message: format!("partition {} is not served here at epoch {}", claims.partition, view.epoch),
             epoch: view.epoch,
         });
     }
     let seat = node.hub.reserve(node.config.capacity).ok_or_else(|| Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "at_capacity",
+        code: Refused::AtCapacity,
         message: "node is full".into(),
         epoch: view.epoch,
     })?;

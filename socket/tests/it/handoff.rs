@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
+use rtc_socket::node::NodeHandle;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -82,15 +83,21 @@ async fn user_session(
     (received, reconnects, welcomed_by)
 }
 
+/// Nodes A and B serving epoch 1, in which `owner_of(p)` is 0 for A, 1 for B.
+async fn two_nodes(partitions: u32, owner_of: impl Fn(u32) -> usize) -> (World, NodeHandle, NodeHandle) {
+    let mut world = World::new(partitions).await;
+    let a = world.node("socket-a", &[]).await;
+    let b = world.node("socket-b", &[]).await;
+    world.publish(1, &[&a, &b], owner_of).await;
+    wait_serving(&a, 1).await;
+    wait_serving(&b, 1).await;
+    (world, a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_partitions_loses_no_message() {
     const P: u32 = 8;
-    let mut world = World::new(P).await;
-    let a = world.node("socket-a", &[]).await;
-    let b = world.node("socket-b", &[]).await;
-    world.publish(1, &[&a, &b], |_| 0).await;
-    wait_serving(&a, 1).await;
-    wait_serving(&b, 1).await;
+    let (mut world, a, b) = two_nodes(P, |_| 0).await;
 
     let routes = Arc::new(Mutex::new(Routes {
         epoch: 1,
@@ -163,6 +170,60 @@ async fn moving_partitions_loses_no_message() {
     assert_eq!(metric(&a, "rtc_socket_handoffs_total{direction=\"release\"}").await, 4.0);
     assert_eq!(metric(&b, "rtc_socket_handoffs_total{direction=\"acquire\"}").await, 4.0);
     assert_eq!(metric(&b, "rtc_socket_handoff_timeouts_total{direction=\"acquire\"}").await, 0.0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `rtc_socket_reconnect_seconds` on the node that takes a partition over
+/// counts each moved user once, from the takeover to the welcome; users of
+/// a partition it owned from the start, and new users (who do not resume),
+/// are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_time_is_measured_for_moved_users_only() {
+    const P: u32 = 8;
+    // Epoch 1: B owns p % 4 == 3 from the start; epoch 2 moves p % 4 == 1
+    // from A to B.
+    let (mut world, a, b) = two_nodes(P, |p| usize::from(p % 4 == 3)).await;
+    let partition = |u: &str| rtc_core::partition_for_key(u.as_bytes(), P);
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let (moving, rest): (Vec<&String>, Vec<&String>) = users.iter().partition(|u| partition(u) % 4 == 1);
+    let staying: Vec<&String> = rest.into_iter().filter(|u| partition(u) % 4 == 3).collect();
+    assert!(moving.len() >= 3 && staying.len() >= 2, "{} moving, {} staying", moving.len(), staying.len());
+    let (newcomer, moving) = moving.split_last().unwrap();
+    let mut on_a = Vec::new();
+    for u in moving {
+        on_a.push(Client::join(&a, &world.token(u, &a, 1)).await);
+    }
+    for u in &staying {
+        Client::join(&b, &world.token(u, &b, 1)).await;
+    }
+
+    let resume = serde_json::json!({"type": "resume", "last_id": null});
+    world.publish(2, &[&a, &b], |p| usize::from(p % 4 == 1 || p % 4 == 3)).await;
+    for (u, client) in moving.iter().zip(&mut on_a) {
+        let disconnect = client.next_json().await.expect("disconnect");
+        assert_eq!(disconnect["reason"], "rebalance", "{u}: {disconnect}");
+        Client::join(&b, &world.token(u, &b, 2)).await.send_json(resume.clone()).await;
+    }
+    // Not hand-off reconnects: a moved user back a second time, users of
+    // B's own partitions reconnecting, and a new user (no `resume`).
+    Client::join(&b, &world.token(moving[0], &b, 2)).await.send_json(resume.clone()).await;
+    for u in &staying {
+        Client::join(&b, &world.token(u, &b, 2)).await.send_json(resume.clone()).await;
+    }
+    let _newcomer = Client::join(&b, &world.token(newcomer, &b, 2)).await;
+
+    let moved = moving.len() as f64;
+    eventually("every moved user measured", Duration::from_secs(5), async || {
+        metric(&b, "rtc_socket_reconnect_seconds_count").await >= moved
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&b, "rtc_socket_reconnect_seconds_count").await, moved, "each moved user once");
+    let sum = metric(&b, "rtc_socket_reconnect_seconds_sum").await;
+    assert!(sum > 0.0 && sum / moved < 5.0, "mean reconnect {} s", sum / moved);
+    assert_eq!(metric(&b, "rtc_socket_reconnect_seconds_bucket{le=\"10\"}").await, moved);
+    assert_eq!(metric(&a, "rtc_socket_reconnect_seconds_count").await, 0.0, "A gained nothing");
     a.shutdown().await;
     b.shutdown().await;
 }

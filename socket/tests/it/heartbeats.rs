@@ -34,6 +34,12 @@ async fn heartbeats_report_the_node_as_it_is() {
     assert_eq!(per_partition, 2);
     // Sequence numbers increase by one.
     assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    // The same figures are exported.
+    assert_eq!(metric(&node, "rtc_socket_capacity").await, 500.0);
+    let memory = metric(&node, "rtc_socket_memory_ratio").await;
+    assert!(memory > 0.0 && memory <= 1.0, "memory ratio {memory}");
+    let cpu = metric(&node, "rtc_socket_cpu_ratio").await;
+    assert!((0.0..=1.0).contains(&cpu), "cpu ratio {cpu}");
     node.shutdown().await;
 }
 
