@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rtc_core::{ConnectClaims, TokenSigner};
+use rtc_loadgen::user::error_kind;
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Latencies above this many milliseconds share the last bucket.
 const HIST_MAX_MS: usize = 60_000;
@@ -419,27 +420,6 @@ async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
         },
         Some(Err(e)) => Err(format!("welcome:{}", error_kind(&e))),
         _ => Err("no_welcome".into()),
-    }
-}
-
-fn error_kind(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Http(response) => {
-            let code = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                .and_then(|v| v.get("error").and_then(|c| c.as_str()).map(str::to_owned))
-                .unwrap_or_default();
-            format!("http_{}_{code}", response.status().as_u16())
-        }
-        tungstenite::Error::Io(io) => format!("io_{:?}", io.kind()),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
-        tungstenite::Error::Protocol(p) => format!("protocol_{p}"),
-        other => {
-            let text = other.to_string();
-            text.chars().take(40).collect()
-        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`scale`]: the scaling engine and its replay harness, pure.
 //! - [`decide`]: the leader's scale tick: decide, mark, publish, record.
 //! - [`actuate`]: Kubernetes actuation of a scale-in (kube-rs).
+//! - [`testing`]: load balancers for integration tests ([`testing::TestLb`]).
 
 pub mod actuate;
 pub mod assign;
@@ -26,3 +27,4 @@ pub mod publish;
 pub mod ring_report;
 pub mod scale;
 pub mod service;
+pub mod testing;

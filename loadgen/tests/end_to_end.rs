@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use rtc_load_balancer::config::ServeArgs;
 use rtc_load_balancer::service::LbHandle;
+use rtc_load_balancer::testing::TestLb;
 use rtc_socket::kafka::EmbeddedKafka;
 use rtc_socket::node::NodeHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,44 +62,13 @@ async fn node(prefix: &str, brokers: &str, id: &str) -> NodeHandle {
     rtc_socket::node::start(config).await.expect("node starts")
 }
 
-#[derive(Parser)]
-struct LbArgs {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
 async fn lb(prefix: &str, id: &str) -> LbHandle {
-    let url = redis_url();
-    let args = [
-        "lb",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        &url,
-        "--key-prefix",
-        prefix,
-        "--partitions",
-        &P.to_string(),
-        "--replica-id",
-        id,
-        "--auth",
-        "none",
-        "--token-secret",
-        SECRET,
-        "--heartbeat-interval-ms",
-        "100",
-        "--lease-ttl-ms",
-        "600",
-        "--assignment-poll-ms",
-        "100",
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-    ];
-    rtc_load_balancer::service::start(LbArgs::try_parse_from(args).unwrap().serve).await.expect("lb starts")
+    TestLb::new(&redis_url(), prefix, id)
+        .partitions(P)
+        .args(&["--token-secret", SECRET, "--rate-limit", "100000", "--rate-burst", "100000"])
+        .start()
+        .await
+        .expect("lb starts")
 }
 
 /// Waits until `lb` routes users to ready nodes.

@@ -9,22 +9,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Parser;
 use redis::AsyncCommands;
 use rtc_core::{Document, Heartbeat, NodeState};
-use rtc_load_balancer::config::ServeArgs;
-use rtc_load_balancer::service::{LbHandle, start};
+use rtc_load_balancer::service::LbHandle;
+use rtc_load_balancer::testing::TestLb;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 pub const P: u32 = 12;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
 
 /// Connections each fake node reports (0 when not set).
 pub type Load = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -36,32 +29,7 @@ pub fn prefix() -> String {
 
 pub async fn lb(prefix: &str, id: &str, extra: &[&str]) -> LbHandle {
     let url = std::env::var("RTC_TEST_REDIS_URL").expect("run through scripts/test");
-    let mut args = vec![
-        "lb",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        &url,
-        "--key-prefix",
-        prefix,
-        "--partitions",
-        "12",
-        "--replica-id",
-        id,
-        "--heartbeat-interval-ms",
-        "100",
-        "--lease-ttl-ms",
-        "600",
-        "--assignment-poll-ms",
-        "100",
-    ];
-    args.extend_from_slice(extra);
-    if !extra.contains(&"--auth") {
-        args.extend(["--auth", "none"]);
-    }
-    start(Args::try_parse_from(args).unwrap().serve).await.expect("starts")
+    TestLb::new(&url, prefix, id).partitions(P).args(extra).start().await.expect("starts")
 }
 
 /// Fake socket nodes: a heartbeat every 100 ms each until stopped.
