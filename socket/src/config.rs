@@ -107,6 +107,12 @@ pub struct Timing {
     /// How long a user's recent messages are kept for `resume`.
     #[arg(long, env = "RTC_RESUME_TTL_MS", default_value_t = 60_000)]
     pub resume_ttl_ms: u64,
+    /// How long a record for a user with no session here holds back the
+    /// committed offset: the user may be on the way (a moved user reconnects
+    /// within seconds) and this node's resume buffer is the only copy, so a
+    /// hand-off within this time makes the next owner redeliver it.
+    #[arg(long, env = "RTC_OFFLINE_HOLD_MS", default_value_t = 10_000)]
+    pub offline_hold_ms: u64,
 }
 
 impl Timing {

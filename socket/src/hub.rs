@@ -99,6 +99,9 @@ struct Progress {
     next: Option<i64>,
     /// Offset → sessions that still have to write it.
     pending: BTreeMap<i64, u32>,
+    /// Offset → when it arrived for a user with no session here: it holds
+    /// the commit point for `offline_hold` or until replayed on `resume`.
+    held: BTreeMap<i64, Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +109,9 @@ pub struct HubLimits {
     pub session_queue: usize,
     pub resume_buffer: usize,
     pub resume_ttl: Duration,
+    /// How long a record for a user without a session holds the commit
+    /// point (0: never). See `Timing::offline_hold_ms`.
+    pub offline_hold: Duration,
 }
 
 pub struct Hub {
@@ -246,6 +252,10 @@ impl Hub {
             progress.next = Some(progress.next.map_or(o + 1, |n| n.max(o + 1)));
             if sessions > 0 {
                 *progress.pending.entry(o).or_default() += sessions as u32;
+            } else if !self.limits.offline_hold.is_zero() && self.limits.resume_buffer > 0 {
+                // Kept only in the resume buffer: committing past it now
+                // would lose it if the partition moves before the user comes.
+                progress.held.insert(o, Instant::now());
             }
         }
         let mut queued = 0;
@@ -285,13 +295,28 @@ impl Hub {
         }
     }
 
+    /// A record replayed from the buffer on `resume`: it holds nothing now.
+    pub fn replayed(&self, partition: u32, offset: i64) {
+        if let Some(progress) = self.progress().get_mut(&partition) {
+            progress.held.remove(&offset);
+        }
+    }
+
     /// The offset to commit for `partition`: the first one not yet written
-    /// to every session that should have it, else the next one to consume.
-    /// `None` when nothing was dispatched since the partition was gained.
+    /// to every session that should have it (a user without a session counts
+    /// for `offline_hold`), else the next one to consume. `None` when nothing
+    /// was dispatched since the partition was gained.
     pub fn commit_point(&self, partition: u32) -> Option<i64> {
-        let progress = self.progress();
-        let progress = progress.get(&partition)?;
-        progress.pending.keys().next().copied().or(progress.next)
+        let mut progress = self.progress();
+        let progress = progress.get_mut(&partition)?;
+        let hold = self.limits.offline_hold;
+        progress.held.retain(|_, at| at.elapsed() < hold);
+        let pending = progress.pending.keys().next().copied();
+        let held = progress.held.keys().next().copied();
+        match (pending, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b).or(progress.next),
+        }
     }
 
     /// Forgets the delivery progress of a partition handed to another node.
@@ -375,7 +400,12 @@ mod tests {
 
     fn hub(queue: usize) -> Hub {
         Hub::new(
-            HubLimits { session_queue: queue, resume_buffer: 4, resume_ttl: Duration::from_secs(60) },
+            HubLimits {
+                session_queue: queue,
+                resume_buffer: 4,
+                resume_ttl: Duration::from_secs(60),
+                offline_hold: Duration::ZERO,
+            },
             Arc::new(Metrics::new()),
         )
     }
@@ -417,6 +447,36 @@ mod tests {
         assert_eq!(hub.commit_point(4), Some(8));
         hub.forget_partition(3);
         assert_eq!(hub.commit_point(3), None);
+    }
+
+    #[test]
+    fn a_record_for_a_user_on_the_way_holds_the_commit_point_until_replayed() {
+        // A partition just moved here: its users are reconnecting, so the
+        // records that arrive first find no session and wait in the buffer.
+        let hub = Hub::new(
+            HubLimits {
+                session_queue: 8,
+                resume_buffer: 4,
+                resume_ttl: Duration::from_secs(60),
+                offline_hold: Duration::from_secs(3600),
+            },
+            Arc::new(Metrics::new()),
+        );
+        assert_eq!(hub.dispatch("u1", delivery(5, 20)), 0);
+        assert_eq!(hub.dispatch("u2", delivery(5, 21)), 0);
+        // Moving the partition on now must make the next owner redeliver
+        // 20 and 21 (they exist only in this node's buffer).
+        assert_eq!(hub.commit_point(5), Some(20));
+        // u1 arrives and resumes: 20 is replayed and no longer holds.
+        hub.register("u1", 5);
+        let replay: Vec<i64> = hub.buffered_after("u1", 5, None).iter().map(|d| d.offset).collect();
+        assert_eq!(replay, vec![20]);
+        hub.replayed(5, 20);
+        assert_eq!(hub.commit_point(5), Some(21), "u2 is still on the way");
+        hub.replayed(5, 21);
+        assert_eq!(hub.commit_point(5), Some(22));
+        hub.forget_partition(5);
+        assert_eq!(hub.commit_point(5), None);
     }
 
     #[test]
@@ -471,7 +531,7 @@ mod tests {
     #[test]
     fn sweep_drops_only_idle_users_without_buffers() {
         let hub = Hub::new(
-            HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO },
+            HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO, offline_hold: Duration::ZERO },
             Arc::new(Metrics::new()),
         );
         let _a = hub.register("online", 1);

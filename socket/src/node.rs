@@ -174,6 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             session_queue: config.limits.session_queue,
             resume_buffer: config.limits.resume_buffer,
             resume_ttl: Duration::from_millis(timing.resume_ttl_ms),
+            offline_hold: Duration::from_millis(timing.offline_hold_ms),
         },
         metrics.clone(),
     ));

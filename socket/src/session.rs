@@ -188,8 +188,11 @@ impl Session {
             Source::Replay => self.written_recently.contains(&d.offset),
         };
         let result = if duplicate { Ok(()) } else { ws.send(Message::Text(d.frame.clone())).await };
-        if source == Source::Live {
-            self.node.hub.written(d.partition, d.offset);
+        match source {
+            Source::Live => self.node.hub.written(d.partition, d.offset),
+            // A replay to a user who had no session when it arrived.
+            Source::Replay if result.is_ok() => self.node.hub.replayed(d.partition, d.offset),
+            Source::Replay => {}
         }
         if result.is_ok() && !duplicate {
             self.seen_through = Some(self.seen_through.map_or(d.offset, |s| s.max(d.offset)));
