@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
 
     wait_for_signal().await;
     tracing::info!("stop requested: draining");
+    exit_after(deadline + SHUTDOWN_SLACK);
     node.shared.begin_drain();
     let drained = tokio::time::timeout(deadline, async {
         while !node.shared.drained() {
@@ -29,6 +30,23 @@ async fn main() -> anyhow::Result<()> {
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Time past the drain deadline for the rest of the shutdown: closing
+/// sessions, committing, stopping tasks (`NodeHandle::shutdown` takes at most
+/// about 7 s) and dropping the Kafka clients.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(10);
+
+/// Ends the process after `limit` whatever is still running. The shutdown
+/// deadline is a promise to whoever stops the node (the kubelet's grace
+/// period, the local actuator), but dropping librdkafka's clients can block
+/// while their broker is unreachable, and the runtime then waits on them.
+fn exit_after(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(limit_ms = limit.as_millis() as u64, "shutdown overran its deadline; exiting now");
+        std::process::exit(1);
+    });
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

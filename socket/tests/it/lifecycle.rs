@@ -8,12 +8,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_the_sessions_then_exits_zero() {
-    let mut world = World::new(4).await;
+/// The `socket` binary as a child process, once its log says it is ready,
+/// with its WebSocket URL.
+async fn spawn_binary(world: &World, node_id: &str, extra: &[&str]) -> (tokio::process::Child, String) {
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ws_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut args = world.args("socket-bin", &["--drain-window-ms", "300", "--shutdown-deadline-ms", "5000"]);
+    let mut args = world.args(node_id, extra);
     args.extend([
         "--listen".into(),
         format!("127.0.0.1:{ws_port}"),
@@ -40,27 +40,62 @@ async fn sigterm_drains_the_sessions_then_exits_zero() {
     })
     .await;
     assert_eq!(ready, Ok(true));
-    let url = format!("ws://127.0.0.1:{ws_port}/ws");
-    world.publish_nodes(1, vec![("socket-bin".into(), url)], |_| 0).await;
-    let token = token_for("u1", "socket-bin", rtc_core::partition_for_key(b"u1", 4), 1);
-    let mut client = None;
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("ws://127.0.0.1:{ws_port}/ws"))
+}
+
+/// A client of `node_id` at `url`, admitted once the assignment is applied.
+async fn join(url: &str, user: &str, node_id: &str) -> Client {
+    let token = token_for(user, node_id, rtc_core::partition_for_key(user.as_bytes(), 4), 1);
     for _ in 0..100 {
-        let attempt = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{ws_port}/ws?token={token}")).await;
-        if let Ok((ws, _)) = attempt {
-            client = Some(Client { ws });
-            break;
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await {
+            let mut client = Client { ws };
+            assert_eq!(client.next_json().await.unwrap()["type"], "welcome");
+            return client;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut client = client.expect("admitted once the assignment is applied");
-    assert_eq!(client.next_json().await.unwrap()["type"], "welcome");
+    panic!("{user} was never admitted");
+}
 
+fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_sessions_then_exits_zero() {
+    let mut world = World::new(4).await;
+    let (mut child, url) =
+        spawn_binary(&world, "socket-bin", &["--drain-window-ms", "300", "--shutdown-deadline-ms", "5000"]).await;
+    world.publish_nodes(1, vec![("socket-bin".into(), url.clone())], |_| 0).await;
+    let mut client = join(&url, "u1", "socket-bin").await;
+
+    sigterm(&child);
     let frame = client.next_json().await.expect("disconnect before exit");
     assert_eq!((frame["type"].as_str(), frame["reason"].as_str()), (Some("disconnect"), Some("drain")));
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits in time").unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// With its Kafka gone, the node still stops within its deadline plus the
+/// slack `main` allows (1 s + 10 s here), whatever the Kafka client does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_kafka_gone_still_exits_in_time() {
+    let mut world = World::new(4).await;
+    let (mut child, url) =
+        spawn_binary(&world, "socket-bin", &["--drain-window-ms", "300", "--shutdown-deadline-ms", "1000"]).await;
+    world.publish_nodes(1, vec![("socket-bin".into(), url.clone())], |_| 0).await;
+    let _client = join(&url, "u1", "socket-bin").await;
+
+    world.stop_kafka();
+    sigterm(&child);
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let took = started.elapsed();
+    assert!(status.is_ok(), "still running {took:?} after SIGTERM with Kafka gone");
+    assert!(took < Duration::from_secs(13), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

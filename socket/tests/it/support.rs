@@ -36,7 +36,7 @@ pub struct World {
     pub topic: String,
     pub partitions: u32,
     pub brokers: String,
-    _kafka: Option<EmbeddedKafka>,
+    kafka: Option<EmbeddedKafka>,
     pub redis: redis::aio::MultiplexedConnection,
 }
 
@@ -50,10 +50,15 @@ impl World {
     pub async fn with_brokers(partitions: u32, brokers: String, kafka: Option<EmbeddedKafka>) -> Self {
         let client = redis::Client::open(redis_url()).unwrap();
         let redis = client.get_multiplexed_async_connection().await.expect("redis up");
-        Self { prefix: unique_prefix(), topic: TOPIC.to_owned(), partitions, brokers, _kafka: kafka, redis }
+        Self { prefix: unique_prefix(), topic: TOPIC.to_owned(), partitions, brokers, kafka, redis }
     }
 
     /// Node settings for this world; `extra` flags override.
+    /// Stops the embedded Kafka: its broker becomes unreachable.
+    pub fn stop_kafka(&mut self) {
+        self.kafka = None;
+    }
+
     pub fn args(&self, node_id: &str, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "socket",
