@@ -53,10 +53,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new(&[]);
-        for (name, help) in HELP {
-            registry.describe(name, help);
-        }
+        let registry = Registry::new(HELP, &[]);
         let replicas = |kind: &'static str| registry.gauge("rtc_actuator_replicas", &[("kind", kind)]);
         let gauge = |name: &'static str| registry.gauge(name, &[]);
         Self {

@@ -54,9 +54,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A recorder whose histograms named in `buckets` (full metric names)
-    /// have those bucket bounds; other histograms render as summaries.
-    pub fn new(buckets: &[(&str, &[f64])]) -> Self {
+    /// A recorder with the `# HELP` text of each metric in `help`, whose
+    /// histograms named in `buckets` (full metric names) have those bucket
+    /// bounds; other histograms render as summaries.
+    pub fn new(help: &[(&'static str, &'static str)], buckets: &[(&str, &[f64])]) -> Self {
         let mut builder = PrometheusBuilder::new();
         for (name, bounds) in buckets {
             builder = builder
@@ -64,7 +65,11 @@ impl Registry {
                 .unwrap_or_else(|e| panic!("buckets of {name}: {e}"));
         }
         let recorder = builder.build_recorder();
-        Self { handle: recorder.handle(), recorder: Arc::new(recorder) }
+        let registry = Self { handle: recorder.handle(), recorder: Arc::new(recorder) };
+        for (name, text) in help {
+            registry.describe(name, text);
+        }
+        registry
     }
 
     /// The `# HELP` text of a metric.
@@ -145,8 +150,8 @@ mod tests {
 
     #[test]
     fn families_exist_from_the_start_and_buckets_apply() {
-        let a = Registry::new(&[("t_seconds", &[0.1, 1.0])]);
-        let b = Registry::new(&[]);
+        let a = Registry::new(&[], &[("t_seconds", &[0.1, 1.0])]);
+        let b = Registry::new(&[], &[]);
         a.describe("t_events_total", "Events, by colour");
         assert_eq!(Colour::LABELS, [Colour::Red.as_str(), Colour::Blue.as_str()]);
         let family = a.family("t_events_total", "colour", Colour::LABELS.iter().copied());

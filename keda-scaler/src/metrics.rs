@@ -88,10 +88,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new(&[("rtc_scaler_request_duration_seconds", &LATENCY_BUCKETS)]);
-        for (name, help) in HELP {
-            registry.describe(name, help);
-        }
+        let registry = Registry::new(HELP, &[("rtc_scaler_request_duration_seconds", &LATENCY_BUCKETS)]);
         let gauge = |name: &'static str| registry.gauge(name, &[]);
         let requests = Rpc::ALL
             .iter()

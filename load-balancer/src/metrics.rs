@@ -74,10 +74,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new(&[]);
-        for (name, help) in HELP {
-            registry.describe(name, help);
-        }
+        let registry = Registry::new(HELP, &[]);
         let gauge = |name: &'static str| registry.gauge(name, &[]);
         let counter = |name: &'static str| registry.counter(name, &[]);
         let invalid = ContractError::KINDS.into_iter().chain(INGEST_REJECTIONS);

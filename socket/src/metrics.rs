@@ -142,13 +142,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new(&[
-            ("rtc_socket_delivery_latency_seconds", LATENCY_BUCKETS),
-            ("rtc_socket_reconnect_seconds", RECONNECT_BUCKETS),
-        ]);
-        for (name, help) in HELP {
-            registry.describe(name, help);
-        }
+        let registry = Registry::new(
+            HELP,
+            &[
+                ("rtc_socket_delivery_latency_seconds", LATENCY_BUCKETS),
+                ("rtc_socket_reconnect_seconds", RECONNECT_BUCKETS),
+            ],
+        );
         let gauge = |name: &'static str| registry.gauge(name, &[]);
         let counter = |name: &'static str| registry.counter(name, &[]);
         let family = |name: &'static str, label: &'static str, values: &[&'static str]| {
