@@ -13,7 +13,6 @@
 //! addressed to one user, who has one session here, so per-session
 //! duplicates are all the duplicates).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -21,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use rtc_core::protocol::{MessageId, ServerFrame};
 use rtc_core::{ConnectClaims, TokenSigner};
 use rtc_loadgen::user::error_kind;
-use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -140,19 +139,6 @@ impl Stats {
     fn histogram(&self) -> Vec<u64> {
         self.hist.iter().map(|b| b.load(Ordering::Relaxed)).collect()
     }
-}
-
-/// The fields of a server frame the fleet looks at.
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    ts_ms: Option<i64>,
-    #[serde(borrow, default)]
-    reason: Option<Cow<'a, str>>,
 }
 
 pub async fn run(args: ClientsArgs) -> anyhow::Result<()> {
@@ -347,46 +333,37 @@ fn on_text(ctx: &Ctx, text: &str, seen: &mut HashSet<u64>) {
         }
         return;
     }
-    let Ok(frame) = serde_json::from_str::<Incoming<'_>>(text) else {
+    let Ok(frame) = ServerFrame::parse(text) else {
         stats.unparsed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    match frame.kind.as_ref() {
-        "message" => {
+    match frame {
+        ServerFrame::Message { id, ts_ms, .. } => {
             let now = crate::now_ms();
             stats.messages.fetch_add(1, Ordering::Relaxed);
             stats.first_rx_ms.fetch_min(now, Ordering::Relaxed);
             stats.last_rx_ms.fetch_max(now, Ordering::Relaxed);
-            if let Some(ts) = frame.ts_ms {
-                let latency = (now - ts).max(0) as u64;
-                stats.max_latency_ms.fetch_max(latency, Ordering::Relaxed);
-                stats.hist[(latency as usize).min(HIST_MAX_MS)].fetch_add(1, Ordering::Relaxed);
-            }
-            match frame.id.as_deref().and_then(id_key) {
-                Some(key) => {
-                    if !seen.insert(key) {
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                None => stats.event("message_without_id"),
+            let latency = (now - ts_ms).max(0) as u64;
+            stats.max_latency_ms.fetch_max(latency, Ordering::Relaxed);
+            stats.hist[(latency as usize).min(HIST_MAX_MS)].fetch_add(1, Ordering::Relaxed);
+            if !seen.insert(id_key(id)) {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
             }
         }
-        "disconnect" => {
-            stats.event(format!("disconnect:{}", frame.reason.as_deref().unwrap_or("?")));
+        ServerFrame::Disconnect { reason, .. } => {
+            stats.event(format!("disconnect:{}", reason.as_str()));
             stats.other_frames.fetch_add(1, Ordering::Relaxed);
         }
         other => {
-            stats.event(format!("frame:{other}"));
+            stats.event(format!("frame:{}", other.kind()));
             stats.other_frames.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// `partition:offset` as one number (offsets stay far below 2^40).
-fn id_key(id: &str) -> Option<u64> {
-    let (p, o) = id.split_once(':')?;
-    let (p, o): (u64, u64) = (p.parse().ok()?, o.parse().ok()?);
-    Some((p << 40) | (o & ((1 << 40) - 1)))
+/// A message id as one number (offsets stay far below 2^40).
+fn id_key(id: MessageId) -> u64 {
+    (u64::from(id.partition) << 40) | (id.offset as u64 & ((1 << 40) - 1))
 }
 
 /// Connects one session: bound TCP socket, upgrade with a fresh token, and
@@ -414,8 +391,8 @@ async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
         .await
         .map_err(|e| format!("upgrade:{}", error_kind(&e)))?;
     match ws.next().await {
-        Some(Ok(Message::Text(text))) => match serde_json::from_str::<Incoming<'_>>(text.as_str()) {
-            Ok(frame) if frame.kind == "welcome" => Ok(ws),
+        Some(Ok(Message::Text(text))) => match ServerFrame::parse(text.as_str()) {
+            Ok(ServerFrame::Welcome { .. }) => Ok(ws),
             _ => Err("no_welcome".into()),
         },
         Some(Err(e)) => Err(format!("welcome:{}", error_kind(&e))),
@@ -441,16 +418,7 @@ mod tests {
 
     #[test]
     fn message_ids_are_keys() {
-        assert_eq!(id_key("17:4711"), Some((17 << 40) | 4711));
-        assert_ne!(id_key("1:0"), id_key("0:1"));
-        assert_eq!(id_key("x:1"), None);
-        assert_eq!(id_key("17"), None);
-    }
-
-    #[test]
-    fn frames_are_read_without_the_body() {
-        let f: Incoming<'_> =
-            serde_json::from_str(r#"{"type":"message","id":"3:9","from":null,"body":"a\"b","ts_ms":12}"#).unwrap();
-        assert_eq!((f.kind.as_ref(), f.id.as_deref(), f.ts_ms), ("message", Some("3:9"), Some(12)));
+        assert_eq!(id_key(MessageId::new(17, 4711)), (17 << 40) | 4711);
+        assert_ne!(id_key(MessageId::new(1, 0)), id_key(MessageId::new(0, 1)));
     }
 }

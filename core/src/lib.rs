@@ -16,6 +16,7 @@ pub mod keys;
 /// Each service's Prometheus recorder, built one way.
 pub mod metrics_export;
 pub mod partitioner;
+pub mod protocol;
 pub mod redis_io;
 pub mod token;
 mod wire;

@@ -59,6 +59,8 @@ struct UserRec {
     pending: u32,
     received: u64,
     duplicates: u64,
+    /// Key of the highest id received: a new id below it came out of order.
+    last: Option<u64>,
 }
 
 /// What one `message` frame turned out to be.
@@ -141,6 +143,9 @@ pub struct Summary {
     pub duplicates: u64,
     /// Same message under a new id (would get through a client's dedupe).
     pub duplicate_deliveries: u64,
+    /// New ids that arrived below one already received for the same user:
+    /// the socket tier promises strictly increasing ids per user.
+    pub order_violations: u64,
     pub misrouted: u64,
     pub foreign_messages: u64,
     pub bad_ids: u64,
@@ -164,6 +169,7 @@ pub struct Ledger {
     messages: Vec<MsgRec>,
     totals: Totals,
     duplicate_seqs: u64,
+    order_violations: u64,
     misrouted: u64,
     foreign: u64,
     bad_ids: u64,
@@ -180,6 +186,7 @@ impl Ledger {
             messages: Vec::new(),
             totals: Totals::default(),
             duplicate_seqs: 0,
+            order_violations: 0,
             misrouted: 0,
             foreign: 0,
             bad_ids: 0,
@@ -206,6 +213,7 @@ impl Ledger {
             pending: 0,
             received: 0,
             duplicates: 0,
+            last: None,
         });
         id
     }
@@ -326,6 +334,11 @@ impl Ledger {
             self.totals.duplicates += 1;
             return Received::DuplicateId;
         }
+        // Ids of one partition must only grow (same partition: same high bits).
+        if rec.last.is_some_and(|last| key < last && key >> 40 == last >> 40) {
+            self.order_violations += 1;
+        }
+        rec.last = Some(rec.last.map_or(key, |l| l.max(key)));
         let parsed = serde_json::from_str::<Body<'_>>(body).ok().filter(|b| b.lg == self.run_id);
         let Some(msg) = parsed.and_then(|b| self.messages.get_mut(b.seq as usize)) else {
             self.foreign += 1;
@@ -391,6 +404,7 @@ impl Ledger {
             users_with_loss: users_with_loss.len() as u64,
             duplicates: self.totals.duplicates,
             duplicate_deliveries: self.duplicate_seqs,
+            order_violations: self.order_violations,
             misrouted: self.misrouted,
             foreign_messages: self.foreign,
             bad_ids: self.bad_ids,

@@ -99,10 +99,11 @@ pub struct Report {
     pub stopped_by_server: BTreeMap<String, u64>,
     pub gave_up: u64,
     pub error_frames: BTreeMap<String, u64>,
+    pub unrecovered_resumes: BTreeMap<String, u64>,
     pub unparsed_frames: u64,
     pub producer: ProducerReport,
-    /// No loss, no double session, nothing misrouted or delivered twice
-    /// under two ids, and every acknowledged message delivered.
+    /// No loss, no double session, nothing misrouted, delivered twice under
+    /// two ids or out of order, and every acknowledged message delivered.
     pub ok: bool,
 }
 
@@ -124,6 +125,7 @@ pub fn build(info: RunInfo, messages: Summary, stats: &Stats, producer: Producer
         && stats.double_sessions == 0
         && messages.misrouted == 0
         && messages.duplicate_deliveries == 0
+        && messages.order_violations == 0
         && messages.messages_delivered >= messages.messages_sent;
     Report {
         run_id: info.run_id,
@@ -148,6 +150,7 @@ pub fn build(info: RunInfo, messages: Summary, stats: &Stats, producer: Producer
         stopped_by_server: stats.stopped_by_server.clone(),
         gave_up: stats.gave_up,
         error_frames: stats.error_frames.clone(),
+        unrecovered_resumes: stats.unrecovered_resumes.clone(),
         unparsed_frames: stats.unparsed_frames,
         producer,
         messages,

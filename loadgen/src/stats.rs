@@ -75,6 +75,8 @@ pub struct Stats {
     pub gave_up: u64,
     /// `error` frames by code.
     pub error_frames: BTreeMap<String, u64>,
+    /// `resumed{recovered:false}` by reason.
+    pub unrecovered_resumes: BTreeMap<String, u64>,
     /// Text frames that were not valid protocol JSON.
     pub unparsed_frames: u64,
 }

@@ -4,15 +4,14 @@
 //! saw), and leave cleanly when told to. It never opens a socket before the
 //! previous one is closed; a per-user socket count checks that.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rand::Rng;
-use serde::Deserialize;
+use rtc_core::protocol::{MessageId, ServerFrame, is_new, resume_point};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -26,74 +25,33 @@ use crate::stats::Stats;
 /// How long a closing session waits for the other side's close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 
-/// A frame from the server, as far as a client cares.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    Welcome { node_id: Cow<'a, str>, partition: Option<u32> },
-    Message { id: Cow<'a, str>, body: Cow<'a, str> },
-    Disconnect { reason: Cow<'a, str>, reconnect: bool, retry_after_ms: u64 },
-    Error { code: Cow<'a, str> },
-    Other,
-}
-
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    body: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    node_id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    partition: Option<u32>,
-    #[serde(borrow, default)]
-    reason: Option<Cow<'a, str>>,
-    #[serde(default)]
-    reconnect: Option<bool>,
-    #[serde(default)]
-    retry_after_ms: Option<u64>,
-    #[serde(borrow, default)]
-    code: Option<Cow<'a, str>>,
-}
-
-/// Parses a server text frame; `None` when it is not protocol JSON.
-pub fn parse_frame(text: &str) -> Option<Frame<'_>> {
-    let f: Incoming<'_> = serde_json::from_str(text).ok()?;
-    Some(match f.kind.as_ref() {
-        "welcome" => Frame::Welcome { node_id: f.node_id?, partition: f.partition },
-        "message" => Frame::Message { id: f.id?, body: f.body.unwrap_or_default() },
-        "disconnect" => Frame::Disconnect {
-            reason: f.reason.unwrap_or(Cow::Borrowed("unknown")),
-            // A disconnect without the flag still invites a reconnect.
-            reconnect: f.reconnect.unwrap_or(true),
-            retry_after_ms: f.retry_after_ms.unwrap_or(0),
-        },
-        "error" => Frame::Error { code: f.code.unwrap_or(Cow::Borrowed("unknown")) },
-        _ => Frame::Other,
-    })
-}
-
-/// The id to `resume` after: the highest offset seen in the user's
-/// partition (`partition:offset`).
+/// Where to resume: the highest id seen (ids of the user's partition only
+/// grow, so one comparison dedupes: `rtc_core::protocol::is_new`), and the
+/// first welcome's `live_from` for a user that has seen none yet.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LastSeen(Option<(u32, i64)>);
+pub struct LastSeen {
+    last: Option<MessageId>,
+    live_from: Option<MessageId>,
+}
 
 impl LastSeen {
-    pub fn saw(&mut self, id: &str) {
-        let Some((p, o)) = id.split_once(':').and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?))) else {
-            return;
-        };
-        match self.0 {
-            Some((lp, lo)) if lp == p && lo >= o => {}
-            _ => self.0 = Some((p, o)),
+    /// Notes `id`; false when it is not new (at or below the last one).
+    pub fn saw(&mut self, id: MessageId) -> bool {
+        let new = is_new(self.last, id);
+        if new {
+            self.last = Some(id);
         }
+        new
     }
 
-    pub fn resume_frame(&self) -> String {
-        let last_id = self.0.map(|(p, o)| format!("{p}:{o}"));
-        serde_json::json!({"type": "resume", "last_id": last_id}).to_string()
+    /// Notes a welcome's `live_from` (only the first session's counts).
+    pub fn welcomed(&mut self, live_from: MessageId) {
+        self.live_from.get_or_insert(live_from);
+    }
+
+    /// The connect URL's query addition: `&last_id=…`, `&from_id=…` or nothing.
+    pub fn query(&self) -> String {
+        resume_point(self.last, self.live_from).map(|(k, id)| format!("&{k}={id}")).unwrap_or_default()
     }
 }
 
@@ -263,7 +221,6 @@ impl Me {
 
     /// Returns true when the user stopped for good (not a clean leave).
     async fn life(&mut self) -> bool {
-        let mut welcomed_before = false;
         // The end of the last session, for the reconnect time.
         let mut broken: Option<(Instant, String)> = None;
         let mut wait = Duration::ZERO;
@@ -298,13 +255,6 @@ impl Me {
                 self.shared.stats().reconnected(ms, &reason);
             }
             self.shared.ledger().welcomed(self.idx, crate::now_ms());
-            if welcomed_before && conn.ws.send(Message::Text(self.last_seen.resume_frame().into())).await.is_err() {
-                self.set_phase(Phase::Connecting);
-                broken = Some((Instant::now(), "dropped".into()));
-                wait = self.backoff_delay();
-                continue;
-            }
-            welcomed_before = true;
             let ended = self.serve(&mut conn).await;
             drop(conn);
             self.set_phase(Phase::Connecting);
@@ -370,7 +320,10 @@ impl Me {
             };
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         match tokio::time::timeout(timeout, self.connect(&route)).await {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok((conn, live_from))) => {
+                self.last_seen.welcomed(live_from);
+                Ok(conn)
+            }
             Ok(Err(kind)) => {
                 Stats::count(&mut shared.stats().connect_errors, kind);
                 Err(self.backoff_delay())
@@ -382,9 +335,10 @@ impl Me {
         }
     }
 
-    /// Opens the WebSocket named by `route` and reads its `welcome`.
-    async fn connect(&self, route: &route::Route) -> Result<Conn, String> {
-        let url = route.connect_url();
+    /// Opens the WebSocket named by `route` and reads its `welcome` (and
+    /// the session's live start).
+    async fn connect(&self, route: &route::Route) -> Result<(Conn, MessageId), String> {
+        let url = format!("{}{}", route.connect_url(), self.last_seen.query());
         let (host, port) = ws_authority(&url)?;
         let stream = route::connect_tcp(&host, port, self.source).await.map_err(|e| format!("tcp:{:?}", e.kind()))?;
         let guard = SocketGuard::new(&self.sockets, &self.shared);
@@ -394,9 +348,9 @@ impl Me {
         let mut conn = Conn { ws, _guard: guard };
         loop {
             match conn.ws.next().await {
-                Some(Ok(Message::Text(text))) => match parse_frame(text.as_str()) {
-                    Some(Frame::Welcome { .. }) => return Ok(conn),
-                    Some(Frame::Error { code }) => return Err(format!("error_frame:{code}")),
+                Some(Ok(Message::Text(text))) => match ServerFrame::parse(text.as_str()) {
+                    Ok(ServerFrame::Welcome { live_from, .. }) => return Ok((conn, live_from)),
+                    Ok(ServerFrame::Error { code, .. }) => return Err(format!("error_frame:{code}")),
                     _ => return Err("no_welcome".into()),
                 },
                 Some(Ok(Message::Close(close))) => {
@@ -446,29 +400,40 @@ impl Me {
 
     /// Handles one text frame; `Some` when it ends the session.
     fn on_text(&mut self, text: &str) -> Option<Next> {
-        match parse_frame(text) {
-            Some(Frame::Message { id, body }) => {
-                self.last_seen.saw(&id);
-                self.shared.ledger().received(self.idx, &id, &body, crate::now_ms());
+        match ServerFrame::parse(text) {
+            Ok(ServerFrame::Message { id, body, .. }) => {
+                self.received(id, &body);
                 None
             }
-            Some(Frame::Disconnect { reason, reconnect, retry_after_ms }) => {
-                Some(next_after(SessionEnd::Disconnect { reason: &reason, reconnect, retry_after_ms }))
+            Ok(ServerFrame::Resumed { recovered: false, reason, .. }) => {
+                let reason = reason.map_or("unknown", |r| r.as_str());
+                Stats::count(&mut self.shared.stats().unrecovered_resumes, reason);
+                None
             }
-            Some(Frame::Error { code }) => {
+            Ok(ServerFrame::Disconnect { reason, reconnect, retry_after_ms }) => {
+                Some(next_after(SessionEnd::Disconnect { reason: reason.as_str(), reconnect, retry_after_ms }))
+            }
+            Ok(ServerFrame::Error { code, .. }) => {
                 Stats::count(&mut self.shared.stats().error_frames, code);
                 None
             }
-            Some(Frame::Welcome { .. }) => {
+            Ok(ServerFrame::Welcome { .. }) => {
                 Stats::count(&mut self.shared.stats().error_frames, "second_welcome");
                 None
             }
-            Some(Frame::Other) => None,
-            None => {
+            Ok(ServerFrame::Resumed { .. } | ServerFrame::Ack { .. }) => None,
+            Err(_) => {
                 self.shared.stats().unparsed_frames += 1;
                 None
             }
         }
+    }
+
+    /// A message: to the ledger (which checks duplicates and order as the
+    /// server sent them), and the last id moves on when it is new.
+    fn received(&mut self, id: MessageId, body: &str) {
+        self.last_seen.saw(id);
+        self.shared.ledger().received(self.idx, &id.to_string(), body, crate::now_ms());
     }
 
     /// Completes the closing handshake (bounded), still reading messages
@@ -480,10 +445,9 @@ impl Me {
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
             while let Some(Ok(m)) = conn.ws.next().await {
                 if let Message::Text(text) = m
-                    && let Some(Frame::Message { id, body }) = parse_frame(text.as_str())
+                    && let Ok(ServerFrame::Message { id, body, .. }) = ServerFrame::parse(text.as_str())
                 {
-                    self.last_seen.saw(&id);
-                    self.shared.ledger().received(self.idx, &id, &body, crate::now_ms());
+                    self.received(id, &body);
                 }
             }
         })
@@ -525,42 +489,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_of_the_contract() {
-        assert_eq!(
-            parse_frame(r#"{"type":"welcome","node_id":"socket-0","user":"u1","partition":17,"epoch":42}"#),
-            Some(Frame::Welcome { node_id: "socket-0".into(), partition: Some(17) })
-        );
-        assert_eq!(
-            parse_frame(r#"{"type":"message","id":"17:4711","from":"u2","body":"{\"a\":1}","ts_ms":1}"#),
-            Some(Frame::Message { id: "17:4711".into(), body: "{\"a\":1}".into() })
-        );
-        assert_eq!(
-            parse_frame(r#"{"type":"disconnect","reason":"rebalance","reconnect":true,"retry_after_ms":120}"#),
-            Some(Frame::Disconnect { reason: "rebalance".into(), reconnect: true, retry_after_ms: 120 })
-        );
-        assert_eq!(
-            parse_frame(r#"{"type":"error","code":"bad_frame","message":"x"}"#),
-            Some(Frame::Error { code: "bad_frame".into() })
-        );
-        assert_eq!(parse_frame(r#"{"type":"ack","client_msg_id":"c","id":"1:2"}"#), Some(Frame::Other));
-        assert_eq!(parse_frame(r#"{"type":"message"}"#), None, "a message needs an id");
-        assert_eq!(parse_frame("nope"), None);
-        assert_eq!(parse_frame(r#"{"no":"type"}"#), None);
-    }
-
-    #[test]
-    fn resume_names_the_highest_offset_seen() {
+    fn reconnects_with_the_highest_id_seen() {
         let mut seen = LastSeen::default();
-        assert_eq!(seen.resume_frame(), r#"{"last_id":null,"type":"resume"}"#);
-        seen.saw("3:10");
-        seen.saw("3:12");
-        seen.saw("3:11");
-        seen.saw("garbage");
-        let v: serde_json::Value = serde_json::from_str(&seen.resume_frame()).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"resume","last_id":"3:12"}));
+        assert_eq!(seen.query(), "");
+        let id = |s: &str| s.parse::<MessageId>().unwrap();
+        seen.welcomed(id("3:7"));
+        seen.welcomed(id("3:9"));
+        assert_eq!(seen.query(), "&from_id=3:7", "nothing seen yet: from the first live start");
+        assert!(seen.saw(id("3:10")));
+        assert!(seen.saw(id("3:12")));
+        assert!(!seen.saw(id("3:11")), "below the last: not new");
+        assert!(!seen.saw(id("3:12")), "the same: not new");
+        assert_eq!(seen.query(), "&last_id=3:12");
         // Another partition (the partition count changed) starts over.
-        seen.saw("5:1");
-        assert_eq!(seen, LastSeen(Some((5, 1))));
+        assert!(seen.saw(id("5:1")));
+        assert_eq!(seen.query(), "&last_id=5:1");
     }
 
     #[test]

@@ -80,7 +80,8 @@ def main():
         "peak_nodes": max([p.get("nodes", 0) for p in progress] + [0]),
         "drained_before_lowered": progress and all(p.get("drained_before_lowered", True) for p in progress),
     }
-    for key in ["messages_sent", "messages_delivered", "messages_lost", "duplicates", "double_sessions",
+    for key in ["messages_sent", "messages_delivered", "messages_lost", "duplicates", "order_violations",
+                "double_sessions",
                 "reconnects", "reconnect_p50_ms", "reconnect_p99_ms", "reconnect_max_ms", "peak_users",
                 "route_errors"]:
         report[key] = loadgen.get(key)

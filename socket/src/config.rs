@@ -100,19 +100,31 @@ pub struct Timing {
     /// Committed offsets are advanced this often while partitions are owned.
     #[arg(long, env = "RTC_COMMIT_INTERVAL_MS", default_value_t = 1_000)]
     pub commit_interval_ms: u64,
-    /// Records older than this are not delivered (they are stale for a
-    /// real-time client) but still counted and committed.
+    /// Live messages delivered older than this are left out of the delivery
+    /// latency that scaling reads (a partition catching up is not a slow
+    /// node), and counted in `rtc_socket_messages_expired_total`.
     #[arg(long, env = "RTC_MAX_MESSAGE_AGE_MS", default_value_t = 120_000)]
     pub max_message_age_ms: u64,
-    /// How long a user's recent messages are kept for `resume`.
+    /// How long a user's recent messages are cached in memory for resumes
+    /// (the log serves any gap the cache does not hold).
     #[arg(long, env = "RTC_RESUME_TTL_MS", default_value_t = 60_000)]
     pub resume_ttl_ms: u64,
-    /// How long a record for a user with no session here holds back the
-    /// committed offset: the user may be on the way (a moved user reconnects
-    /// within seconds) and this node's resume buffer is the only copy, so a
-    /// hand-off within this time makes the next owner redeliver it.
-    #[arg(long, env = "RTC_OFFLINE_HOLD_MS", default_value_t = 10_000)]
-    pub offline_hold_ms: u64,
+    /// Every write to a client has this deadline; a client that does not
+    /// take a frame in time is closed as `slow` (it resumes from its last id).
+    #[arg(long, env = "RTC_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub write_timeout_ms: u64,
+    /// A session opened without `last_id` holds live messages this long for
+    /// a `resume` as the client's first frame (the older way to resume).
+    #[arg(long, env = "RTC_RESUME_FRAME_WAIT_MS", default_value_t = 100)]
+    pub resume_frame_wait_ms: u64,
+    /// Resumers of one partition arriving within this window share one read
+    /// of its log.
+    #[arg(long, env = "RTC_RESUME_GATHER_MS", default_value_t = 20)]
+    pub resume_gather_ms: u64,
+    /// A log read for resumers that makes no progress this long gives up:
+    /// they get `resumed{recovered:false, reason:unavailable}`.
+    #[arg(long, env = "RTC_RESUME_STALL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub resume_stall_timeout_ms: u64,
 }
 
 impl Timing {
@@ -129,9 +141,13 @@ pub struct Limits {
     /// Messages queued per session before it counts as slow and is closed.
     #[arg(long, env = "RTC_SESSION_QUEUE", default_value_t = 256)]
     pub session_queue: usize,
-    /// Recent messages kept per user for `resume`.
+    /// Recent messages cached per user for resumes.
     #[arg(long, env = "RTC_RESUME_BUFFER", default_value_t = 128)]
     pub resume_buffer: usize,
+    /// Most records a resume may need read from the log; a larger gap is
+    /// answered `resumed{recovered:false, reason:too_far_behind}`.
+    #[arg(long, env = "RTC_RESUME_MAX_RECORDS", default_value_t = 100_000)]
+    pub resume_max_records: u64,
     /// `send`s awaiting the broker's ack per session; reading pauses beyond.
     #[arg(long, env = "RTC_MAX_INFLIGHT_SENDS", default_value_t = 64)]
     pub max_inflight_sends: usize,

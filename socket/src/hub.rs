@@ -1,30 +1,34 @@
-//! The hub: who is connected, what each user was recently sent, and how far
-//! each owned partition has been delivered.
+//! The hub: who is connected, which partitions accept sessions, how far each
+//! owned partition has been consumed, and a small per-user cache of recent
+//! messages.
 //!
-//! - Every record for a user goes into that user's short resume buffer and
-//!   onto the bounded queue of each of the user's open sessions. A session
-//!   whose queue is full is slow: it is told to close and its messages stay
-//!   in the buffer for `resume`.
-//! - Per partition, the hub counts the sessions that still have to write
-//!   each offset. The first offset some session has not written yet is the
-//!   partition's commit point: committing it makes the next owner redeliver
-//!   rather than skip (at-least-once; clients dedupe by message id).
+//! Every record for a user goes onto the bounded queue of each of the user's
+//! open sessions. A session whose queue is full is closed as `slow`; it
+//! resumes from its last id, and the log (see `crate::catchup`) serves the
+//! gap. Nothing here decides whether a message is lost: the Kafka log is the
+//! history, and the per-user cache only saves a log read when a gap is
+//! already in memory.
+//!
+//! Lock order: the partition table, then a user shard. Registration checks
+//! that its partition accepts sessions under the partition table's lock, and
+//! a release flips that flag under the same lock, so a release sees every
+//! session that registered before it and none registers after it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
+use rtc_core::protocol::CloseReason;
+use tokio::sync::{Notify, mpsc, watch};
 
-use crate::frame::CloseReason;
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
 
 /// One record, rendered once as a `message` frame and shared by every
-/// session and buffer it goes to.
+/// session and cache entry it goes to.
 #[derive(Debug)]
 pub struct Delivery {
     pub partition: u32,
@@ -83,76 +87,96 @@ struct SessionLink {
 struct UserEntry {
     partition: u32,
     sessions: Vec<SessionLink>,
-    buffer: VecDeque<Arc<Delivery>>,
+    /// Recent messages, oldest first: a cache in front of the log.
+    cache: VecDeque<Arc<Delivery>>,
+    /// The cache holds every message of this user from this offset on.
+    complete_from: i64,
+}
+
+impl UserEntry {
+    fn new(partition: u32, complete_from: i64) -> Self {
+        Self { partition, sessions: Vec::new(), cache: VecDeque::new(), complete_from }
+    }
+
+    /// Keeps at most `keep` cached messages, none older than `ttl`; what is
+    /// evicted moves the completeness mark past it.
+    fn trim(&mut self, keep: usize, ttl: Duration) {
+        while self.cache.len() > keep || self.cache.front().is_some_and(|d| d.buffered_at.elapsed() >= ttl) {
+            if let Some(d) = self.cache.pop_front() {
+                self.complete_from = self.complete_from.max(d.offset + 1);
+            }
+        }
+    }
 }
 
 /// What a new session receives from the hub.
 pub struct Registration {
     pub id: u64,
+    /// The consumer's position when the session registered: every record
+    /// from here on reaches the session's queue.
+    pub live_from: i64,
     pub queue: mpsc::Receiver<Arc<Delivery>>,
     pub control: Arc<SessionControl>,
 }
 
-#[derive(Default)]
-struct Progress {
-    /// Offset after the last record dispatched.
+/// The partition is not (or no longer) served here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("partition {0} does not accept sessions here")]
+pub struct NotAccepting(pub u32);
+
+#[derive(Debug, Default)]
+struct PartitionEntry {
+    accepting: bool,
+    sessions: u64,
+    /// The consumer's position: the offset after the last record
+    /// dispatched, or where consumption starts. Known from the moment the
+    /// partition accepts sessions.
     next: Option<i64>,
-    /// Offset → sessions that still have to write it.
-    pending: BTreeMap<i64, u32>,
-    /// Offset → when it arrived for a user with no session here: it holds
-    /// the commit point for `offline_hold` or until replayed on `resume`.
-    held: BTreeMap<i64, Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct HubLimits {
     pub session_queue: usize,
+    /// Recent messages cached per user.
     pub resume_buffer: usize,
     pub resume_ttl: Duration,
-    /// How long a record for a user without a session holds the commit
-    /// point (0: never). See `Timing::offline_hold_ms`.
-    pub offline_hold: Duration,
 }
 
 pub struct Hub {
     shards: Box<[Mutex<HashMap<String, UserEntry>>]>,
-    progress: Mutex<HashMap<u32, Progress>>,
+    partitions: Mutex<BTreeMap<u32, PartitionEntry>>,
+    /// Bumped whenever a partition starts accepting or consuming (admission
+    /// and sessions waiting for their partition watch it).
+    changes: watch::Sender<u64>,
     limits: HubLimits,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
     connections: AtomicU64,
     /// Seats taken by admitted connections still upgrading (see [`Seat`]).
     reserved: AtomicU64,
-    /// Open sessions per partition, kept up to date on (un)registration so
-    /// hand-offs can wait for a partition to empty without scanning.
-    per_partition: Mutex<BTreeMap<u32, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Hub {
     pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            progress: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(BTreeMap::new()),
+            changes: watch::Sender::new(0),
             limits,
             metrics,
             next_session: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
-            per_partition: Mutex::new(BTreeMap::new()),
         }
     }
 
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, UserEntry>> {
+    fn shard(&self, user: &str) -> MutexGuard<'_, HashMap<String, UserEntry>> {
         let i = (rtc_core::murmur2(user.as_bytes()) as u32 as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn per_partition(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u64>> {
-        self.per_partition.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Progress>> {
-        self.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[i])
     }
 
     pub fn connections(&self) -> u64 {
@@ -176,35 +200,58 @@ impl Hub {
         }
     }
 
-    pub fn register(&self, user: &str, partition: u32) -> Registration {
+    /// `partition` accepts sessions from now on (it was gained); its
+    /// consumption will start at `start`.
+    pub fn accept(&self, partition: u32, start: i64) {
+        {
+            let mut partitions = lock(&self.partitions);
+            let entry = partitions.entry(partition).or_default();
+            entry.accepting = true;
+            entry.next = Some(entry.next.unwrap_or(start));
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// `partition` accepts no more sessions (it is being released). Every
+    /// session registered before this call is visible to [`Hub::sessions_on`].
+    pub fn stop_accepting(&self, partition: u32) {
+        if let Some(p) = lock(&self.partitions).get_mut(&partition) {
+            p.accepting = false;
+        }
+    }
+
+    pub fn accepts(&self, partition: u32) -> bool {
+        lock(&self.partitions).get(&partition).is_some_and(|p| p.accepting)
+    }
+
+    /// Registers a session, if its partition accepts sessions at this moment.
+    pub fn register(&self, user: &str, partition: u32) -> Result<Registration, NotAccepting> {
+        let mut partitions = lock(&self.partitions);
+        let entry = partitions.get_mut(&partition).filter(|p| p.accepting).ok_or(NotAccepting(partition))?;
+        let live_from = entry.next.ok_or(NotAccepting(partition))?;
+        entry.sessions += 1;
+        // The cache fills from the live start on.
+        let complete_from = live_from;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.limits.session_queue.max(1));
         let control = Arc::new(SessionControl::default());
-        let mut shard = self.shard(user);
-        let entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry {
-            partition,
-            sessions: Vec::new(),
-            buffer: VecDeque::new(),
-        });
-        entry.partition = partition;
-        entry.sessions.push(SessionLink { id, queue: tx, control: control.clone() });
-        drop(shard);
-        *self.per_partition().entry(partition).or_default() += 1;
+        {
+            let mut shard = self.shard(user);
+            let user_entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry::new(partition, complete_from));
+            if user_entry.partition != partition {
+                // Repartitioned: what is cached belongs to another partition.
+                *user_entry = UserEntry::new(partition, complete_from);
+            }
+            user_entry.sessions.push(SessionLink { id, queue: tx, control: control.clone() });
+        }
+        drop(partitions);
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.connections.set(n as f64);
-        Registration { id, queue: rx, control }
+        Ok(Registration { id, live_from, queue: rx, control })
     }
 
-    /// Removes a session. What it still had queued is written off as
-    /// delivered (it stays in the user's buffer for `resume`) unless the
-    /// close hands its partition to another node, whose redelivery covers it.
-    pub fn unregister(
-        &self,
-        user: &str,
-        id: u64,
-        mut queue: mpsc::Receiver<Arc<Delivery>>,
-        reason: Option<CloseReason>,
-    ) {
+    /// Removes a session.
+    pub fn unregister(&self, user: &str, id: u64) {
         let partition = {
             let mut shard = self.shard(user);
             shard.get_mut(user).map(|entry| {
@@ -212,130 +259,126 @@ impl Hub {
                 entry.partition
             })
         };
-        if let Some(p) = partition {
-            let mut per_partition = self.per_partition();
-            if let Some(n) = per_partition.get_mut(&p) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    per_partition.remove(&p);
-                }
-            }
-        }
-        queue.close();
-        if !reason.is_some_and(CloseReason::hands_off) {
-            while let Ok(d) = queue.try_recv() {
-                self.written(d.partition, d.offset);
-            }
+        if let Some(p) = partition
+            && let Some(entry) = lock(&self.partitions).get_mut(&p)
+        {
+            entry.sessions = entry.sessions.saturating_sub(1);
         }
         let n = self.connections.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         self.metrics.connections.set(n as f64);
     }
 
-    /// Sends one record to `user`: buffer, then every open session. Returns
-    /// the number of sessions it was queued for.
+    /// The consumer starts `partition` at `offset`: the live start of every
+    /// session waiting for it, and where its users' caches become complete.
+    pub fn start_partition(&self, partition: u32, offset: i64) {
+        lock(&self.partitions).entry(partition).or_default().next = Some(offset);
+        for shard in self.shards.iter() {
+            for entry in lock(shard).values_mut().filter(|e| e.partition == partition) {
+                entry.cache.clear();
+                entry.complete_from = offset;
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The consumer's position on `partition`: every record below it has
+    /// been dispatched (or was before this node's start on it). `None` when
+    /// the partition does not accept sessions here.
+    pub fn position(&self, partition: u32) -> Option<i64> {
+        lock(&self.partitions).get(&partition).and_then(|p| p.next)
+    }
+
+    /// Waits until `partition` accepts sessions (or `timeout`).
+    pub async fn accepting(&self, partition: u32, timeout: Duration) -> bool {
+        self.wait_for(timeout, || self.accepts(partition).then_some(())).await.is_some()
+    }
+
+    async fn wait_for<T>(&self, timeout: Duration, check: impl Fn() -> Option<T>) -> Option<T> {
+        let mut changes = self.changes.subscribe();
+        let wait = async {
+            loop {
+                if let Some(v) = check() {
+                    return Some(v);
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Moves `partition`'s position past `offset` (dispatched or skipped).
+    fn advance(&self, partition: u32, offset: i64) {
+        let mut partitions = lock(&self.partitions);
+        let entry = partitions.entry(partition).or_default();
+        entry.next = Some(entry.next.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
+
+    /// Sends one record to `user`: the cache, then every open session.
+    /// Returns the number of sessions it was queued for.
     pub fn dispatch(&self, user: &str, delivery: Arc<Delivery>) -> usize {
         let (p, o) = (delivery.partition, delivery.offset);
+        // The position moves before the record is queued: a session that
+        // registers in between replays it from the log (below its live
+        // start) and also gets it live; it drops the second copy by id.
+        self.advance(p, o);
         let mut shard = self.shard(user);
-        let entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry {
-            partition: p,
-            sessions: Vec::new(),
-            buffer: VecDeque::new(),
-        });
-        trim_buffer(&mut entry.buffer, self.limits.resume_buffer.saturating_sub(1), self.limits.resume_ttl);
-        if self.limits.resume_buffer > 0 {
-            entry.buffer.push_back(delivery.clone());
+        let entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry::new(p, o));
+        if entry.partition != p {
+            *entry = UserEntry::new(p, o);
         }
-        let sessions = entry.sessions.len();
-        {
-            let mut progress = self.progress();
-            let progress = progress.entry(p).or_default();
-            progress.next = Some(progress.next.map_or(o + 1, |n| n.max(o + 1)));
-            if sessions > 0 {
-                *progress.pending.entry(o).or_default() += sessions as u32;
-            } else if !self.limits.offline_hold.is_zero() && self.limits.resume_buffer > 0 {
-                // Kept only in the resume buffer: committing past it now
-                // would lose it if the partition moves before the user comes.
-                progress.held.insert(o, Instant::now());
-            }
+        if self.limits.resume_buffer > 0 {
+            entry.trim(self.limits.resume_buffer - 1, self.limits.resume_ttl);
+            entry.cache.push_back(delivery.clone());
+        } else {
+            entry.complete_from = entry.complete_from.max(o + 1);
         }
         let mut queued = 0;
         for session in &entry.sessions {
             match session.queue.try_send(delivery.clone()) {
                 Ok(()) => queued += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    if session.control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 }) {
-                        self.metrics.slow_drops.increment(1);
-                    }
-                    self.written(p, o);
+                    session.control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 });
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => self.written(p, o),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         queued
     }
 
-    /// A record that goes to nobody (bad key, too old) still moves the
-    /// partition's next offset.
+    /// A record that goes to nobody (bad key) still moves the position.
     pub fn skipped(&self, partition: u32, offset: i64) {
-        let mut progress = self.progress();
-        let progress = progress.entry(partition).or_default();
-        progress.next = Some(progress.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        self.advance(partition, offset);
     }
 
-    /// A session wrote (or gave up on) `offset` of `partition`.
-    pub fn written(&self, partition: u32, offset: i64) {
-        let mut progress = self.progress();
-        if let Some(progress) = progress.get_mut(&partition)
-            && let std::collections::btree_map::Entry::Occupied(mut e) = progress.pending.entry(offset)
+    /// Forgets a partition handed to another node: its position, and the
+    /// cached messages of its users (the next owner has the log).
+    pub fn forget_partition(&self, partition: u32) {
         {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
+            let mut partitions = lock(&self.partitions);
+            if let Some(entry) = partitions.get_mut(&partition) {
+                entry.next = None;
+                if !entry.accepting && entry.sessions == 0 {
+                    partitions.remove(&partition);
+                }
             }
         }
-    }
-
-    /// A record replayed from the buffer on `resume`: it holds nothing now.
-    pub fn replayed(&self, partition: u32, offset: i64) {
-        if let Some(progress) = self.progress().get_mut(&partition) {
-            progress.held.remove(&offset);
+        for shard in self.shards.iter() {
+            lock(shard).retain(|_, e| e.partition != partition || !e.sessions.is_empty());
         }
     }
 
-    /// The offset to commit for `partition`: the first one not yet written
-    /// to every session that should have it (a user without a session counts
-    /// for `offline_hold`), else the next one to consume. `None` when nothing
-    /// was dispatched since the partition was gained.
-    pub fn commit_point(&self, partition: u32) -> Option<i64> {
-        let mut progress = self.progress();
-        let progress = progress.get_mut(&partition)?;
-        let hold = self.limits.offline_hold;
-        progress.held.retain(|_, at| at.elapsed() < hold);
-        let pending = progress.pending.keys().next().copied();
-        let held = progress.held.keys().next().copied();
-        match (pending, held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b).or(progress.next),
+    /// The cached messages of `user` in `[from, to)`, oldest first, if the
+    /// cache is known to hold every one of them.
+    pub fn cached(&self, user: &str, partition: u32, from: i64, to: i64) -> Option<Vec<Arc<Delivery>>> {
+        let mut shard = self.shard(user);
+        let entry = shard.get_mut(user).filter(|e| e.partition == partition)?;
+        entry.trim(usize::MAX, self.limits.resume_ttl);
+        if entry.complete_from > from {
+            return None;
         }
-    }
-
-    /// Forgets the delivery progress of a partition handed to another node.
-    pub fn forget_partition(&self, partition: u32) {
-        self.progress().remove(&partition);
-    }
-
-    /// Buffered messages for `user` after `after` (all if `None`), oldest
-    /// first, within the resume window.
-    pub fn buffered_after(&self, user: &str, partition: u32, after: Option<i64>) -> Vec<Arc<Delivery>> {
-        let shard = self.shard(user);
-        let Some(entry) = shard.get(user) else { return Vec::new() };
-        let ttl = self.limits.resume_ttl;
-        entry
-            .buffer
-            .iter()
-            .filter(|d| d.partition == partition && after.is_none_or(|a| d.offset > a) && d.buffered_at.elapsed() < ttl)
-            .cloned()
-            .collect()
+        Some(entry.cache.iter().filter(|d| d.offset >= from && d.offset < to).cloned().collect())
     }
 
     /// Close handles of the open sessions whose users live on `partition`
@@ -343,7 +386,7 @@ impl Hub {
     pub fn sessions_on(&self, partition: Option<u32>) -> Vec<Arc<SessionControl>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = lock(shard);
             for entry in shard.values().filter(|e| partition.is_none_or(|p| e.partition == p)) {
                 out.extend(entry.sessions.iter().map(|s| s.control.clone()));
             }
@@ -354,22 +397,21 @@ impl Hub {
     /// Open sessions per partition (for heartbeats and the assignment's
     /// preference to move the emptiest partitions).
     pub fn partition_connections(&self) -> BTreeMap<u32, u64> {
-        self.per_partition().clone()
+        lock(&self.partitions).iter().filter(|(_, e)| e.sessions > 0).map(|(p, e)| (*p, e.sessions)).collect()
     }
 
     /// Open sessions on one partition.
     pub fn connections_on(&self, partition: u32) -> u64 {
-        self.per_partition().get(&partition).copied().unwrap_or(0)
+        lock(&self.partitions).get(&partition).map_or(0, |e| e.sessions)
     }
 
-    /// Drops users with no session whose buffers have expired.
+    /// Drops users with no session whose cached messages have expired.
     pub fn sweep(&self) {
         let ttl = self.limits.resume_ttl;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.retain(|_, entry| {
-                trim_buffer(&mut entry.buffer, usize::MAX, ttl);
-                !entry.sessions.is_empty() || !entry.buffer.is_empty()
+            lock(shard).retain(|_, entry| {
+                entry.trim(usize::MAX, ttl);
+                !entry.sessions.is_empty() || !entry.cache.is_empty()
             });
         }
     }
@@ -387,25 +429,13 @@ impl Drop for Seat {
     }
 }
 
-/// Keeps at most `keep` entries, none older than `ttl`.
-fn trim_buffer(buffer: &mut VecDeque<Arc<Delivery>>, keep: usize, ttl: Duration) {
-    while buffer.len() > keep || buffer.front().is_some_and(|d| d.buffered_at.elapsed() >= ttl) {
-        buffer.pop_front();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn hub(queue: usize) -> Hub {
         Hub::new(
-            HubLimits {
-                session_queue: queue,
-                resume_buffer: 4,
-                resume_ttl: Duration::from_secs(60),
-                offline_hold: Duration::ZERO,
-            },
+            HubLimits { session_queue: queue, resume_buffer: 4, resume_ttl: Duration::from_secs(60) },
             Arc::new(Metrics::new()),
         )
     }
@@ -420,92 +450,83 @@ mod tests {
         })
     }
 
+    fn offsets(d: Option<Vec<Arc<Delivery>>>) -> Option<Vec<i64>> {
+        d.map(|v| v.iter().map(|d| d.offset).collect())
+    }
+
     #[test]
-    fn commit_point_waits_for_every_session() {
+    fn sessions_register_only_while_their_partition_accepts() {
         let hub = hub(8);
-        let mut a = hub.register("u1", 3);
-        let mut b = hub.register("u1", 3);
-        assert_eq!(hub.commit_point(3), None);
-        assert_eq!(hub.dispatch("u1", delivery(3, 10)), 2);
-        assert_eq!(hub.dispatch("u1", delivery(3, 11)), 2);
-        assert_eq!(hub.commit_point(3), Some(10));
-        let d = a.queue.try_recv().unwrap();
-        hub.written(d.partition, d.offset);
-        assert_eq!(hub.commit_point(3), Some(10), "b has not written 10 yet");
-        let d = b.queue.try_recv().unwrap();
-        hub.written(d.partition, d.offset);
-        assert_eq!(hub.commit_point(3), Some(11));
-        // A rebalance close keeps 11 pending for the next owner...
-        hub.unregister("u1", b.id, b.queue, Some(CloseReason::Rebalance));
-        assert_eq!(hub.commit_point(3), Some(11));
-        // ...a client close writes it off (it stays in the buffer).
-        hub.unregister("u1", a.id, a.queue, None);
-        assert_eq!(hub.commit_point(3), Some(11), "b's copy still pending");
+        assert_eq!(hub.register("u1", 3).err(), Some(NotAccepting(3)));
+        hub.accept(3, 0);
+        let a = hub.register("u1", 3).expect("accepting");
+        hub.stop_accepting(3);
+        assert_eq!(hub.register("u2", 3).err(), Some(NotAccepting(3)), "a release admits nobody");
+        assert_eq!(hub.sessions_on(Some(3)).len(), 1, "the release sees the session registered before it");
+        hub.unregister("u1", a.id);
         assert_eq!(hub.connections(), 0);
-        // Offline users only advance the next offset.
-        assert_eq!(hub.dispatch("u2", delivery(4, 7)), 0);
-        assert_eq!(hub.commit_point(4), Some(8));
-        hub.forget_partition(3);
-        assert_eq!(hub.commit_point(3), None);
+        assert_eq!(hub.connections_on(3), 0);
     }
 
     #[test]
-    fn a_record_for_a_user_on_the_way_holds_the_commit_point_until_replayed() {
-        // A partition just moved here: its users are reconnecting, so the
-        // records that arrive first find no session and wait in the buffer.
-        let hub = Hub::new(
-            HubLimits {
-                session_queue: 8,
-                resume_buffer: 4,
-                resume_ttl: Duration::from_secs(60),
-                offline_hold: Duration::from_secs(3600),
-            },
-            Arc::new(Metrics::new()),
-        );
-        assert_eq!(hub.dispatch("u1", delivery(5, 20)), 0);
-        assert_eq!(hub.dispatch("u2", delivery(5, 21)), 0);
-        // Moving the partition on now must make the next owner redeliver
-        // 20 and 21 (they exist only in this node's buffer).
-        assert_eq!(hub.commit_point(5), Some(20));
-        // u1 arrives and resumes: 20 is replayed and no longer holds.
-        hub.register("u1", 5);
-        let replay: Vec<i64> = hub.buffered_after("u1", 5, None).iter().map(|d| d.offset).collect();
-        assert_eq!(replay, vec![20]);
-        hub.replayed(5, 20);
-        assert_eq!(hub.commit_point(5), Some(21), "u2 is still on the way");
-        hub.replayed(5, 21);
-        assert_eq!(hub.commit_point(5), Some(22));
+    fn the_position_is_the_start_then_past_every_record_dispatched() {
+        let hub = hub(8);
+        assert_eq!(hub.position(5), None);
+        hub.accept(5, 100);
+        assert_eq!(hub.position(5), Some(100), "known from acceptance on");
+        assert_eq!(hub.register("u0", 5).unwrap().live_from, 100);
+        hub.start_partition(5, 100);
+        assert_eq!(hub.position(5), Some(100));
+        hub.dispatch("u1", delivery(5, 100));
+        hub.skipped(5, 101);
+        assert_eq!(hub.position(5), Some(102));
         hub.forget_partition(5);
-        assert_eq!(hub.commit_point(5), None);
+        assert_eq!(hub.position(5), None);
     }
 
     #[test]
-    fn a_full_queue_marks_the_session_slow_and_never_blocks() {
+    fn the_cache_serves_a_gap_only_when_it_holds_all_of_it() {
+        let hub = hub(8);
+        hub.accept(2, 10);
+        let reg = hub.register("u1", 2).unwrap();
+        assert_eq!(offsets(hub.cached("u1", 2, 0, 10)), None, "from before the start here: unknown");
+        assert_eq!(offsets(hub.cached("u1", 2, 10, 10)), Some(vec![]), "nothing yet from the start");
+        hub.start_partition(2, 10);
+        for o in [10, 12, 13] {
+            hub.dispatch("u1", delivery(2, o));
+        }
+        assert_eq!(offsets(hub.cached("u1", 2, 11, 14)), Some(vec![12, 13]));
+        assert_eq!(offsets(hub.cached("u1", 2, 9, 14)), None, "9 is from before the start here");
+        for o in [14, 15, 16] {
+            hub.dispatch("u1", delivery(2, o));
+        }
+        // Four kept: 13..=16; 12 evicted, so a gap from 11 or 12 is not held.
+        assert_eq!(offsets(hub.cached("u1", 2, 12, 17)), None);
+        assert_eq!(offsets(hub.cached("u1", 2, 13, 16)), Some(vec![13, 14, 15]));
+        assert_eq!(offsets(hub.cached("u1", 3, 13, 16)), None, "another partition");
+        hub.unregister("u1", reg.id);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_session_as_slow_and_never_blocks() {
         let hub = hub(2);
-        let reg = hub.register("u1", 0);
+        hub.accept(0, 0);
+        let reg = hub.register("u1", 0).unwrap();
         for o in 0..5 {
             hub.dispatch("u1", delivery(0, o));
         }
         assert_eq!(reg.control.requested().map(|c| c.reason), Some(CloseReason::Slow));
-        // The queue stayed bounded and the dropped offsets do not hold back
-        // the commit point beyond what is still queued.
-        assert_eq!(reg.queue.len(), 2);
-        assert_eq!(hub.commit_point(0), Some(0));
-        hub.unregister("u1", reg.id, reg.queue, Some(CloseReason::Slow));
-        assert_eq!(hub.commit_point(0), Some(5));
-        // The buffer kept the newest four for resume.
-        let kept: Vec<i64> = hub.buffered_after("u1", 0, None).iter().map(|d| d.offset).collect();
-        assert_eq!(kept, vec![1, 2, 3, 4]);
-        let after: Vec<i64> = hub.buffered_after("u1", 0, Some(2)).iter().map(|d| d.offset).collect();
-        assert_eq!(after, vec![3, 4]);
+        assert_eq!(reg.queue.len(), 2, "the queue stays bounded");
     }
 
     #[test]
     fn sessions_by_partition_and_counts() {
         let hub = hub(4);
-        let _a = hub.register("u1", 1);
-        let _b = hub.register("u2", 1);
-        let _c = hub.register("u3", 2);
+        hub.accept(1, 0);
+        hub.accept(2, 0);
+        let _a = hub.register("u1", 1).unwrap();
+        let _b = hub.register("u2", 1).unwrap();
+        let _c = hub.register("u3", 2).unwrap();
         assert_eq!(hub.sessions_on(Some(1)).len(), 2);
         assert_eq!(hub.sessions_on(None).len(), 3);
         assert_eq!(hub.partition_connections(), BTreeMap::from([(1, 2), (2, 1)]));
@@ -517,27 +538,29 @@ mod tests {
     #[test]
     fn seats_bound_admissions_until_sessions_register() {
         let hub = Arc::new(hub(4));
+        hub.accept(0, 0);
         let a = hub.reserve(2).expect("first seat");
         let b = hub.reserve(2).expect("second seat");
         assert!(hub.reserve(2).is_none(), "both seats taken while upgrading");
         drop(b);
-        let _registered = hub.register("u1", 0);
+        let _registered = hub.register("u1", 0).unwrap();
         drop(a);
         assert!(hub.reserve(2).is_some(), "one session, one free place");
-        let _second = hub.register("u2", 0);
+        let _second = hub.register("u2", 0).unwrap();
         assert!(hub.reserve(2).is_none(), "full");
     }
 
     #[test]
-    fn sweep_drops_only_idle_users_without_buffers() {
+    fn sweep_drops_only_idle_users_without_cached_messages() {
         let hub = Hub::new(
-            HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO, offline_hold: Duration::ZERO },
+            HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO },
             Arc::new(Metrics::new()),
         );
-        let _a = hub.register("online", 1);
+        hub.accept(1, 0);
+        let _a = hub.register("online", 1).unwrap();
         hub.dispatch("offline", delivery(1, 1));
         hub.sweep();
         assert_eq!(hub.partition_connections(), BTreeMap::from([(1, 1)]));
-        assert!(hub.buffered_after("offline", 1, None).is_empty());
+        assert_eq!(hub.sessions_on(None).len(), 1);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -16,7 +17,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{message_id, render_message};
+use rtc_core::protocol::{MessageId, render_message};
+
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{InvalidRecord, KafkaFailure, Metrics};
 
@@ -121,8 +123,8 @@ pub fn create_consumer(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        // A partition nobody committed yet is read from its start; records
-        // too old to matter are skipped by age, not by offset.
+        // Every start offset is explicit (see `start_offset`); a position
+        // lost to retention restarts at the oldest record kept.
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .set("statistics.interval.ms", stats_interval.as_millis().max(100).to_string())
@@ -182,8 +184,8 @@ pub fn produce(
 /// partition is never dispatched after its release was acknowledged.
 #[derive(Debug)]
 pub enum Command {
-    /// Start fetching from the committed offset.
-    Start(u32),
+    /// Start fetching at this offset (see [`start_offset`]).
+    Start(u32, i64),
     /// Stop fetching; the reply means no record of it is dispatched after.
     Release(u32, oneshot::Sender<()>),
 }
@@ -194,7 +196,6 @@ pub struct ConsumerTask {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub topic: String,
-    pub max_message_age_ms: i64,
     pub commit_interval: Duration,
 }
 
@@ -209,14 +210,15 @@ impl ConsumerTask {
                 biased;
                 _ = shutdown.cancelled() => break,
                 command = commands.recv() => match command {
-                    Some(Command::Start(p)) => {
+                    Some(Command::Start(p, offset)) => {
                         if owned.insert(p) {
-                            self.assign(p, true);
+                            self.hub.start_partition(p, offset);
+                            self.assign(p, Some(offset));
                         }
                     }
                     Some(Command::Release(p, reply)) => {
                         if owned.remove(&p) {
-                            self.assign(p, false);
+                            self.assign(p, None);
                         }
                         committed.remove(&p);
                         let _ = reply.send(());
@@ -237,20 +239,21 @@ impl ConsumerTask {
         self.commit_progress(&owned, &mut committed);
     }
 
-    fn assign(&self, partition: u32, start: bool) {
+    /// Starts fetching `partition` at `start`, or stops fetching it.
+    fn assign(&self, partition: u32, start: Option<i64>) {
         let mut tpl = TopicPartitionList::new();
-        let result = if start {
-            tpl.add_partition_offset(&self.topic, partition as i32, Offset::Stored)
+        let result = if let Some(offset) = start {
+            tpl.add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset))
                 .and_then(|()| self.consumer.incremental_assign(&tpl))
         } else {
             tpl.add_partition(&self.topic, partition as i32);
             self.consumer.incremental_unassign(&tpl)
         };
         match result {
-            Ok(()) => tracing::info!(partition, start, "partition fetch changed"),
+            Ok(()) => tracing::info!(partition, ?start, "partition fetch changed"),
             Err(e) => {
                 self.metrics.kafka_errors.increment(KafkaFailure::Assign);
-                tracing::error!(partition, start, error = %e, "could not change partition fetch");
+                tracing::error!(partition, ?start, error = %e, "could not change partition fetch");
             }
         }
     }
@@ -262,37 +265,20 @@ impl ConsumerTask {
         }
         self.metrics.consumed.increment(1);
         self.metrics.window.consumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let offset = m.offset();
-        let now = now_ms();
-        let ts_ms = m.timestamp().to_millis().unwrap_or(now);
-        let user = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let Some(user) = user.filter(|u| rtc_core::ids::validate_user_id(u).is_ok()) else {
+        let Some((user, delivery)) = delivery_of(m) else {
             self.metrics.invalid_records.increment(InvalidRecord::Key);
-            self.hub.skipped(partition, offset);
+            self.hub.skipped(partition, m.offset());
             return;
         };
-        if now - ts_ms > self.max_message_age_ms {
-            self.metrics.expired.increment(1);
-            self.hub.skipped(partition, offset);
-            return;
-        }
-        let body = String::from_utf8_lossy(m.payload().unwrap_or_default());
-        let from = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "rtc-from"))
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok());
-        let frame = render_message(&message_id(partition, offset), from, &body, ts_ms);
-        let delivery =
-            Delivery { partition, offset, ts_ms, frame: frame.into(), buffered_at: std::time::Instant::now() };
         self.hub.dispatch(user, Arc::new(delivery));
     }
 
-    /// Commits each owned partition's commit point when it moved.
+    /// Commits each owned partition's position when it moved: where the
+    /// next owner starts live consumption (the log serves every gap).
     fn commit_progress(&self, owned: &HashSet<u32>, committed: &mut HashMap<u32, i64>) {
         let mut tpl = TopicPartitionList::new();
         for p in owned {
-            if let Some(point) = self.hub.commit_point(*p)
+            if let Some(point) = self.hub.position(*p)
                 && committed.get(p) != Some(&point)
                 && tpl.add_partition_offset(&self.topic, *p as i32, Offset::Offset(point)).is_ok()
             {
@@ -306,6 +292,42 @@ impl ConsumerTask {
             tracing::warn!(error = %e, "periodic commit failed");
         }
     }
+}
+
+/// The recipient and the rendered `message` frame of a record; `None` when
+/// its key is not a valid user id (it goes to nobody).
+pub fn delivery_of<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>) -> Option<(&'m str, Delivery)> {
+    let user = m.key().and_then(|k| std::str::from_utf8(k).ok())?;
+    rtc_core::ids::validate_user_id(user).ok()?;
+    let (partition, offset) = (m.partition() as u32, m.offset());
+    let ts_ms = m.timestamp().to_millis().unwrap_or_else(now_ms);
+    let body = String::from_utf8_lossy(m.payload().unwrap_or_default());
+    let from = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "rtc-from"))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok());
+    let frame = render_message(MessageId::new(partition, offset), from, &body, ts_ms);
+    Some((user, Delivery { partition, offset, ts_ms, frame: frame.into(), buffered_at: std::time::Instant::now() }))
+}
+
+/// Where a gained partition starts live consumption: the offset its last
+/// owner committed, or the log end if no node ever committed one (nobody
+/// was served from it yet; a client resuming from before replays the log).
+pub async fn start_offset(consumer: Arc<PartitionConsumer>, topic: &str, partition: u32) -> Result<i64, KafkaError> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, partition as i32);
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+        if let Some(Offset::Offset(o)) = committed.find_partition(&topic, partition as i32).map(|e| e.offset()) {
+            return Ok(o);
+        }
+        let (_, high) = consumer.fetch_watermarks(&topic, partition as i32, Duration::from_secs(5))?;
+        Ok(high)
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
 }
 
 /// Commits `offset` for `partition` and waits for the broker's answer.

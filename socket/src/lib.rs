@@ -2,8 +2,12 @@
 //! partitions it owns.
 //!
 //! - [`node`]: shared state, start-up and shutdown;
-//! - [`ws`] and [`session`]: admission and one WebSocket session;
-//! - [`hub`]: who is connected, resume buffers, delivery progress;
+//! - [`ws`] and [`session`]: admission and one WebSocket session (the
+//!   protocol itself is `rtc_core::protocol`);
+//! - [`hub`]: who is connected, which partitions accept sessions, the
+//!   consumer's position, a per-user cache of recent messages;
+//! - [`catchup`]: replay from the Kafka log for resuming sessions, one
+//!   shared read per partition;
 //! - [`kafka`]: the embedded broker, producer and the partition consumer;
 //! - [`ownership`]: applying assignment epochs and the hand-off;
 //! - [`takeover`]: the server's view of hand-off reconnect time;
@@ -11,9 +15,9 @@
 //! - [`admin`], [`metrics`], [`sysstat`]: operations.
 
 pub mod admin;
+pub mod catchup;
 pub mod config;
 pub mod follower;
-pub mod frame;
 pub mod heartbeat;
 pub mod hub;
 pub mod kafka;

@@ -11,8 +11,7 @@ use metrics::{Counter, Gauge, Histogram};
 use rtc_core::ContractError;
 use rtc_core::metrics_export::{CounterFamily, Registry};
 
-use crate::frame::{CloseReason, InvalidFrame};
-use crate::ws::Refused;
+use rtc_core::protocol::{CloseReason, ConnectRefusal as Refused, InvalidFrame, ResumeFailure};
 
 /// Delivery latency buckets, seconds: fine below 100 ms where the SLO is.
 const LATENCY_BUCKETS: &[f64] =
@@ -65,8 +64,17 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_socket_messages_delivered_total", "Messages written to sessions"),
     ("rtc_socket_messages_consumed_total", "Records consumed from Kafka"),
     ("rtc_socket_messages_received_total", "Messages sent by clients and acked by Kafka"),
-    ("rtc_socket_messages_expired_total", "Records consumed too old to deliver"),
-    ("rtc_socket_delivery_latency_seconds", "Kafka record timestamp to socket write"),
+    (
+        "rtc_socket_messages_expired_total",
+        "Live messages delivered older than RTC_MAX_MESSAGE_AGE_MS, left out of the delivery latency (a partition \
+         catching up, not a slow node)",
+    ),
+    ("rtc_socket_delivery_latency_seconds", "Kafka record timestamp to socket write, live messages only"),
+    ("rtc_socket_messages_replayed_total", "Messages written to resuming sessions from the log or the cache"),
+    ("rtc_socket_resume_cache_hits_total", "Resumes whose whole gap was in this node's memory (no log read)"),
+    ("rtc_socket_catchup_reads_total", "Catch-up passes: one read of a partition's log shared by its resumers"),
+    ("rtc_socket_catchup_scanned_total", "Records read by catch-up passes"),
+    ("rtc_socket_resume_unrecovered_total", "Resumes answered recovered:false, by reason"),
     (
         "rtc_socket_reconnect_seconds",
         "Hand-off reconnect time seen by the server: from this node taking over a partition moved from another node \
@@ -82,7 +90,7 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_socket_handoffs_total", "Partition hand-offs completed, by direction"),
     ("rtc_socket_handoff_timeouts_total", "Hand-offs that went on after a timeout, by direction"),
     ("rtc_socket_draining", "1 while the node drains"),
-    ("rtc_socket_slow_consumer_drops_total", "Sessions closed because they could not keep up"),
+    ("rtc_socket_slow_consumer_drops_total", "Sessions closed because they did not read their messages in time"),
     ("rtc_socket_invalid_frames_total", "Client frames refused, by reason"),
     ("rtc_socket_invalid_records_total", "Kafka records that go to nobody, by reason"),
     ("rtc_socket_invalid_assignments_total", "Assignments read from Redis and ignored, by reason"),
@@ -103,6 +111,12 @@ pub struct Metrics {
     pub received: Counter,
     pub expired: Counter,
     pub slow_drops: Counter,
+    pub replayed: Counter,
+    pub resume_cache_hits: Counter,
+    pub catchup_reads: Counter,
+    pub catchup_scanned: Counter,
+    /// `reason`: [`ResumeFailure`].
+    pub resume_unrecovered: CounterFamily,
     pub delivery_latency: Histogram,
     /// See `rtc_socket_reconnect_seconds` in [`HELP`] and `crate::takeover`.
     pub reconnect: Histogram,
@@ -169,6 +183,11 @@ impl Metrics {
             received: counter("rtc_socket_messages_received_total"),
             expired: counter("rtc_socket_messages_expired_total"),
             slow_drops: counter("rtc_socket_slow_consumer_drops_total"),
+            replayed: counter("rtc_socket_messages_replayed_total"),
+            resume_cache_hits: counter("rtc_socket_resume_cache_hits_total"),
+            catchup_reads: counter("rtc_socket_catchup_reads_total"),
+            catchup_scanned: counter("rtc_socket_catchup_scanned_total"),
+            resume_unrecovered: family("rtc_socket_resume_unrecovered_total", "reason", ResumeFailure::LABELS),
             delivery_latency: registry.histogram("rtc_socket_delivery_latency_seconds", &[]),
             reconnect: registry.histogram("rtc_socket_reconnect_seconds", &[]),
             kafka_lag: gauge("rtc_socket_kafka_lag"),

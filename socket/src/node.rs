@@ -12,8 +12,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use rtc_core::protocol::CloseReason;
+
+use crate::catchup::{CatchUp, CatchUpLimits, CatchUpTask};
 use crate::config::Config;
-use crate::frame::CloseReason;
 use crate::hub::{Hub, HubLimits};
 use crate::kafka::{ConsumerTask, EmbeddedKafka, PartitionConsumer};
 use crate::metrics::Metrics;
@@ -31,6 +33,8 @@ pub struct NodeShared {
     pub metrics: Arc<Metrics>,
     pub producer: FutureProducer,
     pub consumer: Arc<PartitionConsumer>,
+    /// Replays from the log for resuming sessions.
+    pub catchup: CatchUp,
     pub peers: Peers,
     pub heartbeat_now: Notify,
     /// Partitions recently taken over from other nodes (reconnect time).
@@ -174,7 +178,6 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             session_queue: config.limits.session_queue,
             resume_buffer: config.limits.resume_buffer,
             resume_ttl: Duration::from_millis(timing.resume_ttl_ms),
-            offline_hold: Duration::from_millis(timing.offline_hold_ms),
         },
         metrics.clone(),
     ));
@@ -194,6 +197,16 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         Arc::new(crate::kafka::create_consumer(&brokers, &config.kafka.kafka_group, timing.heartbeat_interval())?);
     crate::kafka::check_topic(consumer.clone(), &config.topic.topic, config.topic.partitions).await?;
     let producer = crate::kafka::create_producer(&brokers)?;
+    let (catchup, catchup_task) = CatchUpTask::new(
+        crate::catchup::create_consumer(&brokers, &config.kafka.kafka_group)?,
+        config.topic.topic.clone(),
+        metrics.clone(),
+        CatchUpLimits {
+            max_records: config.limits.resume_max_records,
+            gather: Duration::from_millis(timing.resume_gather_ms),
+            stall_timeout: Duration::from_millis(timing.resume_stall_timeout_ms.max(10)),
+        },
+    );
 
     let redis = redis::Client::open(config.redis.redis_url.as_str())?;
     let keys = config.redis.keys();
@@ -216,6 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         metrics: metrics.clone(),
         producer,
         consumer: consumer.clone(),
+        catchup,
         peers: Peers::new(config.node_id.clone(), interval * 3),
         heartbeat_now: Notify::new(),
         takeovers: Takeovers::default(),
@@ -237,10 +251,10 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         hub: hub.clone(),
         metrics: metrics.clone(),
         topic: config.topic.topic.clone(),
-        max_message_age_ms: timing.max_message_age_ms as i64,
         commit_interval: Duration::from_millis(timing.commit_interval_ms.max(10)),
     };
     tasks.spawn(consumer_task.run(commands_rx, shutdown.clone()));
+    tasks.spawn(catchup_task.run(shutdown.clone()));
     tasks.spawn(Reconciler::new(shared.clone(), commands_tx, events_tx.clone()).run(events_rx, shutdown.clone()));
     let follower = crate::follower::Follower {
         client: redis.clone(),

@@ -5,9 +5,12 @@
 //!   reconnect (paced, with jitter), and once they are gone (or a timeout)
 //!   its commit point is committed; when nothing is being released any more
 //!   the epoch is acknowledged in an immediate heartbeat;
-//! - a **gained** partition accepts its users at once and starts consuming
-//!   from the committed offset once every live peer acknowledged the epoch
-//!   (so its old owner has committed), or after a timeout.
+//! - a **gained** partition reads its committed offset, then accepts its
+//!   users, and starts consuming from that offset once every live peer
+//!   acknowledged the epoch (so its old owner stopped), or after a timeout.
+//!   Starting from the offset read before any user arrived means a user who
+//!   reaches this node while the old owner still consumes gets what the old
+//!   owner consumed meanwhile; resumers replay the rest from the log.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,7 +21,8 @@ use rtc_core::{Assignment, NodeState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::CloseReason;
+use rtc_core::protocol::CloseReason;
+
 use crate::hub::CloseCmd;
 use crate::kafka::{Command, commit_sync};
 use crate::metrics::{Direction, KafkaFailure};
@@ -35,9 +39,11 @@ pub struct OwnershipView {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartitionState {
-    /// Users accepted; waiting for peers before consuming.
+    /// Reading the start offset (`start: None`), then accepting users and
+    /// waiting for peers before consuming from `start`.
     Acquiring {
         epoch: u64,
+        start: Option<i64>,
     },
     Serving,
     Releasing,
@@ -46,7 +52,17 @@ enum PartitionState {
 #[derive(Debug)]
 pub enum Event {
     Assignment(Arc<Assignment>),
-    AcquireReady { partition: u32, epoch: u64 },
+    /// Where a gained partition will start: accept its users now.
+    StartKnown {
+        partition: u32,
+        epoch: u64,
+        offset: i64,
+    },
+    /// The old owner let go: start consuming.
+    AcquireReady {
+        partition: u32,
+        epoch: u64,
+    },
     Released(u32),
 }
 
@@ -82,10 +98,19 @@ impl Reconciler {
             match event {
                 Event::Assignment(a) if a.epoch > self.epoch => self.apply(a),
                 Event::Assignment(_) => continue,
+                Event::StartKnown { partition, epoch, offset } => {
+                    if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch, start: None }) {
+                        self.state.insert(partition, PartitionState::Acquiring { epoch, start: Some(offset) });
+                        self.node.hub.accept(partition, offset);
+                    }
+                }
                 Event::AcquireReady { partition, epoch } => {
-                    if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch }) {
+                    if let Some(&PartitionState::Acquiring { epoch: e, start: Some(offset) }) =
+                        self.state.get(&partition)
+                        && e == epoch
+                    {
                         self.state.insert(partition, PartitionState::Serving);
-                        let _ = self.consumer.send(Command::Start(partition)).await;
+                        let _ = self.consumer.send(Command::Start(partition, offset)).await;
                         self.node.metrics.handoffs.increment(Direction::Acquire);
                     }
                 }
@@ -112,6 +137,9 @@ impl Reconciler {
             .map(|(p, _)| *p)
             .collect();
         for p in lost {
+            // From here on no session of p registers: the release below sees
+            // every one that did.
+            self.node.hub.stop_accepting(p);
             self.state.insert(p, PartitionState::Releasing);
             tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p));
         }
@@ -134,11 +162,34 @@ impl Reconciler {
         before.is_some_and(|owner| owner.id != self.node.node_id)
     }
 
+    /// Gains `partition`: read where live consumption will start, then
+    /// accept its users, then start consuming once the old owner let go.
+    ///
+    /// The start is the committed offset read *before* any of its users is
+    /// accepted: every record the old owner dispatches after that is at or
+    /// above it, so a user who arrives here first (and whose messages the
+    /// old owner may still consume meanwhile) gets them from this node.
     fn acquire(&mut self, partition: u32) {
         let epoch = self.epoch;
-        self.state.insert(partition, PartitionState::Acquiring { epoch });
+        self.state.insert(partition, PartitionState::Acquiring { epoch, start: None });
         let (node, events) = (self.node.clone(), self.events.clone());
         tokio::spawn(async move {
+            let offset = loop {
+                if events.is_closed() {
+                    return;
+                }
+                match crate::kafka::start_offset(node.consumer.clone(), &node.config.topic.topic, partition).await {
+                    Ok(offset) => break offset,
+                    Err(e) => {
+                        node.metrics.kafka_errors.increment(KafkaFailure::Assign);
+                        tracing::warn!(partition, error = %e, "could not read the start offset; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            if events.send(Event::StartKnown { partition, epoch, offset }).await.is_err() {
+                return;
+            }
             let timeout = Duration::from_millis(node.config.timing.peer_ack_timeout_ms);
             if !node.peers.wait_for_ack(epoch, timeout).await {
                 node.metrics.handoff_timeouts.increment(Direction::Acquire);
@@ -166,7 +217,9 @@ impl Reconciler {
 }
 
 /// Hands `partition` off: stop fetching, disconnect its users (paced, with
-/// jitter), wait for them to go, commit what was delivered.
+/// jitter; each flushes what it was queued first), wait for them to go, and
+/// commit the consumer's position: where the next owner starts live. The
+/// order keeps redelivery low; the log, not the commit, makes it lossless.
 async fn release(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>, partition: u32) {
     let (done, stopped) = oneshot::channel();
     if consumer.send(Command::Release(partition, done)).await.is_ok() {
@@ -184,7 +237,7 @@ async fn release(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events:
         node.metrics.handoff_timeouts.increment(Direction::Release);
         tracing::warn!(partition, "sessions still open at the hand-off deadline");
     }
-    if let Some(offset) = node.hub.commit_point(partition) {
+    if let Some(offset) = node.hub.position(partition) {
         let topic = &node.config.topic.topic;
         let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
         if result.is_err() {

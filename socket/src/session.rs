@@ -1,7 +1,14 @@
-//! One WebSocket session: writes the user's messages, reads the client's
-//! frames, keeps the connection alive, and closes when told to.
+//! One WebSocket session: replays what the client missed, writes the user's
+//! live messages, reads the client's frames, keeps the connection alive,
+//! and closes when told to.
+//!
+//! Order on the wire: `welcome`; with a last id, the replayed messages and
+//! `resumed`; then live messages. Ids only grow: a live message at or below
+//! what the session already wrote (or the client's last id) is dropped, so a
+//! message replayed and also received live is written once. Every write has
+//! a deadline; a client that does not read is closed as `slow` and resumes
+//! from its last id.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,11 +17,13 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-
-use crate::frame::{
-    ClientFrame, CloseReason, InvalidFrame, ServerFrame, message_id, parse_client_frame, parse_message_id,
+use rtc_core::protocol::{
+    ClientFrame, CloseReason, ConnectRefusal, InvalidFrame, MessageId, ResumeFailure, ServerFrame, parse_client_frame,
 };
-use crate::hub::{CloseCmd, Delivery};
+use tokio::sync::mpsc;
+
+use crate::catchup::{Replayed, Request};
+use crate::hub::{CloseCmd, Delivery, Registration, SessionControl};
 use crate::metrics::KafkaFailure;
 use crate::node::NodeShared;
 
@@ -24,39 +33,51 @@ pub struct Admitted {
     pub user: String,
     pub partition: u32,
     pub epoch: u64,
+    /// `last_id` or `from_id` of the connect URL, as the client sent it.
+    pub resume: Option<Resume>,
+}
+
+/// Where a client asked to resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub from: ResumeFrom,
+    /// The id as the client sent it (echoed in `resumed`).
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// `last_id`: everything after this id.
+    After,
+    /// `from_id`: everything from this id on (a welcome's `live_from`).
+    At,
 }
 
 /// How long a closing session waits for the client's close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 
-type SendOutcome = (Option<String>, Result<(u32, i64), String>);
+type SendOutcome = (Option<String>, Result<MessageId, String>);
 type PendingSend = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
 
-struct Session {
-    node: Arc<NodeShared>,
-    user: Admitted,
-    /// Highest offset of the user's partition this client has (written or
-    /// named in `resume`). Live messages arrive in offset order, so one at
-    /// or below it is a duplicate (a partition consumed again after a move).
-    seen_through: Option<i64>,
-    /// Offsets written lately (at most a resume buffer's worth). A replay
-    /// can include messages older than a live one already written, so
-    /// replays are deduplicated against these rather than `seen_through`.
-    written_recently: VecDeque<i64>,
-    last_heard: Instant,
-    /// Welcomed this long after this node took the user's partition over
-    /// from another node: the hand-off reconnect time, recorded if the
-    /// client resumes (see `crate::takeover`).
-    reconnect_after: Option<Duration>,
+/// Where the session is in its order of frames.
+enum Phase {
+    /// Opened without `last_id`: live messages wait this long for a
+    /// `resume` as the client's first frame.
+    FirstFrame(tokio::time::Instant),
+    /// Writing the replay; live messages wait in the queue.
+    Replaying {
+        resume: Resume,
+        replayed: u64,
+    },
+    Live,
 }
 
-/// Where a message being written comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    /// The session's queue: counted by the hub until written.
-    Live,
-    /// The user's resume buffer.
-    Replay,
+/// Why a write did not happen.
+enum WriteError {
+    /// The connection failed or closed.
+    Gone,
+    /// The client did not take the frame within the write deadline.
+    Stuck,
 }
 
 /// Why the loop ended: a close order, or the client went away.
@@ -65,48 +86,101 @@ enum Ended {
     ClientGone,
 }
 
-pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, user: Admitted, seat: crate::hub::Seat) {
+impl From<WriteError> for Ended {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Gone => Ended::ClientGone,
+            WriteError::Stuck => Ended::Closed(CloseReason::Slow),
+        }
+    }
+}
+
+struct Session {
+    node: Arc<NodeShared>,
+    user: Admitted,
+    /// Highest offset of the user's partition this client has: written
+    /// here, or named as its last id.
+    delivered_through: Option<i64>,
+    /// The consumer's position when the session registered: live records
+    /// start here, a replay ends here.
+    live_from: i64,
+    last_heard: Instant,
+    write_timeout: Duration,
+    /// Welcomed this long after this node took the user's partition over
+    /// from another node: the hand-off reconnect time, recorded if the
+    /// client resumes (see `crate::takeover`).
+    reconnect_after: Option<Duration>,
+}
+
+pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, mut user: Admitted, seat: crate::hub::Seat) {
+    let write_timeout = Duration::from_millis(node.config.timing.write_timeout_ms.max(1));
     let registration = node.hub.register(&user.user, user.partition);
-    // Registered: the session counts now, the seat can go.
+    // Registered (or refused): the seat can go.
     drop(seat);
-    let (id, mut queue, control) = (registration.id, registration.queue, registration.control);
+    let Ok(Registration { id, live_from, mut queue, control }) = registration else {
+        // Released between admission and now: never a session here.
+        node.metrics.refused.increment(ConnectRefusal::NotOwner);
+        let cmd = CloseCmd { reason: CloseReason::Rebalance, retry_after_ms: 0 };
+        let _ = tokio::time::timeout(write_timeout * 2, close_frames(&mut ws, cmd)).await;
+        return;
+    };
     node.metrics.connects.increment(1);
+    let resume = user.resume.take();
     let mut session = Session {
         node: node.clone(),
         user,
-        seen_through: None,
-        written_recently: VecDeque::new(),
+        delivered_through: None,
+        live_from,
         last_heard: Instant::now(),
+        write_timeout,
         reconnect_after: None,
     };
-
     let welcome = ServerFrame::Welcome {
-        node_id: &node.node_id,
-        user: &session.user.user,
+        node_id: node.node_id.as_str().into(),
+        user: session.user.user.as_str().into(),
         partition: session.user.partition,
         epoch: session.user.epoch,
+        live_from: MessageId::new(session.user.partition, live_from),
     }
     .to_json();
-    let ended = if ws.send(Message::Text(welcome.into())).await.is_err() {
-        Ended::ClientGone
-    } else {
-        session.reconnect_after = node.takeovers.since(session.user.partition);
-        session.serve(&mut ws, &mut queue, &control).await
+    let ended = match session.send(&mut ws, Message::Text(welcome.into())).await {
+        Err(e) => e.into(),
+        Ok(()) => {
+            session.reconnect_after = node.takeovers.since(session.user.partition);
+            let (phase, replay) = match resume {
+                Some(resume) => session.start_replay(resume),
+                None => {
+                    let wait = Duration::from_millis(node.config.timing.resume_frame_wait_ms);
+                    (Phase::FirstFrame(tokio::time::Instant::now() + wait), idle_replay())
+                }
+            };
+            session.serve(&mut ws, &mut queue, &control, phase, replay).await
+        }
     };
     let reason = match ended {
         Ended::Closed(reason) => Some(reason),
         Ended::ClientGone => None,
     };
-    node.hub.unregister(&session.user.user, id, queue, reason);
+    node.hub.unregister(&session.user.user, id);
+    if reason == Some(CloseReason::Slow) {
+        node.metrics.slow_drops.increment(1);
+    }
     node.metrics.disconnect(reason);
+}
+
+/// A replay channel that never yields (no replay running).
+fn idle_replay() -> mpsc::UnboundedReceiver<Replayed> {
+    mpsc::unbounded_channel().1
 }
 
 impl Session {
     async fn serve(
         &mut self,
         ws: &mut WebSocket,
-        queue: &mut tokio::sync::mpsc::Receiver<Arc<Delivery>>,
-        control: &crate::hub::SessionControl,
+        queue: &mut mpsc::Receiver<Arc<Delivery>>,
+        control: &SessionControl,
+        mut phase: Phase,
+        mut replay: mpsc::UnboundedReceiver<Replayed>,
     ) -> Ended {
         let timing = &self.node.config.timing;
         let ping_every = Duration::from_millis(timing.ping_interval_ms.max(10));
@@ -115,50 +189,82 @@ impl Session {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut sends: FuturesUnordered<PendingSend> = FuturesUnordered::new();
         loop {
+            let replaying = matches!(phase, Phase::Replaying { .. });
+            let first_frame_until = match phase {
+                Phase::FirstFrame(until) => Some(until),
+                _ => None,
+            };
+            let live = matches!(phase, Phase::Live);
             tokio::select! {
                 biased;
                 cmd = control.wait() => {
-                    if cmd.reason.hands_off() {
+                    if live {
                         // Flush what was already fetched before saying goodbye.
                         while let Ok(d) = queue.try_recv() {
-                            if self.write(ws, &d, Source::Live).await.is_err() {
-                                return Ended::ClientGone;
+                            if let Err(e) = self.write(ws, &d, false).await {
+                                return e.into();
                             }
                         }
                     }
                     return self.close(ws, cmd).await;
                 }
-                Some(d) = queue.recv() => {
-                    if self.write(ws, &d, Source::Live).await.is_err() {
-                        return Ended::ClientGone;
+                item = replay.recv(), if replaying => {
+                    let result = match item {
+                        Some(Replayed::Record(d)) => {
+                            if let Phase::Replaying { replayed, .. } = &mut phase {
+                                *replayed += 1;
+                            }
+                            self.write(ws, &d, true).await
+                        }
+                        Some(Replayed::Done(outcome)) => self.resumed(ws, &mut phase, outcome).await,
+                        None => self.resumed(ws, &mut phase, Err(ResumeFailure::Unavailable)).await,
+                    };
+                    if let Err(e) = result {
+                        return e.into();
+                    }
+                }
+                _ = tokio::time::sleep_until(first_frame_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if first_frame_until.is_some() => phase = Phase::Live,
+                Some(d) = queue.recv(), if live => {
+                    if let Err(e) = self.write(ws, &d, false).await {
+                        return e.into();
                     }
                 }
                 Some((client_msg_id, outcome)) = sends.next(), if !sends.is_empty() => {
                     let frame = match outcome {
-                        Ok((p, o)) => {
+                        Ok(id) => {
                             self.node.metrics.received.increment(1);
-                            ServerFrame::Ack { client_msg_id: client_msg_id.as_deref(), id: message_id(p, o) }.to_json()
+                            ServerFrame::Ack { client_msg_id: client_msg_id.as_deref().map(Into::into), id }.to_json()
                         }
-                        Err(message) => ServerFrame::Error { code: "send_failed", message }.to_json(),
+                        Err(message) => ServerFrame::Error { code: "send_failed".into(), message: message.into() }.to_json(),
                     };
-                    if ws.send(Message::Text(frame.into())).await.is_err() {
-                        return Ended::ClientGone;
+                    if let Err(e) = self.send(ws, Message::Text(frame.into())).await {
+                        return e.into();
                     }
                 }
                 message = ws.recv(), if sends.len() < max_sends => {
                     self.last_heard = Instant::now();
-                    match message {
+                    let result = match message {
                         Some(Ok(Message::Text(text))) => {
-                            if self.on_text(ws, text.as_str(), &mut sends).await.is_err() {
-                                return Ended::ClientGone;
+                            let first = first_frame_until.is_some();
+                            match self.on_text(ws, text.as_str(), &mut sends, first).await {
+                                Ok(Some((next, rx))) => {
+                                    (phase, replay) = (next, rx);
+                                    Ok(())
+                                }
+                                Ok(None) => {
+                                    if first {
+                                        phase = Phase::Live;
+                                    }
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            if self.refuse(ws, InvalidFrame::BadFrame, "binary frames are not part of the protocol".into()).await.is_err() {
-                                return Ended::ClientGone;
-                            }
+                            self.refuse(ws, InvalidFrame::BadFrame, "binary frames are not part of the protocol".into()).await
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(Message::Close(_))) | None => return Ended::ClientGone,
                         Some(Err(e)) => {
                             // Oversized frames end here (the codec's hard limit).
@@ -167,60 +273,133 @@ impl Session {
                             }
                             return Ended::ClientGone;
                         }
+                    };
+                    if let Err(e) = result {
+                        return e.into();
                     }
                 }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() >= idle_timeout {
                         return self.close(ws, CloseCmd { reason: CloseReason::Idle, retry_after_ms: 0 }).await;
                     }
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        return Ended::ClientGone;
+                    if let Err(e) = self.send(ws, Message::Ping(Default::default())).await {
+                        return e.into();
                     }
                 }
             }
         }
     }
 
-    /// Writes one message unless the client already has it.
-    async fn write(&mut self, ws: &mut WebSocket, d: &Delivery, source: Source) -> Result<(), axum::Error> {
-        let duplicate = match source {
-            Source::Live => self.seen_through.is_some_and(|s| d.offset <= s),
-            Source::Replay => self.written_recently.contains(&d.offset),
-        };
-        let result = if duplicate { Ok(()) } else { ws.send(Message::Text(d.frame.clone())).await };
-        match source {
-            Source::Live => self.node.hub.written(d.partition, d.offset),
-            // A replay to a user who had no session when it arrived.
-            Source::Replay if result.is_ok() => self.node.hub.replayed(d.partition, d.offset),
-            Source::Replay => {}
-        }
-        if result.is_ok() && !duplicate {
-            self.seen_through = Some(self.seen_through.map_or(d.offset, |s| s.max(d.offset)));
-            if self.written_recently.len() >= self.node.config.limits.resume_buffer.max(1) {
-                self.written_recently.pop_front();
+    /// Plans the replay the client asked for: the phase to enter and the
+    /// channel the replayed records and the outcome come on.
+    fn start_replay(&mut self, resume: Resume) -> (Phase, mpsc::UnboundedReceiver<Replayed>) {
+        self.note_resume();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let partition = self.user.partition;
+        match resume.id.parse::<MessageId>() {
+            Err(_) => {
+                let _ = tx.send(Replayed::Done(Err(ResumeFailure::BadId)));
             }
-            self.written_recently.push_back(d.offset);
-            let latency_ms = (crate::kafka::now_ms() - d.ts_ms).max(0) as f64;
-            self.node.metrics.delivered(latency_ms);
+            Ok(id) if id.partition != partition => {
+                let _ = tx.send(Replayed::Done(Err(ResumeFailure::WrongPartition)));
+            }
+            Ok(id) => {
+                let from = match resume.from {
+                    ResumeFrom::After => id.offset.saturating_add(1),
+                    ResumeFrom::At => id.offset,
+                };
+                // What the client has: dropped if it comes again.
+                self.delivered_through = Some(from - 1);
+                let node = self.node.clone();
+                let user = self.user.user.clone();
+                tokio::spawn(plan_replay(node, user, partition, from, self.live_from, tx));
+            }
         }
-        result
+        (Phase::Replaying { resume, replayed: 0 }, rx)
     }
 
+    /// A resuming client is a reconnect: if this node took its partition
+    /// over lately, that took `reconnect_after` (once per user).
+    fn note_resume(&mut self) {
+        if let Some(took) = self.reconnect_after.take()
+            && self.node.takeovers.resumed(self.user.partition, &self.user.user)
+        {
+            self.node.metrics.reconnect.record(took.as_secs_f64());
+        }
+    }
+
+    /// Ends the replay with `resumed`, and goes live.
+    async fn resumed(
+        &mut self,
+        ws: &mut WebSocket,
+        phase: &mut Phase,
+        outcome: Result<(), ResumeFailure>,
+    ) -> Result<(), WriteError> {
+        let Phase::Replaying { resume, replayed } = std::mem::replace(phase, Phase::Live) else { return Ok(()) };
+        if let Err(reason) = outcome {
+            self.node.metrics.resume_unrecovered.increment(reason);
+            tracing::debug!(user = %self.user.user, id = %resume.id, reason = reason.as_str(), "resume not recovered");
+        }
+        let frame = ServerFrame::Resumed {
+            last_id: (resume.from == ResumeFrom::After).then(|| resume.id.as_str().into()),
+            from_id: (resume.from == ResumeFrom::At).then(|| resume.id.as_str().into()),
+            recovered: outcome.is_ok(),
+            replayed,
+            reason: outcome.err(),
+        };
+        self.send(ws, Message::Text(frame.to_json().into())).await
+    }
+
+    /// Writes one message unless the client already has it. Replayed
+    /// messages are counted apart from the live delivery latency.
+    async fn write(&mut self, ws: &mut WebSocket, d: &Delivery, replayed: bool) -> Result<(), WriteError> {
+        if self.delivered_through.is_some_and(|s| d.offset <= s) {
+            return Ok(());
+        }
+        self.send(ws, Message::Text(d.frame.clone())).await?;
+        self.delivered_through = Some(d.offset);
+        let metrics = &self.node.metrics;
+        if replayed {
+            metrics.replayed.increment(1);
+        } else {
+            let age_ms = crate::kafka::now_ms().saturating_sub(d.ts_ms).max(0);
+            if age_ms <= self.node.config.timing.max_message_age_ms as i64 {
+                metrics.delivered(age_ms as f64);
+            } else {
+                metrics.delivered.increment(1);
+                metrics.expired.increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one frame within the write deadline.
+    async fn send(&self, ws: &mut WebSocket, message: Message) -> Result<(), WriteError> {
+        match tokio::time::timeout(self.write_timeout, ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Gone),
+            Err(_) => Err(WriteError::Stuck),
+        }
+    }
+
+    /// Handles one client text frame. A `resume` as the first frame returns
+    /// the replay to start.
     async fn on_text(
         &mut self,
         ws: &mut WebSocket,
         text: &str,
         sends: &mut FuturesUnordered<PendingSend>,
-    ) -> Result<(), axum::Error> {
+        first: bool,
+    ) -> Result<Option<(Phase, mpsc::UnboundedReceiver<Replayed>)>, WriteError> {
         let limits = &self.node.config.limits;
         let frame = match parse_client_frame(text, limits.max_frame_bytes) {
             Ok(frame) => frame,
-            Err(e) => return self.refuse(ws, e.code, e.message).await,
+            Err(e) => return self.refuse(ws, e.code, e.message).await.map(|()| None),
         };
         match frame {
             ClientFrame::Send { to, body, client_msg_id } => {
                 if let Err(e) = rtc_core::ids::validate_user_id(&to) {
-                    return self.refuse(ws, InvalidFrame::BadFrame, format!("recipient: {e}")).await;
+                    return self.refuse(ws, InvalidFrame::BadFrame, format!("recipient: {e}")).await.map(|()| None);
                 }
                 let node = &self.node;
                 match crate::kafka::produce(
@@ -233,7 +412,7 @@ impl Session {
                 ) {
                     Ok(delivery) => sends.push(Box::pin(async move {
                         let outcome = match delivery.await {
-                            Ok(Ok(d)) => Ok((d.partition as u32, d.offset)),
+                            Ok(Ok(d)) => Ok(MessageId::new(d.partition as u32, d.offset)),
                             Ok(Err((e, _))) => Err(format!("kafka: {e}")),
                             Err(_) => Err("kafka producer went away".to_owned()),
                         };
@@ -242,64 +421,79 @@ impl Session {
                     Err(e) => {
                         node.metrics.kafka_errors.increment(KafkaFailure::Produce);
                         let frame =
-                            ServerFrame::Error { code: "send_failed", message: format!("kafka: {e}") }.to_json();
-                        return ws.send(Message::Text(frame.into())).await;
+                            ServerFrame::Error { code: "send_failed".into(), message: format!("kafka: {e}").into() };
+                        self.send(ws, Message::Text(frame.to_json().into())).await?;
                     }
                 }
-                Ok(())
+                Ok(None)
             }
-            ClientFrame::Resume { last_id } => {
-                let after = match last_id.as_deref().map(parse_message_id) {
-                    None => None,
-                    Some(Some((p, o))) if p == self.user.partition => Some(o),
-                    // Another partition's id (the partition count changed):
-                    // nothing of ours is known to the client.
-                    Some(Some(_)) => None,
-                    Some(None) => {
-                        return self.refuse(ws, InvalidFrame::BadFrame, "last_id is not partition:offset".into()).await;
-                    }
-                };
-                let (partition, user) = (self.user.partition, &self.user.user);
-                if let Some(took) = self.reconnect_after.take()
-                    && self.node.takeovers.resumed(partition, user)
-                {
-                    self.node.metrics.reconnect.record(took.as_secs_f64());
-                }
-                if let Some(o) = after {
-                    self.seen_through = Some(self.seen_through.map_or(o, |s| s.max(o)));
-                }
-                let replay = self.node.hub.buffered_after(&self.user.user, self.user.partition, after);
-                for d in replay {
-                    self.write(ws, &d, Source::Replay).await?;
-                }
-                Ok(())
+            ClientFrame::Resume { last_id: Some(last_id) } if first => {
+                Ok(Some(self.start_replay(Resume { from: ResumeFrom::After, id: last_id })))
+            }
+            ClientFrame::Resume { last_id: None } if first => {
+                self.note_resume();
+                Ok(None)
+            }
+            ClientFrame::Resume { .. } => {
+                let message = "resume is accepted only as the first frame; connect with last_id instead".into();
+                self.refuse(ws, InvalidFrame::BadFrame, message).await.map(|()| None)
             }
         }
     }
 
-    async fn refuse(&self, ws: &mut WebSocket, code: InvalidFrame, message: String) -> Result<(), axum::Error> {
+    async fn refuse(&self, ws: &mut WebSocket, code: InvalidFrame, message: String) -> Result<(), WriteError> {
         self.node.metrics.invalid_frames.increment(code);
-        ws.send(Message::Text(ServerFrame::Error { code: code.as_str(), message }.to_json().into())).await
+        let frame = ServerFrame::Error { code: code.as_str().into(), message: message.into() };
+        self.send(ws, Message::Text(frame.to_json().into())).await
     }
 
     async fn close(&self, ws: &mut WebSocket, cmd: CloseCmd) -> Ended {
-        let frame = ServerFrame::Disconnect { reason: cmd.reason, reconnect: true, retry_after_ms: cmd.retry_after_ms }
-            .to_json();
-        let _ = ws.send(Message::Text(frame.into())).await;
-        let close = CloseFrame { code: cmd.reason.close_code(), reason: cmd.reason.as_str().into() };
-        if ws.send(Message::Close(Some(close))).await.is_ok() {
-            // Finish the closing handshake (bounded) rather than dropping the
-            // connection under the client, which could then fail writing a
-            // pong before it reads the disconnect frame.
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-                while let Some(Ok(m)) = ws.recv().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
+        // Bounded: a client that reads nothing cannot hold up a hand-off.
+        let _ = tokio::time::timeout(self.write_timeout + CLOSE_HANDSHAKE, close_frames(ws, cmd)).await;
         Ended::Closed(cmd.reason)
     }
+}
+
+/// `disconnect`, the close frame, and the rest of the closing handshake.
+async fn close_frames(ws: &mut WebSocket, cmd: CloseCmd) {
+    let frame = ServerFrame::Disconnect { reason: cmd.reason, reconnect: true, retry_after_ms: cmd.retry_after_ms };
+    let _ = ws.send(Message::Text(frame.to_json().into())).await;
+    let close = CloseFrame { code: cmd.reason.close_code(), reason: cmd.reason.as_str().into() };
+    if ws.send(Message::Close(Some(close))).await.is_ok() {
+        // Finish the closing handshake (bounded) rather than dropping the
+        // connection under the client, which could then fail writing a
+        // pong before it reads the disconnect frame.
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            while let Some(Ok(m)) = ws.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Finds the records of `user` in `[from, to)` (`to`: the session's live
+/// start): from this node's cache when it holds all of them, else from the
+/// log.
+async fn plan_replay(
+    node: Arc<NodeShared>,
+    user: String,
+    partition: u32,
+    from: i64,
+    to: i64,
+    reply: mpsc::UnboundedSender<Replayed>,
+) {
+    if from < to
+        && let Some(records) = node.hub.cached(&user, partition, from, to)
+    {
+        node.metrics.resume_cache_hits.increment(1);
+        for d in records {
+            let _ = reply.send(Replayed::Record(d));
+        }
+        let _ = reply.send(Replayed::Done(Ok(())));
+        return;
+    }
+    node.catchup.submit(Request { partition, user, from, to, reply });
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::hub::Seat;
 use crate::node::NodeShared;
-use crate::session::{self, Admitted};
+use crate::session::{self, Admitted, Resume, ResumeFrom};
 
 /// How long a token naming a newer epoch waits for this node to catch up.
 const EPOCH_CATCH_UP: Duration = Duration::from_millis(500);
@@ -24,23 +24,16 @@ pub fn router(node: Arc<NodeShared>) -> Router {
 }
 
 #[derive(Debug, Deserialize)]
-struct TokenQuery {
+struct ConnectQuery {
     token: Option<String>,
+    /// The last message id the client processed: replay what followed it.
+    last_id: Option<String>,
+    /// A welcome's `live_from`, for a client that got no message yet:
+    /// replay from that id on.
+    from_id: Option<String>,
 }
 
-rtc_core::label_values! {
-    /// Why a connection is refused: the `error` of the JSON answer and the
-    /// `reason` label of `rtc_socket_refused_total`.
-    pub enum Refused {
-        Starting => "starting",
-        Draining => "draining",
-        BadToken => "bad_token",
-        WrongNode => "wrong_node",
-        NotOwner => "not_owner",
-        AtCapacity => "at_capacity",
-        NotWebsocket => "not_websocket",
-    }
-}
+pub use rtc_core::protocol::ConnectRefusal as Refused;
 
 /// Why a connection is refused: HTTP status, stable code, detail.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,15 +53,20 @@ impl IntoResponse for Refusal {
 
 async fn upgrade(
     State(node): State<Arc<NodeShared>>,
-    Query(query): Query<TokenQuery>,
+    Query(query): Query<ConnectQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (admitted, seat) = match admit(&node, query.token.as_deref()).await {
+    let (mut admitted, seat) = match admit(&node, query.token.as_deref()).await {
         Ok(a) => a,
         Err(refusal) => {
             node.metrics.refused.increment(refusal.code);
             return refusal.into_response();
         }
+    };
+    admitted.resume = match (query.last_id, query.from_id) {
+        (Some(id), _) => Some(Resume { from: ResumeFrom::After, id }),
+        (None, Some(id)) => Some(Resume { from: ResumeFrom::At, id }),
+        (None, None) => None,
     };
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -130,7 +128,9 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
         node.wait_for_epoch(claims.epoch, EPOCH_CATCH_UP).await;
         view = node.ownership();
     }
-    if !view.accepting.contains(&claims.partition) {
+    // A partition just gained accepts its users once its start offset is
+    // known (see `crate::ownership`): a moment, worth waiting for.
+    if !view.accepting.contains(&claims.partition) || !node.hub.accepting(claims.partition, EPOCH_CATCH_UP).await {
         return Err(Refusal {
             status: StatusCode::CONFLICT,
             code: Refused::NotOwner,
@@ -144,5 +144,5 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
         message: "node is full".into(),
         epoch: view.epoch,
     })?;
-    Ok((Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch }, seat))
+    Ok((Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch, resume: None }, seat))
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use rtc_socket::node::NodeHandle;
+
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,65 +55,149 @@ async fn send_is_produced_to_the_recipient_and_acknowledged() {
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_replays_what_was_missed_and_dedupes() {
-    let mut world = World::new(4).await;
-    let node = world.serving_node("socket-a", &[]).await;
+/// Joins `user`, lets it receive `seen` messages, drops it, and produces
+/// `missed` more. Returns every id in order and the producer.
+async fn away_for(world: &World, node: &NodeHandle, user: &str, seen: usize, missed: usize) -> Vec<String> {
     let producer = world.producer().await;
-    let mut first = Client::join(&node, &world.token("carol", &node, 1)).await;
+    let mut client = Client::join(node, &world.token(user, node, 1)).await;
     let mut ids = Vec::new();
-    for i in 0..3 {
-        world.produce(&producer, "carol", &format!("m{i}")).await;
-        ids.push(first.next_json().await.unwrap()["id"].as_str().unwrap().to_owned());
+    for i in 0..seen {
+        world.produce(&producer, user, &format!("m{i}")).await;
+        ids.push(client.next_json().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
-    drop(first);
-    // Two more arrive while carol is away.
-    for i in 3..5 {
-        let (p, o) = world.produce(&producer, "carol", &format!("m{i}")).await;
+    drop(client);
+    let shared = node.shared.clone();
+    eventually("the session is gone", Duration::from_secs(5), async || shared.hub.connections() == 0).await;
+    for i in seen..seen + missed {
+        let (p, o) = world.produce(&producer, user, &format!("m{i}")).await;
         ids.push(format!("{p}:{o}"));
     }
-    eventually("carol's session is gone", Duration::from_secs(5), async || node.shared.hub.connections() == 0).await;
-    let mut again = Client::join(&node, &world.token("carol", &node, 1)).await;
-    again.send_json(json!({"type":"resume","last_id": ids[2]})).await;
-    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[3]));
-    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[4]));
-    // Resuming again from an older id replays what the client says it
-    // missed, but nothing this session already wrote.
+    let consumed = (seen + missed) as f64;
+    eventually("every record consumed", Duration::from_secs(5), async || {
+        metric(node, "rtc_socket_messages_consumed_total").await >= consumed
+    })
+    .await;
+    ids
+}
+
+fn ids_of(frames: &[serde_json::Value]) -> Vec<String> {
+    frames.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_at_connect_replays_the_gap_in_order_then_says_resumed() {
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &[]).await;
+    let ids = away_for(&world, &node, "carol", 3, 2).await;
+    let (mut again, replayed, resumed) = Client::resume(&node, &world.token("carol", &node, 1), &ids[2]).await;
+    assert_eq!(ids_of(&replayed), ids[3..5]);
+    assert_eq!(resumed, json!({"type":"resumed","last_id":ids[2],"recovered":true,"replayed":2}));
+    // Live after the replay.
+    let producer = world.producer().await;
+    let (p, o) = world.produce(&producer, "carol", "live").await;
+    assert_eq!(again.next_json().await.unwrap()["id"], json!(format!("{p}:{o}")));
+    // The gap was in memory: no log read, and replays stay out of the latency.
+    assert_eq!(metric(&node, "rtc_socket_resume_cache_hits_total").await, 1.0);
+    assert_eq!(metric(&node, "rtc_socket_catchup_reads_total").await, 0.0);
+    assert_eq!(metric(&node, "rtc_socket_messages_replayed_total").await, 2.0);
+    assert_eq!(metric(&node, "rtc_socket_delivery_latency_seconds_count").await, 4.0, "3 + 1 live");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_cache_no_longer_holds_is_read_from_the_log() {
+    let mut world = World::new(4).await;
+    // One cached message per user: the cache cannot hold a gap of four.
+    let node = world.serving_node("socket-a", &["--resume-buffer", "1"]).await;
+    let ids = away_for(&world, &node, "dan", 2, 4).await;
+    let (_again, replayed, resumed) = Client::resume(&node, &world.token("dan", &node, 1), &ids[0]).await;
+    assert_eq!(ids_of(&replayed), ids[1..6]);
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["replayed"], 5);
+    assert_eq!(metric(&node, "rtc_socket_catchup_reads_total").await, 1.0);
+    assert!(metric(&node, "rtc_socket_catchup_scanned_total").await >= 5.0);
+    assert_eq!(metric(&node, "rtc_socket_resume_cache_hits_total").await, 0.0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_frame_first_still_works_and_live_messages_wait_for_it() {
+    // (Ids are compared as the client would: one comparison per message.)
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &["--resume-frame-wait-ms", "2000"]).await;
+    let ids = away_for(&world, &node, "frank", 1, 1).await;
+    let mut again = Client::join(&node, &world.token("frank", &node, 1)).await;
+    // A live message arrives before the client's first frame: it waits.
+    let producer = world.producer().await;
+    let (p, o) = world.produce(&producer, "frank", "live").await;
+    let consumed = 3.0;
+    eventually("the live record is consumed", Duration::from_secs(5), async || {
+        metric(&node, "rtc_socket_messages_consumed_total").await >= consumed
+    })
+    .await;
     again.send_json(json!({"type":"resume","last_id": ids[0]})).await;
-    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[1]));
-    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[2]));
+    // The replay runs up to the session's live start; the live message,
+    // queued meanwhile, follows it once.
+    assert_eq!(again.next_json().await.unwrap()["id"], json!(ids[1]), "the gap first");
+    let resumed = again.next_json().await.unwrap();
+    assert_eq!((resumed["type"].as_str(), resumed["replayed"].as_u64()), (Some("resumed"), Some(1)));
+    assert_eq!(again.next_json().await.unwrap()["id"], json!(format!("{p}:{o}")), "then live");
+    // A second resume is refused: ids only grow within a session.
+    again.send_json(json!({"type":"resume","last_id": ids[0]})).await;
+    assert_eq!(again.next_json().await.unwrap()["code"], "bad_frame");
     assert_eq!(again.next_json_within(Duration::from_millis(300)).await, None);
     node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_replays_older_messages_even_after_a_newer_live_one() {
-    // The race behind a hand-off: the new owner buffered m1 before the user
-    // arrived, then m2 went live to the session before its `resume` was read.
+async fn resumes_that_cannot_recover_say_why_and_go_live() {
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &["--resume-max-records", "3", "--resume-buffer", "1"]).await;
+    let ids = away_for(&world, &node, "gina", 1, 5).await;
+    let token = world.token("gina", &node, 1);
+    let other = (rtc_core::partition_for_key(b"gina", 4) + 1) % 4;
+    for (last_id, reason) in [
+        (ids[0].clone(), "too_far_behind"),
+        (format!("{other}:0"), "wrong_partition"),
+        ("nonsense".to_owned(), "bad_id"),
+    ] {
+        let (mut client, replayed, resumed) = Client::resume(&node, &token, &last_id).await;
+        assert!(replayed.is_empty(), "{reason}");
+        assert_eq!(resumed, json!({"type":"resumed","last_id":last_id,"recovered":false,"replayed":0,"reason":reason}));
+        let producer = world.producer().await;
+        let (p, o) = world.produce(&producer, "gina", "live").await;
+        assert_eq!(client.next_json().await.unwrap()["id"], json!(format!("{p}:{o}")), "{reason}: live after");
+    }
+    for reason in ["too_far_behind", "wrong_partition", "bad_id"] {
+        let series = format!("rtc_socket_resume_unrecovered_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&node, &series).await, 1.0, "{series}");
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_id_below_the_log_start_is_expired() {
+    // librdkafka's mock cluster keeps at most 5 MiB per partition: 400
+    // records of 16 KiB push the log start past the first ones, as
+    // retention would.
     let mut world = World::new(4).await;
     let node = world.serving_node("socket-a", &[]).await;
+    let ids = away_for(&world, &node, "hugo", 1, 0).await;
     let producer = world.producer().await;
-    let mut first = Client::join(&node, &world.token("frank", &node, 1)).await;
-    let (p, o0) = world.produce(&producer, "frank", "m0").await;
-    assert_eq!(first.next_json().await.unwrap()["body"], "m0");
-    drop(first);
-    eventually("frank's session is gone", Duration::from_secs(5), async || node.shared.hub.connections() == 0).await;
-    let (_, o1) = world.produce(&producer, "frank", "m1").await;
-    eventually("m1 is buffered", Duration::from_secs(5), async || {
-        metric(&node, "rtc_socket_messages_consumed_total").await == 2.0
+    let body = "x".repeat(16 * 1024);
+    for _ in 0..400 {
+        world.produce(&producer, "hugo", &body).await;
+    }
+    eventually("the node caught up", Duration::from_secs(10), async || {
+        metric(&node, "rtc_socket_messages_consumed_total").await >= 401.0
     })
     .await;
-
-    let mut again = Client::join(&node, &world.token("frank", &node, 1)).await;
-    world.produce(&producer, "frank", "m2").await;
-    assert_eq!(again.next_json().await.unwrap()["body"], "m2", "live first");
-    again.send_json(json!({"type":"resume","last_id": format!("{p}:{o0}")})).await;
-    let replayed = again.next_json().await.expect("m1 replayed");
-    assert_eq!(
-        (replayed["id"].as_str().unwrap(), replayed["body"].as_str().unwrap()),
-        (format!("{p}:{o1}").as_str(), "m1")
-    );
-    // m2 is not sent twice.
-    assert_eq!(again.next_json_within(Duration::from_millis(300)).await, None);
+    let (mut client, replayed, resumed) = Client::resume(&node, &world.token("hugo", &node, 1), &ids[0]).await;
+    assert!(replayed.is_empty());
+    assert_eq!(resumed, json!({"type":"resumed","last_id":ids[0],"recovered":false,"replayed":0,"reason":"expired"}));
+    assert_eq!(metric(&node, "rtc_socket_resume_unrecovered_total{reason=\"expired\"}").await, 1.0);
+    // Live from here on.
+    let (p, o) = world.produce(&producer, "hugo", "live").await;
+    assert_eq!(client.next_json().await.unwrap()["id"], json!(format!("{p}:{o}")));
     node.shutdown().await;
 }

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
-use rtc_socket::node::NodeHandle;
-use serde_json::json;
+use rtc_core::protocol::{MessageId, is_new, resume_point};
 use tokio::sync::watch;
 
 use crate::support::*;
@@ -21,7 +20,9 @@ struct Routes {
 }
 
 /// A user following the client protocol: on `disconnect`, wait
-/// `retry_after_ms`, ask for a route, reconnect, `resume` with the last id.
+/// `retry_after_ms`, ask for a route, reconnect with the last id, and drop
+/// any id not above the last one (the whole client-side dedupe). Returns
+/// what it received, its reconnects and the nodes that welcomed it.
 async fn user_session(
     user: String,
     partitions: u32,
@@ -29,7 +30,8 @@ async fn user_session(
     mut expected: watch::Receiver<Option<BTreeSet<String>>>,
 ) -> (BTreeSet<String>, u32, Vec<String>) {
     let mut received = BTreeSet::new();
-    let mut last_id: Option<String> = None;
+    let mut last_id: Option<MessageId> = None;
+    let mut live_from: Option<MessageId> = None;
     let mut reconnects = 0;
     let mut welcomed_by = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -41,7 +43,8 @@ async fn user_session(
             (id, addr, r.epoch)
         };
         let token = token_for(&user, &node_id, rtc_core::partition_for_key(user.as_bytes(), partitions), epoch);
-        let url = format!("ws://{addr}/ws?token={token}");
+        let resume = resume_point(last_id, live_from).map(|(k, id)| format!("&{k}={id}")).unwrap_or_default();
+        let url = format!("ws://{addr}/ws?token={token}{resume}");
         let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -49,7 +52,7 @@ async fn user_session(
         let mut client = Client { ws };
         let welcome = client.next_json().await.expect("welcome");
         welcomed_by.push(welcome["node_id"].as_str().unwrap().to_owned());
-        client.send_json(json!({"type":"resume","last_id": last_id})).await;
+        live_from = live_from.or_else(|| welcome["live_from"].as_str().map(|id| id.parse().unwrap()));
         loop {
             let done = expected.borrow().as_ref().is_some_and(|e| e.is_subset(&received));
             if done || tokio::time::Instant::now() >= deadline {
@@ -58,10 +61,13 @@ async fn user_session(
             tokio::select! {
                 frame = client.next_json_within(Duration::from_millis(200)) => match frame {
                     Some(m) if m["type"] == "message" => {
-                        let id = m["id"].as_str().unwrap().to_owned();
-                        last_id = Some(id.clone());
-                        received.insert(id);
+                        let id: MessageId = m["id"].as_str().unwrap().parse().unwrap();
+                        if is_new(last_id, id) {
+                            last_id = Some(id);
+                            received.insert(id.to_string());
+                        }
                     }
+                    Some(r) if r["type"] == "resumed" => assert_eq!(r["recovered"], true, "{user}: {r}"),
                     Some(d) if d["type"] == "disconnect" => {
                         assert_eq!(d["reason"], "rebalance");
                         let wait = d["retry_after_ms"].as_u64().unwrap();
@@ -83,21 +89,11 @@ async fn user_session(
     (received, reconnects, welcomed_by)
 }
 
-/// Nodes A and B serving epoch 1, in which `owner_of(p)` is 0 for A, 1 for B.
-async fn two_nodes(partitions: u32, owner_of: impl Fn(u32) -> usize) -> (World, NodeHandle, NodeHandle) {
-    let mut world = World::new(partitions).await;
-    let a = world.node("socket-a", &[]).await;
-    let b = world.node("socket-b", &[]).await;
-    world.publish(1, &[&a, &b], owner_of).await;
-    wait_serving(&a, 1).await;
-    wait_serving(&b, 1).await;
-    (world, a, b)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_partitions_loses_no_message() {
     const P: u32 = 8;
-    let (mut world, a, b) = two_nodes(P, |_| 0).await;
+    let mut world = World::new(P).await;
+    let (a, b) = world.two_nodes(|_| 0).await;
 
     let routes = Arc::new(Mutex::new(Routes {
         epoch: 1,
@@ -183,7 +179,8 @@ async fn reconnect_time_is_measured_for_moved_users_only() {
     const P: u32 = 8;
     // Epoch 1: B owns p % 4 == 3 from the start; epoch 2 moves p % 4 == 1
     // from A to B.
-    let (mut world, a, b) = two_nodes(P, |p| usize::from(p % 4 == 3)).await;
+    let mut world = World::new(P).await;
+    let (a, b) = world.two_nodes(|p| usize::from(p % 4 == 3)).await;
     let partition = |u: &str| rtc_core::partition_for_key(u.as_bytes(), P);
     let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
     let (moving, rest): (Vec<&String>, Vec<&String>) = users.iter().partition(|u| partition(u) % 4 == 1);

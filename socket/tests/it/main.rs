@@ -4,6 +4,7 @@
 mod admission;
 mod delivery;
 mod drain;
+mod faults;
 mod frames;
 mod handoff;
 mod heartbeats;

@@ -3,39 +3,15 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 
 use crate::support::*;
 
-fn brokers() -> String {
-    std::env::var("RTC_TEST_KAFKA_BROKERS")
-        .expect("RTC_TEST_KAFKA_BROKERS is not set: run the tests through scripts/test, which starts tansu")
-}
-
-async fn create_topic(brokers: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin.create_topics([&topic], &AdminOptions::new()).await.unwrap();
-    for r in results {
-        r.unwrap();
-    }
-}
-
-async fn world(partitions: u32) -> World {
-    let mut world = World::with_brokers(partitions, brokers(), None).await;
-    world.topic = format!("rtc.messages.{}", world.prefix.trim_end_matches(':'));
-    create_topic(&world.brokers, &world.topic, partitions as i32).await;
-    world
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_with_another_partition_count_is_refused() {
-    let world = world(6).await;
+    let world = World::tansu(6).await;
     use clap::Parser;
     let mut args = world.args("socket-a", &[]);
     args.extend(["--partitions".to_owned(), "12".to_owned()]);
@@ -48,7 +24,7 @@ async fn a_topic_with_another_partition_count_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_send_and_handoff_commits_on_a_real_broker() {
     const P: u32 = 12;
-    let mut world = world(P).await;
+    let mut world = World::tansu(P).await;
     let a = world.node("socket-a", &[]).await;
     let b = world.node("socket-b", &[]).await;
     world.publish(1, &[&a, &b], |_| 0).await;
@@ -89,9 +65,13 @@ async fn delivery_send_and_handoff_commits_on_a_real_broker() {
     assert_eq!(group_offset, rdkafka::Offset::Offset(o1 + 1), "A committed past what it delivered");
 
     let (_, o2) = world.produce(&producer, "bob", "after").await;
-    let mut bob = Client::join(&b, &world.token("bob", &b, 2)).await;
-    bob.send_json(json!({"type":"resume","last_id": format!("{bob_p}:{o1}")})).await;
-    let m = bob.next_json().await.unwrap();
+    let (mut bob, replayed, resumed) = Client::resume(&b, &world.token("bob", &b, 2), &format!("{bob_p}:{o1}")).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    // Replayed from the log if B had consumed it already, else live.
+    let m = match replayed.into_iter().next() {
+        Some(m) => m,
+        None => bob.next_json().await.unwrap(),
+    };
     assert_eq!((m["id"].as_str().unwrap(), m["body"].as_str().unwrap()), (format!("{bob_p}:{o2}").as_str(), "after"));
     a.shutdown().await;
     b.shutdown().await;

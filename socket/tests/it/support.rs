@@ -1,10 +1,13 @@
 //! Test app builder: real Redis (from `scripts/test`), an embedded Kafka per
 //! test, socket nodes in-process on port 0, and a WebSocket client.
 
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::AsyncCommands;
@@ -12,6 +15,7 @@ use rtc_core::{Assignment, AssignmentNode, ConnectClaims, Document, NodeState, T
 use rtc_socket::kafka::EmbeddedKafka;
 use rtc_socket::node::NodeHandle;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -53,7 +57,22 @@ impl World {
         Self { prefix: unique_prefix(), topic: TOPIC.to_owned(), partitions, brokers, kafka, redis }
     }
 
-    /// Node settings for this world; `extra` flags override.
+    /// A world on the real broker `scripts/test` starts (tansu), with a
+    /// topic of its own.
+    pub async fn tansu(partitions: u32) -> Self {
+        let brokers = std::env::var("RTC_TEST_KAFKA_BROKERS")
+            .expect("RTC_TEST_KAFKA_BROKERS is not set: run the tests through scripts/test, which starts tansu");
+        let mut world = World::with_brokers(partitions, brokers, None).await;
+        world.topic = format!("rtc.messages.{}", world.prefix.trim_end_matches(':'));
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &world.brokers).create().unwrap();
+        let topic = NewTopic::new(&world.topic, partitions as i32, TopicReplication::Fixed(1));
+        for r in admin.create_topics([&topic], &AdminOptions::new()).await.unwrap() {
+            r.unwrap();
+        }
+        world
+    }
+
     /// Stops the embedded Kafka: its broker becomes unreachable.
     pub fn stop_kafka(&mut self) {
         self.kafka = None;
@@ -108,6 +127,17 @@ impl World {
         self.publish(1, &[&node], |_| 0).await;
         wait_serving(&node, 1).await;
         node
+    }
+
+    /// Nodes A and B serving epoch 1, in which `owner_of(p)` is 0 for A and
+    /// 1 for B.
+    pub async fn two_nodes(&mut self, owner_of: impl Fn(u32) -> usize) -> (NodeHandle, NodeHandle) {
+        let a = self.node("socket-a", &[]).await;
+        let b = self.node("socket-b", &[]).await;
+        self.publish(1, &[&a, &b], owner_of).await;
+        wait_serving(&a, 1).await;
+        wait_serving(&b, 1).await;
+        (a, b)
     }
 
     /// Publishes an assignment over running nodes as the leader would.
@@ -223,7 +253,10 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(node: &NodeHandle, token: &str) -> Result<Client, (u16, Value)> {
-        let url = format!("ws://{}/ws?token={token}", node.ws_addr);
+        Client::connect_url(&format!("ws://{}/ws?token={token}", node.ws_addr)).await
+    }
+
+    pub async fn connect_url(url: &str) -> Result<Client, (u16, Value)> {
         match tokio_tungstenite::connect_async(url).await {
             Ok((ws, _)) => Ok(Client { ws }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -242,6 +275,24 @@ impl Client {
         let welcome = client.next_json().await.expect("welcome");
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         client
+    }
+
+    /// Connects with `last_id` and reads the welcome, the replayed messages
+    /// and the `resumed` frame.
+    pub async fn resume(node: &NodeHandle, token: &str, last_id: &str) -> (Client, Vec<Value>, Value) {
+        let url = format!("ws://{}/ws?token={token}&last_id={last_id}", node.ws_addr);
+        let mut client = Client::connect_url(&url).await.expect("admitted");
+        let welcome = client.next_json().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let mut replayed = Vec::new();
+        loop {
+            let frame = client.next_json_within(Duration::from_secs(10)).await.expect("replay, then resumed");
+            match frame["type"].as_str() {
+                Some("message") => replayed.push(frame),
+                Some("resumed") => return (client, replayed, frame),
+                _ => panic!("unexpected frame during the replay: {frame}"),
+            }
+        }
     }
 
     pub async fn send_json(&mut self, v: Value) {
@@ -268,4 +319,47 @@ impl Client {
             }
         }
     }
+}
+
+/// The `socket` binary as a child process, once its log says it is ready,
+/// with its WebSocket URL.
+pub async fn spawn_binary(world: &World, node_id: &str, extra: &[&str]) -> (tokio::process::Child, String) {
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut args = world.args(node_id, extra);
+    args.extend([
+        "--listen".into(),
+        format!("127.0.0.1:{ws_port}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin_port}"),
+    ]);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_socket"))
+        .args(&args[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Its structured log says when it is ready.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+            if v["fields"]["message"] == "socket node ready" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true));
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("ws://127.0.0.1:{ws_port}/ws"))
+}
+
+/// Sends `SIG<name>` (TERM, KILL, STOP, CONT) to a child process.
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("the child is running").to_string();
+    assert!(std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
 }

@@ -1,0 +1,371 @@
+//! The WebSocket protocol between a client and a socket node: JSON text
+//! frames with a `type`, the close codes and reasons, and message ids.
+//!
+//! This is the one definition: the socket node, the Rust client, the load
+//! generator and the benchmarks all use it, and `protocol-vectors.json`
+//! beside this crate's manifest holds frames with their meaning for clients
+//! in other languages (see `docs/ARCHITECTURE.md`, "Protocol").
+//!
+//! The delivery guarantee the frames carry: a user's messages arrive in
+//! strictly increasing [`MessageId`] order, each at least once per session,
+//! so a client dedupes with one comparison against the last id it processed.
+//! A client reconnects with `last_id` (the last id it processed) or, before
+//! its first message, `from_id` (the `live_from` of its first welcome).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A message's position in the log: `partition:offset`, the same on every
+/// node. Ids of one user's partition grow with the offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    pub partition: u32,
+    pub offset: i64,
+}
+
+impl MessageId {
+    pub const fn new(partition: u32, offset: i64) -> Self {
+        Self { partition, offset }
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.partition, self.offset)
+    }
+}
+
+/// An id that is not `partition:offset` with both parts non-negative
+/// decimal integers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message id {0:?} is not partition:offset")]
+pub struct BadMessageId(pub String);
+
+impl FromStr for MessageId {
+    type Err = BadMessageId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadMessageId(s.chars().take(64).collect());
+        let (p, o) = s.split_once(':').ok_or_else(bad)?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(p) || !digits(o) {
+            return Err(bad());
+        }
+        Ok(Self { partition: p.parse().map_err(|_| bad())?, offset: o.parse().map_err(|_| bad())? })
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<'de, str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+crate::label_values! {
+    /// Why the server closes a session. Every reason asks the client to
+    /// reconnect (through the load balancer), with its last id. Also the
+    /// `reason` label of `rtc_socket_disconnects_total`.
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum CloseReason {
+        /// Its partition moved to another node.
+        Rebalance => "rebalance",
+        /// This node is draining before it stops.
+        Drain => "drain",
+        /// This node is stopping now.
+        Shutdown => "shutdown",
+        /// The client did not read its messages in time.
+        Slow => "slow",
+        /// The client sent nothing, not even a pong, for too long.
+        Idle => "idle",
+    }
+}
+
+/// First close code that tells a client not to reconnect.
+pub const TERMINAL_CLOSE_CODE: u16 = 4500;
+
+impl CloseReason {
+    /// WebSocket close code: 4000–4499 ask the client to reconnect, 4500+
+    /// ([`TERMINAL_CLOSE_CODE`]) tell it not to.
+    pub const fn close_code(self) -> u16 {
+        match self {
+            Self::Rebalance => 4001,
+            Self::Drain => 4002,
+            Self::Shutdown => 4003,
+            Self::Slow => 4004,
+            Self::Idle => 4005,
+        }
+    }
+}
+
+/// Whether a client should reconnect after the server closed with `code`.
+/// 1000–1015 (normal closes, going away, abnormal) and 4000–4499 yes; 4500+
+/// and the other application codes no.
+pub const fn reconnects_after(code: u16) -> bool {
+    code < 3000 || (code >= 4000 && code < TERMINAL_CLOSE_CODE)
+}
+
+crate::label_values! {
+    /// Why a resume could not recover the gap: the client reloads its state
+    /// from the application. Also the `reason` label of
+    /// `rtc_socket_resume_unrecovered_total`.
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ResumeFailure {
+        /// The id is below the log start: retention removed what followed it.
+        Expired => "expired",
+        /// More records than the node's bound would have to be scanned.
+        TooFarBehind => "too_far_behind",
+        /// The id is not in this user's partition (the partition count changed).
+        WrongPartition => "wrong_partition",
+        /// The id is not `partition:offset`.
+        BadId => "bad_id",
+        /// The log could not be read in time (Kafka down or too slow).
+        Unavailable => "unavailable",
+    }
+}
+
+/// A frame the server sends. Strings borrow from the text they are parsed
+/// from where they can.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// The session is open. With `last_id` or `from_id` in the connect URL,
+    /// the replayed messages and a `resumed` frame follow before live
+    /// messages.
+    Welcome {
+        #[serde(borrow)]
+        node_id: Cow<'a, str>,
+        #[serde(borrow)]
+        user: Cow<'a, str>,
+        partition: u32,
+        epoch: u64,
+        /// The first id this session delivers live. A client that has no
+        /// last id yet reconnects with `from_id` set to this, so nothing
+        /// sent while it is away is missed.
+        live_from: MessageId,
+    },
+    /// One message for the user.
+    Message {
+        id: MessageId,
+        #[serde(borrow, default)]
+        from: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        body: Cow<'a, str>,
+        ts_ms: i64,
+    },
+    /// The replay is complete; live messages follow.
+    Resumed {
+        /// The `last_id` the client resumed after, as it sent it.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        last_id: Option<Cow<'a, str>>,
+        /// The `from_id` the client resumed from, as it sent it.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        from_id: Option<Cow<'a, str>>,
+        /// Every message after `last_id` was delivered before this frame.
+        recovered: bool,
+        /// Messages delivered by the replay.
+        replayed: u64,
+        /// Why not, when `recovered` is false.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<ResumeFailure>,
+    },
+    /// A `send` reached the log as message `id`.
+    Ack {
+        #[serde(borrow, default)]
+        client_msg_id: Option<Cow<'a, str>>,
+        id: MessageId,
+    },
+    /// The server closes the session; reconnect after `retry_after_ms`.
+    Disconnect { reason: CloseReason, reconnect: bool, retry_after_ms: u64 },
+    /// A client frame was refused, or a `send` failed.
+    Error {
+        #[serde(borrow)]
+        code: Cow<'a, str>,
+        #[serde(borrow)]
+        message: Cow<'a, str>,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Every field is a string, number, bool or enum: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The frame's `type`.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Message { .. } => "message",
+            Self::Resumed { .. } => "resumed",
+            Self::Ack { .. } => "ack",
+            Self::Disconnect { .. } => "disconnect",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// Parses a server frame; unknown fields are ignored.
+    pub fn parse(text: &str) -> Result<ServerFrame<'_>, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// Renders a `message` frame without building a [`ServerFrame`] (the socket
+/// node renders each record once for every session that gets it).
+pub fn render_message(id: MessageId, from: Option<&str>, body: &str, ts_ms: i64) -> String {
+    ServerFrame::Message { id, from: from.map(Cow::Borrowed), body: Cow::Borrowed(body), ts_ms }.to_json()
+}
+
+/// A frame a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send `body` to user `to`; acknowledged by `ack` with the same
+    /// `client_msg_id`.
+    Send {
+        to: String,
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// Replay what followed `last_id`. Accepted only as the first frame of a
+    /// session opened without `last_id` in its URL (the URL is preferred).
+    Resume {
+        #[serde(default)]
+        last_id: Option<String>,
+    },
+}
+
+impl ClientFrame {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+crate::label_values! {
+    /// Why a socket node refuses a connection before the upgrade: the
+    /// `error` of its JSON answer (`{"error","message","epoch"}`). Every one
+    /// but `bad_token` is answered by asking the load balancer again.
+    pub enum ConnectRefusal {
+        Starting => "starting",
+        Draining => "draining",
+        BadToken => "bad_token",
+        WrongNode => "wrong_node",
+        NotOwner => "not_owner",
+        AtCapacity => "at_capacity",
+        NotWebsocket => "not_websocket",
+    }
+}
+
+crate::label_values! {
+    /// Why a client frame was refused: the `code` of the error frame and the
+    /// `reason` label of `rtc_socket_invalid_frames_total`.
+    pub enum InvalidFrame {
+        BadFrame => "bad_frame",
+        TooLarge => "too_large",
+        UnknownType => "unknown_type",
+        RateLimited => "rate_limited",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct FrameError {
+    pub code: InvalidFrame,
+    pub message: String,
+}
+
+/// Parses one client text frame of at most `max_bytes`. Unknown fields are
+/// ignored; an unknown `type` is its own error so newer clients can tell.
+pub fn parse_client_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, FrameError> {
+    if text.len() > max_bytes {
+        return Err(FrameError { code: InvalidFrame::TooLarge, message: format!("frame over {max_bytes} bytes") });
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| FrameError { code: InvalidFrame::BadFrame, message: format!("not JSON: {e}") })?;
+    match value.get("type").and_then(|t| t.as_str()) {
+        Some("send" | "resume") => {}
+        Some(other) => {
+            let other: String = other.chars().take(32).collect();
+            return Err(FrameError {
+                code: InvalidFrame::UnknownType,
+                message: format!("unknown frame type {other:?}"),
+            });
+        }
+        None => return Err(FrameError { code: InvalidFrame::BadFrame, message: "no string field `type`".into() }),
+    }
+    serde_json::from_value(value).map_err(|e| FrameError { code: InvalidFrame::BadFrame, message: e.to_string() })
+}
+
+/// What a client does with a message id it receives, given the last id it
+/// processed: the whole client-side dedupe.
+pub fn is_new(last: Option<MessageId>, id: MessageId) -> bool {
+    match last {
+        Some(last) if last.partition == id.partition => id.offset > last.offset,
+        // Another partition: the user was repartitioned; the server already
+        // said so with `resumed{wrong_partition}`.
+        _ => true,
+    }
+}
+
+/// Where a client resumes from: the last id it processed, else the
+/// `live_from` of its first welcome (nothing delivered yet), else nowhere
+/// (a first connect). The query parameter to connect with and its value.
+pub fn resume_point(last: Option<MessageId>, live_from: Option<MessageId>) -> Option<(&'static str, MessageId)> {
+    match (last, live_from) {
+        (Some(last), _) => Some(("last_id", last)),
+        (None, Some(from)) => Some(("from_id", from)),
+        (None, None) => None,
+    }
+}
+
+/// The test vectors file, for tests in this workspace.
+pub const VECTORS_JSON: &str = include_str!("../protocol-vectors.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_round_trip_and_refuse_anything_else() {
+        let id: MessageId = "17:4711".parse().unwrap();
+        assert_eq!(id, MessageId::new(17, 4711));
+        assert_eq!(id.to_string(), "17:4711");
+        for bad in ["", "17", "a:1", "1:b", "-1:3", "1:-3", "1:+3", " 1:3", "1:3:4", "99999999999:1"] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
+        }
+        assert!(MessageId::new(3, 9) < MessageId::new(3, 10));
+    }
+
+    #[test]
+    fn close_codes_split_into_reconnect_and_terminal() {
+        for reason in CloseReason::LABELS {
+            let r: CloseReason = serde_json::from_value(serde_json::json!(reason)).unwrap();
+            assert!(reconnects_after(r.close_code()), "{reason}");
+        }
+        assert!(reconnects_after(1006));
+        assert!(!reconnects_after(4500));
+        assert!(!reconnects_after(4999));
+        assert!(!reconnects_after(3000));
+    }
+
+    #[test]
+    fn client_dedupe_is_one_comparison() {
+        let last = Some(MessageId::new(3, 10));
+        assert!(!is_new(last, MessageId::new(3, 10)));
+        assert!(!is_new(last, MessageId::new(3, 9)));
+        assert!(is_new(last, MessageId::new(3, 11)));
+        assert!(is_new(None, MessageId::new(3, 0)));
+    }
+}

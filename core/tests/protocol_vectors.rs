@@ -1,0 +1,128 @@
+//! The protocol test vectors (`protocol-vectors.json`) hold for the Rust
+//! definitions: the same file is what other clients are checked against.
+
+use rtc_core::protocol::{
+    ClientFrame, MessageId, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after, resume_point,
+};
+use serde_json::{Value, json};
+
+fn vectors() -> Value {
+    serde_json::from_str(VECTORS_JSON).expect("the vectors file is JSON")
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
+    v[key].as_array().unwrap_or_else(|| panic!("vectors have a list {key:?}"))
+}
+
+/// The meaning of a parsed server frame in the vectors' terms.
+fn meaning(frame: &ServerFrame<'_>) -> Value {
+    let mut v = serde_json::to_value(frame).unwrap();
+    match frame {
+        ServerFrame::Message { id, from, .. } => {
+            v["partition"] = json!(id.partition);
+            v["offset"] = json!(id.offset);
+            v["from"] = json!(from);
+        }
+        ServerFrame::Resumed { reason, .. } => v["reason"] = json!(reason),
+        _ => {}
+    }
+    v
+}
+
+#[test]
+fn server_frames_parse_to_their_meaning_and_render_back() {
+    let v = vectors();
+    for case in list(&v, "server_frames") {
+        let text = case["text"].as_str().unwrap();
+        let frame = ServerFrame::parse(text).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        assert_eq!(meaning(&frame), case["meaning"], "{}", case["name"]);
+        assert_eq!(frame.kind(), case["meaning"]["type"], "{}", case["name"]);
+        let rendered = frame.to_json();
+        let again = ServerFrame::parse(&rendered).unwrap();
+        assert_eq!(again, frame, "{} round-trips", case["name"]);
+    }
+}
+
+#[test]
+fn client_frames_round_trip_and_invalid_ones_are_refused_by_code() {
+    let v = vectors();
+    for case in list(&v, "client_frames") {
+        let text = case["frame"].to_string();
+        let frame = parse_client_frame(&text, 64 * 1024).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        let rendered: Value = serde_json::from_str(&frame.to_json()).unwrap();
+        assert_eq!(rendered, case["frame"], "{}", case["name"]);
+    }
+    for case in list(&v, "invalid_client_frames") {
+        let text = case["text"].as_str().unwrap();
+        let err = parse_client_frame(text, 64 * 1024).expect_err(text);
+        assert_eq!(err.code.as_str(), case["error"], "{text}");
+    }
+    assert!(matches!(
+        parse_client_frame(r#"{"type":"resume","last_id":null,"extra":1}"#, 1024),
+        Ok(ClientFrame::Resume { last_id: None })
+    ));
+}
+
+#[test]
+fn message_ids_close_codes_and_dedupe() {
+    let v = vectors();
+    for case in list(&v, "message_ids") {
+        let id = case["id"].as_str().unwrap();
+        let parsed = id.parse::<MessageId>();
+        if case["valid"] == json!(false) {
+            assert!(parsed.is_err(), "{id:?} is refused");
+        } else {
+            let parsed = parsed.unwrap();
+            assert_eq!(json!(parsed.partition), case["partition"], "{id}");
+            assert_eq!(json!(parsed.offset), case["offset"], "{id}");
+            assert_eq!(parsed.to_string(), id);
+        }
+    }
+    for case in list(&v, "close_codes") {
+        let code = case["code"].as_u64().unwrap() as u16;
+        assert_eq!(json!(reconnects_after(code)), case["reconnect"], "{code}");
+        if let Some(reason) = case.get("reason") {
+            let reason: rtc_core::protocol::CloseReason = serde_json::from_value(reason.clone()).unwrap();
+            assert_eq!(reason.close_code(), code);
+        }
+    }
+    let id = |v: &Value| v.as_str().map(|s| s.parse::<MessageId>().unwrap());
+    for case in list(&v, "dedupe") {
+        assert_eq!(json!(is_new(id(&case["last_id"]), id(&case["id"]).unwrap())), case["deliver"], "{case}");
+    }
+}
+
+#[test]
+fn session_scripts_deliver_what_they_say_with_one_comparison() {
+    let v = vectors();
+    for case in list(&v, "sessions") {
+        let mut last = id_of(&case["last_id"]);
+        let query = |last, from| resume_point(last, from).map(|(k, id)| format!("{k}={id}")).unwrap_or_default();
+        assert_eq!(json!(query(last, None)), case["connect_query"], "{}", case["name"]);
+        let mut live_from = None;
+        let (mut delivered, mut events) = (Vec::new(), Vec::new());
+        for text in case["frames"].as_array().unwrap() {
+            match ServerFrame::parse(text.as_str().unwrap()).unwrap() {
+                ServerFrame::Welcome { live_from: from, .. } => live_from = live_from.or(Some(from)),
+                ServerFrame::Message { id, .. } if is_new(last, id) => {
+                    delivered.push(json!(id.to_string()));
+                    last = Some(id);
+                }
+                ServerFrame::Resumed { recovered, reason, .. } => {
+                    events.push(json!({"recovered": recovered, "reason": reason}))
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(json!(delivered), case["delivered"], "{}", case["name"]);
+        assert_eq!(json!(events), case["events"], "{}", case["name"]);
+        assert_eq!(json!(last.map(|l| l.to_string())), case["last_id_after"], "{}", case["name"]);
+        if let Some(next) = case.get("next_connect_query") {
+            assert_eq!(json!(query(last, live_from)), *next, "{}", case["name"]);
+        }
+    }
+}
+
+fn id_of(v: &Value) -> Option<MessageId> {
+    v.as_str().map(|s| s.parse().unwrap())
+}

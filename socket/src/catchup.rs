@@ -1,0 +1,327 @@
+//! Replay from the log: the messages of one user in `[from, to)` of its
+//! partition, read from Kafka by a consumer of their own.
+//!
+//! Resumers of one partition share reads. Requests that arrive within the
+//! gather window start one *pass* from the lowest offset any of them needs;
+//! a request that arrives while a pass is running joins it if the pass has
+//! not gone past its start yet, and otherwise waits for the next pass. When
+//! a rebalance moves thousands of users, each partition is scanned about
+//! once.
+//!
+//! Before a pass the partition's log start is read: a request below it is
+//! `expired`. A request longer than the scan bound is `too_far_behind`
+//! without any read; a pass that makes no progress within the timeout
+//! answers `unavailable`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use rtc_core::protocol::ResumeFailure;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Delivery;
+use crate::kafka::{KafkaSetupError, delivery_of};
+use crate::metrics::Metrics;
+
+/// What a replay sends back: the user's records in offset order, then the
+/// outcome.
+#[derive(Debug)]
+pub enum Replayed {
+    Record(Arc<Delivery>),
+    Done(Result<(), ResumeFailure>),
+}
+
+/// One user's gap.
+#[derive(Debug)]
+pub struct Request {
+    pub partition: u32,
+    pub user: String,
+    /// First offset wanted (the client's last id + 1).
+    pub from: i64,
+    /// First offset not wanted: the session's live start.
+    pub to: i64,
+    pub reply: mpsc::UnboundedSender<Replayed>,
+}
+
+impl Request {
+    fn finish(&self, outcome: Result<(), ResumeFailure>) {
+        let _ = self.reply.send(Replayed::Done(outcome));
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUpLimits {
+    /// Most records one request may need scanned (`too_far_behind` beyond).
+    pub max_records: u64,
+    /// How long the first request of a pass waits for others to join.
+    pub gather: Duration,
+    /// A pass that reads nothing for this long gives up (`unavailable`).
+    pub stall_timeout: Duration,
+}
+
+/// Submits requests to the catch-up task.
+#[derive(Clone)]
+pub struct CatchUp {
+    requests: mpsc::UnboundedSender<Request>,
+    limits: CatchUpLimits,
+}
+
+impl CatchUp {
+    /// Queues `request`; its answer comes on its reply channel.
+    pub fn submit(&self, request: Request) {
+        if request.from >= request.to {
+            request.finish(Ok(()));
+        } else if (request.to - request.from) as u64 > self.limits.max_records {
+            request.finish(Err(ResumeFailure::TooFarBehind));
+        } else if let Err(mpsc::error::SendError(request)) = self.requests.send(request) {
+            request.finish(Err(ResumeFailure::Unavailable));
+        }
+    }
+}
+
+/// The consumer the catch-up task reads with: no group membership and no
+/// commits, only explicit assignments.
+pub fn create_consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaSetupError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{group}-catchup"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?)
+}
+
+struct Pass {
+    /// Next offset the pass reads.
+    position: i64,
+    /// Running requests: each started at or after the pass's first offset.
+    active: Vec<Request>,
+    /// Requests for the next pass.
+    waiting: Vec<Request>,
+    /// When the pass last made progress (or when it was planned).
+    since: Instant,
+    state: PassState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassState {
+    /// Gathering requests until this instant.
+    Gathering(Instant),
+    /// Reading the log start before assigning.
+    Checking,
+    Reading,
+}
+
+/// The log start of a partition, read off the task's loop.
+struct LogStart {
+    partition: u32,
+    low: Result<i64, ()>,
+}
+
+pub struct CatchUpTask {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    metrics: Arc<Metrics>,
+    limits: CatchUpLimits,
+    requests: mpsc::UnboundedReceiver<Request>,
+    passes: HashMap<u32, Pass>,
+    log_starts: (mpsc::UnboundedSender<LogStart>, mpsc::UnboundedReceiver<LogStart>),
+}
+
+impl CatchUpTask {
+    pub fn new(
+        consumer: StreamConsumer,
+        topic: String,
+        metrics: Arc<Metrics>,
+        limits: CatchUpLimits,
+    ) -> (CatchUp, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Self {
+            consumer: Arc::new(consumer),
+            topic,
+            metrics,
+            limits,
+            requests: rx,
+            passes: HashMap::new(),
+            log_starts: mpsc::unbounded_channel(),
+        };
+        (CatchUp { requests: tx, limits }, task)
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let consumer = self.consumer.clone();
+        loop {
+            let reading = self.passes.values().any(|p| p.state == PassState::Reading);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                request = self.requests.recv() => match request {
+                    Some(r) => self.add(r),
+                    None => break,
+                },
+                Some(start) = self.log_starts.1.recv() => self.checked(start),
+                message = consumer.recv(), if reading => match message {
+                    Ok(m) => self.record(&m),
+                    Err(e) => tracing::warn!(error = %e, "catch-up read error"),
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        for pass in self.passes.values() {
+            for r in pass.active.iter().chain(&pass.waiting) {
+                r.finish(Err(ResumeFailure::Unavailable));
+            }
+        }
+    }
+
+    fn add(&mut self, request: Request) {
+        let now = Instant::now();
+        let gather = self.limits.gather;
+        let pass = self.passes.entry(request.partition).or_insert_with(|| Pass {
+            position: request.from,
+            active: Vec::new(),
+            waiting: Vec::new(),
+            since: now,
+            state: PassState::Gathering(now + gather),
+        });
+        if pass.state == PassState::Reading && request.from >= pass.position {
+            pass.active.push(request);
+        } else {
+            pass.waiting.push(request);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut stalled = Vec::new();
+        for (p, pass) in &self.passes {
+            match pass.state {
+                PassState::Gathering(at) if at <= now => due.push(*p),
+                PassState::Reading if now.duration_since(pass.since) >= self.limits.stall_timeout => stalled.push(*p),
+                _ => {}
+            }
+        }
+        for p in due {
+            self.check_log_start(p);
+        }
+        for p in stalled {
+            tracing::warn!(partition = p, "catch-up read made no progress; giving up on its requests");
+            if let Some(pass) = self.passes.get_mut(&p) {
+                for r in pass.active.drain(..) {
+                    r.finish(Err(ResumeFailure::Unavailable));
+                }
+            }
+            self.next_pass(p);
+        }
+    }
+
+    /// Reads the log start of `partition` on a blocking thread; the answer
+    /// comes back as a [`LogStart`].
+    fn check_log_start(&mut self, partition: u32) {
+        let Some(pass) = self.passes.get_mut(&partition) else { return };
+        pass.state = PassState::Checking;
+        let (consumer, topic, answer) = (self.consumer.clone(), self.topic.clone(), self.log_starts.0.clone());
+        tokio::task::spawn_blocking(move || {
+            let low = consumer
+                .fetch_watermarks(&topic, partition as i32, Duration::from_secs(5))
+                .map(|(low, _)| low)
+                .map_err(|e| tracing::warn!(partition, error = %e, "could not read the log start"));
+            let _ = answer.send(LogStart { partition, low });
+        });
+    }
+
+    /// Starts the pass once the log start is known.
+    fn checked(&mut self, start: LogStart) {
+        let Some(pass) = self.passes.get_mut(&start.partition) else { return };
+        let waiting = std::mem::take(&mut pass.waiting);
+        let (ok, failed): (Vec<_>, Vec<_>) = match start.low {
+            Ok(low) => waiting.into_iter().partition(|r| r.from >= low),
+            Err(()) => (Vec::new(), waiting),
+        };
+        let reason = if start.low.is_ok() { ResumeFailure::Expired } else { ResumeFailure::Unavailable };
+        for r in failed {
+            r.finish(Err(reason));
+        }
+        let Some(from) = ok.iter().map(|r| r.from).min() else {
+            self.passes.remove(&start.partition);
+            return;
+        };
+        pass.active = ok;
+        pass.position = from;
+        pass.since = Instant::now();
+        pass.state = PassState::Reading;
+        self.metrics.catchup_reads.increment(1);
+        let mut tpl = TopicPartitionList::new();
+        let assigned = tpl
+            .add_partition_offset(&self.topic, start.partition as i32, Offset::Offset(from))
+            .and_then(|()| self.consumer.incremental_assign(&tpl));
+        if let Err(e) = assigned {
+            tracing::warn!(partition = start.partition, error = %e, "could not start a catch-up read");
+            for r in pass.active.drain(..) {
+                r.finish(Err(ResumeFailure::Unavailable));
+            }
+            self.next_pass(start.partition);
+        }
+    }
+
+    fn record(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let partition = m.partition() as u32;
+        let Some(pass) = self.passes.get_mut(&partition).filter(|p| p.state == PassState::Reading) else { return };
+        let offset = m.offset();
+        if offset < pass.position {
+            return; // fetched before a re-assignment
+        }
+        pass.position = offset + 1;
+        pass.since = Instant::now();
+        self.metrics.catchup_scanned.increment(1);
+        let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+        let wanted = |r: &&Request| Some(r.user.as_str()) == key && r.from <= offset && offset < r.to;
+        if pass.active.iter().any(|r| wanted(&r))
+            && let Some((_, delivery)) = delivery_of(m)
+        {
+            let delivery = Arc::new(delivery);
+            for r in pass.active.iter().filter(wanted) {
+                let _ = r.reply.send(Replayed::Record(delivery.clone()));
+            }
+        }
+        let position = pass.position;
+        pass.active.retain(|r| {
+            let done = r.to <= position;
+            if done {
+                r.finish(Ok(()));
+            }
+            !done
+        });
+        if pass.active.is_empty() {
+            self.next_pass(partition);
+        }
+    }
+
+    /// The running pass of `partition` is over: stop reading it, and plan
+    /// the next one if requests wait.
+    fn next_pass(&mut self, partition: u32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition as i32);
+        if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+            tracing::warn!(partition, error = %e, "could not stop a catch-up read");
+        }
+        match self.passes.get_mut(&partition) {
+            Some(pass) if !pass.waiting.is_empty() => {
+                pass.state = PassState::Gathering(Instant::now());
+            }
+            _ => {
+                self.passes.remove(&partition);
+            }
+        }
+    }
+}

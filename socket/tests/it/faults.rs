@@ -1,0 +1,215 @@
+//! Faults from outside the node, on a real broker (tansu): a client
+//! black-holed by a TCP proxy, a node SIGKILLed, a user offline across two
+//! hand-offs, connects racing a partition move. In each, resuming from the
+//! last id the client processed recovers every message, in order: the
+//! Kafka log is the history.
+
+use std::time::Duration;
+
+use rtc_core::protocol::MessageId;
+use rtc_socket::node::NodeHandle;
+use rtc_testkit::{FaultProxy, ProxyMode};
+
+use crate::support::*;
+
+const P: u32 = 4;
+
+/// Produces `n` messages to `user` and returns their ids in order.
+async fn produce_n(world: &World, user: &str, n: usize, tag: &str) -> Vec<String> {
+    let producer = world.producer().await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (p, o) = world.produce(&producer, user, &format!("{tag}-{i}")).await;
+        ids.push(format!("{p}:{o}"));
+    }
+    ids
+}
+
+/// Reads `n` messages and returns the id of the last.
+async fn read_n(client: &mut Client, n: usize) -> String {
+    let mut last = String::new();
+    for _ in 0..n {
+        let m = client.next_json().await.expect("a message");
+        assert_eq!(m["type"], "message", "{m}");
+        last = m["id"].as_str().unwrap().to_owned();
+    }
+    last
+}
+
+fn ids_of(frames: &[serde_json::Value]) -> Vec<String> {
+    frames.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Ids strictly increase: what a client deduping by one comparison keeps.
+fn assert_in_order(ids: &[String]) {
+    let parsed: Vec<MessageId> = ids.iter().map(|i| i.parse().unwrap()).collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "not in strictly increasing order: {ids:?}");
+}
+
+async fn move_all(world: &mut World, epoch: u64, nodes: &[&NodeHandle], to: usize) {
+    world.publish(epoch, nodes, |_| to).await;
+}
+
+async fn wait_acked(node: &NodeHandle, epoch: u64) {
+    let shared = node.shared.clone();
+    eventually("the old owner acknowledges", Duration::from_secs(15), async || shared.acked_epoch() >= epoch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_client_gets_everything_after_its_node_hands_off() {
+    let mut world = World::tansu(P).await;
+    let (a, b) = world.two_nodes(|_| 0).await;
+    let proxy = FaultProxy::start(a.ws_addr).await.unwrap();
+    let url = format!("ws://{}/ws?token={}", proxy.addr(), world.token("hana", &a, 1));
+    let mut client = Client::connect_url(&url).await.expect("admitted");
+    assert_eq!(client.next_json().await.unwrap()["type"], "welcome");
+    produce_n(&world, "hana", 3, "seen").await;
+    let last_seen = read_n(&mut client, 3).await;
+
+    // The network drops everything; A goes on writing into the void.
+    proxy.set_mode(ProxyMode::BlackHole);
+    let lost_in_transit = produce_n(&world, "hana", 20, "void").await;
+    eventually("A wrote them all", Duration::from_secs(10), async || {
+        metric(&a, "rtc_socket_messages_delivered_total").await >= 23.0
+    })
+    .await;
+    // A hands the partition to B; its disconnect is lost too.
+    move_all(&mut world, 2, &[&a, &b], 1).await;
+    wait_acked(&a, 2).await;
+    wait_serving(&b, 2).await;
+    let after_move = produce_n(&world, "hana", 5, "later").await;
+
+    // The client notices its connection is dead and resumes on B.
+    proxy.cut();
+    while client.next_json_within(Duration::from_secs(2)).await.is_some() {}
+    let (_client, replayed, resumed) = Client::resume(&b, &world.token("hana", &b, 2), &last_seen).await;
+    let got = ids_of(&replayed);
+    let mut want = lost_in_transit;
+    want.extend(after_move);
+    assert_eq!(got, want, "every message after {last_seen}, in order");
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_a_sigkilled_node_resume_on_the_new_owner_and_lose_nothing() {
+    let mut world = World::tansu(P).await;
+    let (mut child, url) = spawn_binary(&world, "socket-k", &[]).await;
+    let b = world.node("socket-b", &[]).await;
+    let killed = ("socket-k".to_owned(), url.clone());
+    let nodes = vec![killed.clone(), (b.shared.node_id.clone(), b.shared.advertised_url.clone())];
+    world.publish_nodes(1, nodes, |_| 0).await;
+    wait_serving(&b, 1).await;
+
+    let target: std::net::SocketAddr = url.trim_start_matches("ws://").trim_end_matches("/ws").parse().unwrap();
+    let proxy = FaultProxy::start(target).await.unwrap();
+    let token = token_for("ivan", "socket-k", rtc_core::partition_for_key(b"ivan", P), 1);
+    let mut client = loop {
+        // Admitted once the child applied the assignment.
+        if let Ok(c) = Client::connect_url(&format!("ws://{}/ws?token={token}", proxy.addr())).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(client.next_json().await.unwrap()["type"], "welcome");
+    produce_n(&world, "ivan", 3, "seen").await;
+    let last_seen = read_n(&mut client, 3).await;
+    // Consumed and written into a dead connection, then the node dies.
+    proxy.set_mode(ProxyMode::BlackHole);
+    let unseen = produce_n(&world, "ivan", 20, "unseen").await;
+    // Long enough for the node to consume and commit them (100 ms interval).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+
+    // The leader gives everything to B once the node is dead.
+    let nodes = vec![(b.shared.node_id.clone(), b.shared.advertised_url.clone())];
+    world.publish_nodes(2, nodes, |_| 0).await;
+    wait_serving(&b, 2).await;
+    proxy.cut();
+    let (_client, replayed, resumed) = Client::resume(&b, &world.token("ivan", &b, 2), &last_seen).await;
+    assert_eq!(ids_of(&replayed), unseen, "every message after {last_seen}, in order");
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_offline_for_30_s_across_two_hand_offs_recovers_everything() {
+    let mut world = World::tansu(P).await;
+    let (a, b) = world.two_nodes(|_| 0).await;
+    let mut client = Client::join(&a, &world.token("jade", &a, 1)).await;
+    produce_n(&world, "jade", 2, "seen").await;
+    let last_seen = read_n(&mut client, 2).await;
+    drop(client);
+
+    // Offline: messages arrive on A, then A hands off to B after 15 s (past
+    // any hold an older design kept), more arrive on B, and B hands back to
+    // A 15 s later.
+    let mut missed = produce_n(&world, "jade", 5, "on-a").await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    move_all(&mut world, 2, &[&a, &b], 1).await;
+    wait_acked(&a, 2).await;
+    wait_serving(&b, 2).await;
+    missed.extend(produce_n(&world, "jade", 5, "on-b").await);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    move_all(&mut world, 3, &[&a, &b], 0).await;
+    wait_acked(&b, 3).await;
+    wait_serving(&a, 3).await;
+
+    let (_client, replayed, resumed) = Client::resume(&a, &world.token("jade", &a, 3), &last_seen).await;
+    assert_eq!(ids_of(&replayed), missed, "every message after {last_seen}, in order");
+    assert_in_order(&ids_of(&replayed));
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// One round: 200 users of the moving partitions connect to A while the
+/// partitions move to B. Once A acknowledged the move, none of them is
+/// left on A.
+async fn connects_race_a_move(world: &mut World, a: &NodeHandle, b: &NodeHandle, epoch: u64) {
+    let users: Vec<String> = (0..200).map(|i| format!("racer-{epoch}-{i}")).collect();
+    let mut connects = tokio::task::JoinSet::new();
+    for u in &users {
+        let url = format!("ws://{}/ws?token={}", a.ws_addr, world.token(u, a, epoch));
+        connects.spawn(async move {
+            // Hold the session until the server closes it (or 10 s).
+            if let Ok(mut c) = Client::connect_url(&url).await {
+                while c.next_json_within(Duration::from_secs(10)).await.is_some() {}
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(rand_ms(epoch))).await;
+    move_all(world, epoch + 1, &[a, b], 1).await;
+    wait_acked(a, epoch + 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.shared.hub.connections(), 0, "round {epoch}: a session stayed on the old owner");
+    tokio::time::timeout(Duration::from_secs(20), async { while connects.join_next().await.is_some() {} })
+        .await
+        .expect("every client saw its session end");
+    // Back to A for the next round.
+    move_all(world, epoch + 2, &[a, b], 0).await;
+    wait_acked(b, epoch + 2).await;
+    wait_serving(a, epoch + 2).await;
+}
+
+/// A spread of start delays across rounds, without a random source.
+fn rand_ms(round: u64) -> u64 {
+    (round * 37) % 40
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_racing_a_partition_move_leave_no_session_on_the_old_owner() {
+    let mut world = World::new(P).await;
+    let a = world.node("socket-a", &["--handoff-rate", "100000"]).await;
+    let b = world.node("socket-b", &[]).await;
+    move_all(&mut world, 1, &[&a, &b], 0).await;
+    wait_serving(&a, 1).await;
+    wait_serving(&b, 1).await;
+    for round in 0..5 {
+        connects_race_a_move(&mut world, &a, &b, 1 + 2 * round).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
