@@ -3,7 +3,8 @@
 //! Everything two services must agree on lives here and nowhere else: the
 //! JSON documents they exchange through Redis (heartbeat, assignment,
 //! decision), the Redis key names, the Kafka-compatible partitioner and the
-//! connect token. See `ARCHITECTURE.md` for the contracts in prose.
+//! connect token, and the WebSocket protocol. See `docs/ARCHITECTURE.md` for the
+//! contracts in prose.
 
 pub mod assignment;
 pub mod config;

@@ -144,10 +144,24 @@ pub struct Limits {
     /// Recent messages cached per user for resumes.
     #[arg(long, env = "RTC_RESUME_BUFFER", default_value_t = 128)]
     pub resume_buffer: usize,
+    /// Bytes of records this node holds in memory at most, cached for
+    /// resumes and queued for sessions. Past it, caches are dropped and the
+    /// sessions that would exceed it are closed as `slow`; they resume from
+    /// the log.
+    #[arg(long, env = "RTC_MEMORY_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub memory_budget_bytes: usize,
     /// Most records a resume may need read from the log; a larger gap is
     /// answered `resumed{recovered:false, reason:too_far_behind}`.
     #[arg(long, env = "RTC_RESUME_MAX_RECORDS", default_value_t = 100_000)]
     pub resume_max_records: u64,
+    /// `send`s one session may make per second (a burst of as many is
+    /// allowed); more get `error{rate_limited}` and are not produced.
+    #[arg(long, env = "RTC_SEND_RATE", default_value_t = 100)]
+    pub send_rate: u32,
+    /// Bytes of `send` frames one session may make per second (a burst of
+    /// as many, and at least one largest frame, is allowed).
+    #[arg(long, env = "RTC_SEND_BYTES_RATE", default_value_t = 1024 * 1024)]
+    pub send_bytes_rate: u32,
     /// `send`s awaiting the broker's ack per session; reading pauses beyond.
     #[arg(long, env = "RTC_MAX_INFLIGHT_SENDS", default_value_t = 64)]
     pub max_inflight_sends: usize,

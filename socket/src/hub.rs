@@ -15,7 +15,7 @@
 //! session that registered before it and none registers after it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use axum::extract::ws::Utf8Bytes;
 use rtc_core::protocol::CloseReason;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Evicted, Metrics};
 
 const SHARDS: usize = 64;
 
@@ -37,6 +37,65 @@ pub struct Delivery {
     pub ts_ms: i64,
     pub frame: Utf8Bytes,
     pub buffered_at: Instant,
+}
+
+/// The node-wide byte budget for records held in memory: cached for
+/// resumes and queued for sessions. What does not fit is not held: a cache
+/// is cleared, a session is closed as `slow`. The log covers both.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { used: AtomicUsize::new(0), limit })
+    }
+
+    /// Holds one more copy of `delivery` if its bytes fit.
+    pub fn hold(self: &Arc<Self>, delivery: &Arc<Delivery>) -> Option<Held> {
+        let n = delivery.frame.len();
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used.saturating_add(n) > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(used, used + n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Held { delivery: delivery.clone(), budget: self.clone() }),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// A record counted against the [`Budget`] until dropped.
+#[derive(Debug)]
+pub struct Held {
+    delivery: Arc<Delivery>,
+    budget: Arc<Budget>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Delivery;
+
+    fn deref(&self) -> &Delivery {
+        &self.delivery
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.delivery.frame.len(), Ordering::AcqRel);
+    }
 }
 
 /// An order to close a session.
@@ -80,7 +139,7 @@ impl SessionControl {
 
 struct SessionLink {
     id: u64,
-    queue: mpsc::Sender<Arc<Delivery>>,
+    queue: mpsc::Sender<Held>,
     control: Arc<SessionControl>,
 }
 
@@ -88,7 +147,7 @@ struct UserEntry {
     partition: u32,
     sessions: Vec<SessionLink>,
     /// Recent messages, oldest first: a cache in front of the log.
-    cache: VecDeque<Arc<Delivery>>,
+    cache: VecDeque<Held>,
     /// The cache holds every message of this user from this offset on.
     complete_from: i64,
 }
@@ -100,6 +159,12 @@ impl UserEntry {
 
     /// Keeps at most `keep` cached messages, none older than `ttl`; what is
     /// evicted moves the completeness mark past it.
+    /// Empties the cache: it holds nothing from the next offset on.
+    fn clear(&mut self, next: i64) {
+        self.cache.clear();
+        self.complete_from = self.complete_from.max(next);
+    }
+
     fn trim(&mut self, keep: usize, ttl: Duration) {
         while self.cache.len() > keep || self.cache.front().is_some_and(|d| d.buffered_at.elapsed() >= ttl) {
             if let Some(d) = self.cache.pop_front() {
@@ -115,7 +180,7 @@ pub struct Registration {
     /// The consumer's position when the session registered: every record
     /// from here on reaches the session's queue.
     pub live_from: i64,
-    pub queue: mpsc::Receiver<Arc<Delivery>>,
+    pub queue: mpsc::Receiver<Held>,
     pub control: Arc<SessionControl>,
 }
 
@@ -144,6 +209,7 @@ pub struct HubLimits {
 
 pub struct Hub {
     shards: Box<[Mutex<HashMap<String, UserEntry>>]>,
+    budget: Arc<Budget>,
     partitions: Mutex<BTreeMap<u32, PartitionEntry>>,
     /// Bumped whenever a partition starts accepting or consuming (admission
     /// and sessions waiting for their partition watch it).
@@ -161,9 +227,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: HubLimits, budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
+        metrics.memory_budget.set(budget.limit() as f64);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            budget,
             partitions: Mutex::new(BTreeMap::new()),
             changes: watch::Sender::new(0),
             limits,
@@ -177,6 +245,11 @@ impl Hub {
     fn shard(&self, user: &str) -> MutexGuard<'_, HashMap<String, UserEntry>> {
         let i = (rtc_core::murmur2(user.as_bytes()) as u32 as usize) % SHARDS;
         lock(&self.shards[i])
+    }
+
+    /// Bytes of records held in memory now (see [`Budget`]).
+    pub fn held_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     pub fn connections(&self) -> u64 {
@@ -330,13 +403,26 @@ impl Hub {
         }
         if self.limits.resume_buffer > 0 {
             entry.trim(self.limits.resume_buffer - 1, self.limits.resume_ttl);
-            entry.cache.push_back(delivery.clone());
+            match self.budget.hold(&delivery) {
+                Some(held) => entry.cache.push_back(held),
+                None => {
+                    entry.clear(o + 1);
+                    self.metrics.budget_evictions.increment(Evicted::Cache);
+                }
+            }
         } else {
             entry.complete_from = entry.complete_from.max(o + 1);
         }
         let mut queued = 0;
         for session in &entry.sessions {
-            match session.queue.try_send(delivery.clone()) {
+            let Some(held) = self.budget.hold(&delivery) else {
+                // Over the budget: this session resumes from the log.
+                if session.control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 }) {
+                    self.metrics.budget_evictions.increment(Evicted::Queue);
+                }
+                continue;
+            };
+            match session.queue.try_send(held) {
                 Ok(()) => queued += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     session.control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 });
@@ -378,7 +464,7 @@ impl Hub {
         if entry.complete_from > from {
             return None;
         }
-        Some(entry.cache.iter().filter(|d| d.offset >= from && d.offset < to).cloned().collect())
+        Some(entry.cache.iter().filter(|d| d.offset >= from && d.offset < to).map(|h| h.delivery.clone()).collect())
     }
 
     /// Close handles of the open sessions whose users live on `partition`
@@ -405,15 +491,23 @@ impl Hub {
         lock(&self.partitions).get(&partition).map_or(0, |e| e.sessions)
     }
 
-    /// Drops users with no session whose cached messages have expired.
+    /// Drops users with no session whose cached messages have expired. Past
+    /// three quarters of the budget, offline users' caches go first (the
+    /// log has their messages), so online users' caches and queues fit.
     pub fn sweep(&self) {
         let ttl = self.limits.resume_ttl;
+        let tight = self.budget.used() > self.budget.limit() / 4 * 3;
         for shard in self.shards.iter() {
             lock(shard).retain(|_, entry| {
                 entry.trim(usize::MAX, ttl);
+                if tight && entry.sessions.is_empty() && !entry.cache.is_empty() {
+                    self.metrics.budget_evictions.increment(Evicted::Cache);
+                    return false;
+                }
                 !entry.sessions.is_empty() || !entry.cache.is_empty()
             });
         }
+        self.metrics.held_bytes.set(self.budget.used() as f64);
     }
 }
 
@@ -436,6 +530,7 @@ mod tests {
     fn hub(queue: usize) -> Hub {
         Hub::new(
             HubLimits { session_queue: queue, resume_buffer: 4, resume_ttl: Duration::from_secs(60) },
+            Budget::new(usize::MAX),
             Arc::new(Metrics::new()),
         )
     }
@@ -554,6 +649,7 @@ mod tests {
     fn sweep_drops_only_idle_users_without_cached_messages() {
         let hub = Hub::new(
             HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO },
+            Budget::new(usize::MAX),
             Arc::new(Metrics::new()),
         );
         hub.accept(1, 0);
@@ -562,5 +658,45 @@ mod tests {
         hub.sweep();
         assert_eq!(hub.partition_connections(), BTreeMap::from([(1, 1)]));
         assert_eq!(hub.sessions_on(None).len(), 1);
+    }
+
+    #[test]
+    fn the_budget_bounds_cached_and_queued_bytes_and_gives_them_back() {
+        // Frames here are "p:o" (3 or 4 bytes); the budget holds 20 bytes.
+        let budget = Budget::new(20);
+        let hub = Hub::new(
+            HubLimits { session_queue: 100, resume_buffer: 100, resume_ttl: Duration::from_secs(60) },
+            budget.clone(),
+            Arc::new(Metrics::new()),
+        );
+        hub.accept(1, 0);
+        let online = hub.register("online", 1).unwrap();
+        for o in 0..3 {
+            // Cached and queued: two copies of 3 bytes each.
+            assert_eq!(hub.dispatch("online", delivery(1, o)), 1);
+        }
+        assert_eq!(budget.used(), 18);
+        // Offline users' records no longer fit: not cached, never over.
+        for (i, o) in (3..10).enumerate() {
+            hub.dispatch(&format!("offline-{i}"), delivery(1, o));
+            assert!(budget.used() <= 20, "{} bytes held", budget.used());
+        }
+        assert_eq!(budget.used(), 18);
+        // The next record for the online user does not fit its cache: the
+        // cache is dropped (and no longer trusted), the queue takes it.
+        assert_eq!(hub.dispatch("online", delivery(1, 10)), 1);
+        assert_eq!(offsets(hub.cached("online", 1, 0, 11)), None, "its cache was dropped, not trusted");
+        assert_eq!(budget.used(), 13, "three 3-byte and one 4-byte queued");
+        // Cached again, but its queue no longer fits: the session is closed
+        // as slow (it resumes from the log).
+        assert_eq!(hub.dispatch("online", delivery(1, 11)), 0);
+        assert_eq!(online.control.requested().map(|c| c.reason), Some(CloseReason::Slow));
+        assert_eq!(budget.used(), 17);
+        // Reading the queue and dropping the session gives every byte back.
+        let Registration { id, mut queue, .. } = online;
+        while queue.try_recv().is_ok() {}
+        hub.unregister("online", id);
+        hub.forget_partition(1);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -45,6 +45,17 @@ rtc_core::label_values! {
 }
 
 rtc_core::label_values! {
+    /// `what` of `rtc_socket_budget_evictions_total`: what the budget did
+    /// not hold.
+    pub enum Evicted {
+        /// A user's cached messages (a resume reads the log instead).
+        Cache => "cache",
+        /// A message for a session (closed as slow; it resumes from the log).
+        Queue => "queue",
+    }
+}
+
+rtc_core::label_values! {
     /// `reason` of `rtc_socket_invalid_records_total`.
     pub enum InvalidRecord { Key => "key" }
 }
@@ -75,6 +86,12 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_socket_catchup_reads_total", "Catch-up passes: one read of a partition's log shared by its resumers"),
     ("rtc_socket_catchup_scanned_total", "Records read by catch-up passes"),
     ("rtc_socket_resume_unrecovered_total", "Resumes answered recovered:false, by reason"),
+    ("rtc_socket_memory_budget_bytes", "Bytes of records the node may hold in memory (RTC_MEMORY_BUDGET_BYTES)"),
+    ("rtc_socket_held_bytes", "Bytes of records held in memory (cached and queued), as of the last sweep"),
+    (
+        "rtc_socket_budget_evictions_total",
+        "Records the memory budget did not hold, by what: a user's cache dropped, or a session closed as slow",
+    ),
     (
         "rtc_socket_reconnect_seconds",
         "Hand-off reconnect time seen by the server: from this node taking over a partition moved from another node \
@@ -117,6 +134,10 @@ pub struct Metrics {
     pub catchup_scanned: Counter,
     /// `reason`: [`ResumeFailure`].
     pub resume_unrecovered: CounterFamily,
+    pub memory_budget: Gauge,
+    pub held_bytes: Gauge,
+    /// `what`: [`Evicted`].
+    pub budget_evictions: CounterFamily,
     pub delivery_latency: Histogram,
     /// See `rtc_socket_reconnect_seconds` in [`HELP`] and `crate::takeover`.
     pub reconnect: Histogram,
@@ -188,6 +209,9 @@ impl Metrics {
             catchup_reads: counter("rtc_socket_catchup_reads_total"),
             catchup_scanned: counter("rtc_socket_catchup_scanned_total"),
             resume_unrecovered: family("rtc_socket_resume_unrecovered_total", "reason", ResumeFailure::LABELS),
+            memory_budget: gauge("rtc_socket_memory_budget_bytes"),
+            held_bytes: gauge("rtc_socket_held_bytes"),
+            budget_evictions: family("rtc_socket_budget_evictions_total", "what", Evicted::LABELS),
             delivery_latency: registry.histogram("rtc_socket_delivery_latency_seconds", &[]),
             reconnect: registry.histogram("rtc_socket_reconnect_seconds", &[]),
             kafka_lag: gauge("rtc_socket_kafka_lag"),

@@ -179,6 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             resume_buffer: config.limits.resume_buffer,
             resume_ttl: Duration::from_millis(timing.resume_ttl_ms),
         },
+        crate::hub::Budget::new(config.limits.memory_budget_bytes),
         metrics.clone(),
     ));
 

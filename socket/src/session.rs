@@ -10,6 +10,7 @@
 //! from its last id.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use rtc_core::protocol::{
 use tokio::sync::mpsc;
 
 use crate::catchup::{Replayed, Request};
-use crate::hub::{CloseCmd, Delivery, Registration, SessionControl};
+use crate::hub::{CloseCmd, Delivery, Held, Registration, SessionControl};
 use crate::metrics::KafkaFailure;
 use crate::node::NodeShared;
 
@@ -106,6 +107,9 @@ struct Session {
     live_from: i64,
     last_heard: Instant,
     write_timeout: Duration,
+    /// Per-session `send` limits, made on the first `send` (idle sessions
+    /// stay small).
+    send_limits: Option<Box<SendLimits>>,
     /// Welcomed this long after this node took the user's partition over
     /// from another node: the hand-off reconnect time, recorded if the
     /// client resumes (see `crate::takeover`).
@@ -133,6 +137,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, mut user: Admitted, s
         live_from,
         last_heard: Instant::now(),
         write_timeout,
+        send_limits: None,
         reconnect_after: None,
     };
     let welcome = ServerFrame::Welcome {
@@ -177,7 +182,7 @@ impl Session {
     async fn serve(
         &mut self,
         ws: &mut WebSocket,
-        queue: &mut mpsc::Receiver<Arc<Delivery>>,
+        queue: &mut mpsc::Receiver<Held>,
         control: &SessionControl,
         mut phase: Phase,
         mut replay: mpsc::UnboundedReceiver<Replayed>,
@@ -398,6 +403,11 @@ impl Session {
         };
         match frame {
             ClientFrame::Send { to, body, client_msg_id } => {
+                let limits =
+                    self.send_limits.get_or_insert_with(|| Box::new(SendLimits::new(&self.node.config.limits)));
+                if let Err(message) = limits.check(text.len()) {
+                    return self.refuse(ws, InvalidFrame::RateLimited, message).await.map(|()| None);
+                }
                 if let Err(e) = rtc_core::ids::validate_user_id(&to) {
                     return self.refuse(ws, InvalidFrame::BadFrame, format!("recipient: {e}")).await.map(|()| None);
                 }
@@ -451,6 +461,38 @@ impl Session {
         // Bounded: a client that reads nothing cannot hold up a hand-off.
         let _ = tokio::time::timeout(self.write_timeout + CLOSE_HANDSHAKE, close_frames(ws, cmd)).await;
         Ended::Closed(cmd.reason)
+    }
+}
+
+/// A session's `send` rate limits: messages and bytes per second.
+struct SendLimits {
+    messages: governor::DefaultDirectRateLimiter,
+    bytes: governor::DefaultDirectRateLimiter,
+    rates: (u32, u32),
+}
+
+impl SendLimits {
+    fn new(limits: &crate::config::Limits) -> Self {
+        let per_second = |n: u32, burst: u32| {
+            let n = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(burst.max(n.get())).unwrap_or(n);
+            governor::RateLimiter::direct(governor::Quota::per_second(n).allow_burst(burst))
+        };
+        let largest = u32::try_from(limits.max_frame_bytes).unwrap_or(u32::MAX);
+        Self {
+            messages: per_second(limits.send_rate, limits.send_rate),
+            bytes: per_second(limits.send_bytes_rate, limits.send_bytes_rate.max(largest)),
+            rates: (limits.send_rate, limits.send_bytes_rate),
+        }
+    }
+
+    /// Takes one `send` of `bytes`, or says why not.
+    fn check(&self, bytes: usize) -> Result<(), String> {
+        let n = NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX).max(1)).unwrap_or(NonZeroU32::MIN);
+        let within = self.messages.check().is_ok() && matches!(self.bytes.check_n(n), Ok(Ok(())));
+        within
+            .then_some(())
+            .ok_or_else(|| format!("over {} sends or {} bytes per second; not sent", self.rates.0, self.rates.1))
     }
 }
 

@@ -101,3 +101,58 @@ async fn a_client_that_stops_reading_is_closed_as_slow_in_bounded_time() {
     assert_eq!(got, after, "everything after {last_read}, in order");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_over_the_rate_are_refused_and_counted() {
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &["--send-rate", "10"]).await;
+    let mut alice = Client::join(&node, &world.token("alice", &node, 1)).await;
+    for i in 0..40 {
+        alice.send_json(json!({"type":"send","to":"bob","body":"hi","client_msg_id":format!("c-{i}")})).await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    while acks + limited < 40 {
+        let frame = alice.next_json().await.expect("an answer to every send");
+        match (frame["type"].as_str(), frame["code"].as_str()) {
+            (Some("ack"), _) => acks += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    // A burst of 10, and perhaps one or two more refilled meanwhile.
+    assert!((10..=13).contains(&acks), "{acks} acked");
+    assert_eq!(metric(&node, "rtc_socket_invalid_frames_total{reason=\"rate_limited\"}").await, f64::from(limited));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_to_random_users_stay_within_the_memory_budget() {
+    const BUDGET: usize = 1024 * 1024;
+    let mut world = World::new(4).await;
+    let budget = BUDGET.to_string();
+    let flags = ["--memory-budget-bytes", &budget, "--send-rate", "10000", "--send-bytes-rate", "100000000"];
+    let node = world.serving_node("socket-a", &flags).await;
+    // Some recipients are online and read nothing: their queues fill too.
+    let mut idle = Vec::new();
+    for i in 0..5 {
+        idle.push(Client::join(&node, &world.token(&format!("u-{i}"), &node, 1)).await);
+    }
+    let mut alice = Client::join(&node, &world.token("alice", &node, 1)).await;
+    let body = "x".repeat(32 * 1024);
+    let mut peak = 0;
+    for i in 0..150 {
+        let to = format!("u-{}", (i * 7919) % 50);
+        alice.send_json(json!({"type":"send","to":to,"body":body})).await;
+        assert_eq!(alice.next_json().await.unwrap()["type"], "ack");
+        peak = peak.max(node.shared.hub.held_bytes());
+    }
+    eventually("every message consumed", Duration::from_secs(10), async || {
+        metric(&node, "rtc_socket_messages_consumed_total").await >= 150.0
+    })
+    .await;
+    peak = peak.max(node.shared.hub.held_bytes());
+    // 150 × 32 KiB is 4.7 MiB: the node held at most its budget.
+    assert!(peak <= BUDGET, "held {peak} bytes");
+    assert!(metric(&node, "rtc_socket_budget_evictions_total{what=\"cache\"}").await > 0.0);
+    node.shutdown().await;
+}
