@@ -15,7 +15,7 @@ use clap::Parser;
 use rtc_load_balancer::service::LbHandle;
 use rtc_load_balancer::testing::TestLb;
 use rtc_socket::kafka::EmbeddedKafka;
-use rtc_socket::node::NodeHandle;
+use rtc_socket::server::NodeHandle;
 use tokio_util::sync::CancellationToken;
 
 const P: u32 = 12;
@@ -59,7 +59,7 @@ async fn node(prefix: &str, brokers: &str, id: &str) -> NodeHandle {
         "3000",
     ];
     let config = rtc_socket::config::Config::try_parse_from(args).unwrap();
-    rtc_socket::node::start(config).await.expect("node starts")
+    rtc_socket::server::start(config).await.expect("node starts")
 }
 
 async fn lb(prefix: &str, id: &str) -> LbHandle {

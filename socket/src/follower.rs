@@ -11,8 +11,8 @@ use rtc_core::{Assignment, Document};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::handoff::Event;
 use crate::metrics::Metrics;
-use crate::ownership::Event;
 
 pub struct Follower {
     pub client: redis::Client,

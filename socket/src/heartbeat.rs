@@ -11,16 +11,34 @@ use redis::aio::ConnectionManager;
 use rtc_core::{Document, Heartbeat};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{HeartbeatOutcome, WindowFigures};
-use crate::node::NodeShared;
+use crate::hub::Hub;
+use crate::kafka::PartitionConsumer;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{HeartbeatOutcome, Metrics, WindowFigures};
+use crate::ownership::Ownership;
 use crate::sysstat::{Sample, SysStat};
 
 /// Stream length kept (approximately): minutes of history for a large fleet.
 const STREAM_MAXLEN: usize = 100_000;
 
+/// What a heartbeat reports, read through these handles.
+pub struct HeartbeatSource {
+    pub node_id: String,
+    pub url: String,
+    pub capacity: u64,
+    pub interval: Duration,
+    pub lifecycle: Arc<Lifecycle>,
+    pub ownership: Arc<Ownership>,
+    pub hub: Arc<Hub>,
+    pub consumer: Arc<PartitionConsumer>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the loop for an immediate heartbeat.
+    pub now: Arc<tokio::sync::Notify>,
+}
+
 /// The heartbeat for the figures gathered over `elapsed`.
 pub fn build(
-    node: &NodeShared,
+    node: &HeartbeatSource,
     seq: u64,
     sent_at_ms: u64,
     sys: Sample,
@@ -28,17 +46,17 @@ pub fn build(
     elapsed: Duration,
 ) -> Heartbeat {
     let secs = elapsed.as_secs_f64().max(0.001);
-    let view = node.ownership();
+    let view = node.ownership.view();
     Heartbeat {
         v: rtc_core::CONTRACT_VERSION,
         node_id: node.node_id.clone(),
-        url: node.advertised_url.clone(),
-        state: node.state(),
+        url: node.url.clone(),
+        state: node.lifecycle.state(),
         seq,
         sent_at_ms,
-        assignment_epoch: node.acked_epoch(),
+        assignment_epoch: node.ownership.acked_epoch(),
         connections: node.hub.connections(),
-        capacity: node.config.capacity.max(1),
+        capacity: node.capacity.max(1),
         cpu: sys.cpu.clamp(0.0, 1.0),
         memory: sys.memory.clamp(0.0, 1.0),
         mps_in: window.consumed as f64 / secs,
@@ -49,8 +67,8 @@ pub fn build(
     }
 }
 
-pub async fn run(node: Arc<NodeShared>, mut conn: ConnectionManager, key: String, shutdown: CancellationToken) {
-    let interval = node.config.timing.heartbeat_interval();
+pub async fn run(node: Arc<HeartbeatSource>, mut conn: ConnectionManager, key: String, shutdown: CancellationToken) {
+    let interval = node.interval;
     let mut sys = SysStat::detect();
     tracing::info!(source = sys.source(), "cpu and memory figures");
     let mut tick = tokio::time::interval(interval);
@@ -61,7 +79,7 @@ pub async fn run(node: Arc<NodeShared>, mut conn: ConnectionManager, key: String
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            _ = node.heartbeat_now.notified() => {}
+            _ = node.now.notified() => {}
         }
         seq += 1;
         let sample = sys.sample().unwrap_or(Sample { cpu: 0.0, memory: 0.0 });
@@ -84,7 +102,7 @@ pub async fn run(node: Arc<NodeShared>, mut conn: ConnectionManager, key: String
     }
 }
 
-fn failed(node: &NodeShared, error: &str) {
+fn failed(node: &HeartbeatSource, error: &str) {
     node.metrics.redis_up.set(0.0);
     node.metrics.heartbeats.increment(HeartbeatOutcome::Error);
     tracing::warn!(error, "heartbeat not written; serving on, retrying next tick");

@@ -1,15 +1,19 @@
 //! The rtc socket node: WebSocket sessions for the users of the Kafka
-//! partitions it owns.
+//! partitions it owns. The contracts are in `docs/ARCHITECTURE.md`.
 //!
-//! - [`node`]: shared state, start-up and shutdown;
+//! - [`server`]: the one module that wires every other: start-up, the
+//!   running node's handle, shutdown;
 //! - [`ws`] and [`session`]: admission and one WebSocket session (the
 //!   protocol itself is `rtc_core::protocol`);
 //! - [`hub`]: who is connected, which partitions accept sessions, the
-//!   consumer's position, a per-user cache of recent messages;
-//! - [`catchup`]: replay from the Kafka log for resuming sessions, one
-//!   shared read per partition;
-//! - [`kafka`]: the embedded broker, producer and the partition consumer;
-//! - [`ownership`]: applying assignment epochs and the hand-off;
+//!   consumer's position, a per-user cache, the memory budget, paced
+//!   disconnects;
+//! - [`kafka`]: the embedded broker, the producer, and the consumer task
+//!   that feeds the hub; [`catchup`]: replay from the log for resuming
+//!   sessions, one shared read per partition;
+//! - [`ownership`]: the owned-partition view, the epoch and its
+//!   acknowledgement; [`handoff`]: applying assignment epochs;
+//! - [`lifecycle`]: starting, ready, draining;
 //! - [`takeover`]: the server's view of hand-off reconnect time;
 //! - [`follower`], [`peers`], [`heartbeat`]: the Redis side;
 //! - [`admin`], [`metrics`], [`sysstat`]: operations.
@@ -18,13 +22,15 @@ pub mod admin;
 pub mod catchup;
 pub mod config;
 pub mod follower;
+pub mod handoff;
 pub mod heartbeat;
 pub mod hub;
 pub mod kafka;
+pub mod lifecycle;
 pub mod metrics;
-pub mod node;
 pub mod ownership;
 pub mod peers;
+pub mod server;
 pub mod session;
 pub mod sysstat;
 pub mod takeover;

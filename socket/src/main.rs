@@ -11,21 +11,21 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::from_environment();
     let deadline = Duration::from_millis(config.timing.shutdown_deadline_ms);
-    let node = rtc_socket::node::start(config).await?;
+    let node = rtc_socket::server::start(config).await?;
 
     wait_for_signal().await;
     tracing::info!("stop requested: draining");
     exit_after(deadline + SHUTDOWN_SLACK);
-    node.shared.begin_drain();
+    node.lifecycle.begin_drain();
     let drained = tokio::time::timeout(deadline, async {
-        while !node.shared.drained() {
+        while !node.lifecycle.drained() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
     .is_ok();
     if !drained {
-        tracing::warn!(connections = node.shared.hub.connections(), "drain deadline passed; stopping anyway");
+        tracing::warn!(connections = node.hub.connections(), "drain deadline passed; stopping anyway");
     }
     node.shutdown().await;
     tracing::info!("stopped");

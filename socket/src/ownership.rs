@@ -1,32 +1,15 @@
-//! Which partitions this node serves, and the hand-off when that changes.
-//!
-//! The reconciler applies each newer assignment epoch:
-//! - a **lost** partition stops being fetched, its sessions are told to
-//!   reconnect (paced, with jitter), and once they are gone (or a timeout)
-//!   its commit point is committed; when nothing is being released any more
-//!   the epoch is acknowledged in an immediate heartbeat;
-//! - a **gained** partition reads its committed offset, then accepts its
-//!   users, and starts consuming from that offset once every live peer
-//!   acknowledged the epoch (so its old owner stopped), or after a timeout.
-//!   Starting from the offset read before any user arrived means a user who
-//!   reaches this node while the old owner still consumes gets what the old
-//!   owner consumed meanwhile; resumers replay the rest from the log.
+//! Which partitions this node serves, as far as the rest of the node needs
+//! to know: the newest epoch applied, the partitions whose users are
+//! accepted, and the epoch acknowledged to the leader. The hand-off that
+//! changes it is `crate::handoff`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use rand::Rng;
-use rtc_core::{Assignment, NodeState};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-
-use rtc_core::protocol::CloseReason;
-
-use crate::hub::CloseCmd;
-use crate::kafka::{Command, commit_sync};
-use crate::metrics::{Direction, KafkaFailure};
-use crate::node::NodeShared;
+use metrics::Gauge;
+use tokio::sync::{Notify, watch};
 
 /// What the WebSocket handler checks a token against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,271 +20,55 @@ pub struct OwnershipView {
     pub accepting: HashSet<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PartitionState {
-    /// Reading the start offset (`start: None`), then accepting users and
-    /// waiting for peers before consuming from `start`.
-    Acquiring {
-        epoch: u64,
-        start: Option<i64>,
-    },
-    Serving,
-    Releasing,
+pub struct Ownership {
+    view: RwLock<Arc<OwnershipView>>,
+    epoch: watch::Sender<u64>,
+    acked: AtomicU64,
+    acked_gauge: Gauge,
+    /// Wakes the heartbeat so an acknowledgement goes out at once.
+    heartbeat_now: Arc<Notify>,
+    /// Asks the assignment follower to read Redis now.
+    fetch_now: Arc<Notify>,
 }
 
-#[derive(Debug)]
-pub enum Event {
-    Assignment(Arc<Assignment>),
-    /// Where a gained partition will start: accept its users now.
-    StartKnown {
-        partition: u32,
-        epoch: u64,
-        offset: i64,
-    },
-    /// The old owner let go: start consuming.
-    AcquireReady {
-        partition: u32,
-        epoch: u64,
-    },
-    Released(u32),
-}
-
-/// Partitions `node_id` should serve under `assignment`: none unless it is
-/// listed there as ready.
-pub fn target_partitions(assignment: &Assignment, node_id: &str) -> BTreeSet<u32> {
-    let listed_ready = assignment.nodes.iter().any(|n| n.id == node_id && n.state == NodeState::Ready);
-    if listed_ready { assignment.partitions_of(node_id).into_iter().collect() } else { BTreeSet::new() }
-}
-
-pub struct Reconciler {
-    node: Arc<NodeShared>,
-    consumer: mpsc::Sender<Command>,
-    events: mpsc::Sender<Event>,
-    state: HashMap<u32, PartitionState>,
-    target: BTreeSet<u32>,
-    epoch: u64,
-    /// The last assignment applied: who owned a gained partition before.
-    previous: Option<Arc<Assignment>>,
-}
-
-impl Reconciler {
-    pub fn new(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>) -> Self {
-        Self { node, consumer, events, state: HashMap::new(), target: BTreeSet::new(), epoch: 0, previous: None }
-    }
-
-    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                e = events.recv() => match e { Some(e) => e, None => return },
-            };
-            match event {
-                Event::Assignment(a) if a.epoch > self.epoch => self.apply(a),
-                Event::Assignment(_) => continue,
-                Event::StartKnown { partition, epoch, offset } => {
-                    if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch, start: None }) {
-                        self.state.insert(partition, PartitionState::Acquiring { epoch, start: Some(offset) });
-                        self.node.hub.accept(partition, offset);
-                    }
-                }
-                Event::AcquireReady { partition, epoch } => {
-                    if let Some(&PartitionState::Acquiring { epoch: e, start: Some(offset) }) =
-                        self.state.get(&partition)
-                        && e == epoch
-                    {
-                        self.state.insert(partition, PartitionState::Serving);
-                        let _ = self.consumer.send(Command::Start(partition, offset)).await;
-                        self.node.metrics.handoffs.increment(Direction::Acquire);
-                    }
-                }
-                Event::Released(partition) => {
-                    self.state.remove(&partition);
-                    if self.target.contains(&partition) {
-                        self.acquire(partition);
-                    }
-                    self.node.metrics.handoffs.increment(Direction::Release);
-                }
-            }
-            self.publish();
+impl Ownership {
+    pub fn new(acked_gauge: Gauge, heartbeat_now: Arc<Notify>, fetch_now: Arc<Notify>) -> Self {
+        Self {
+            view: RwLock::new(Arc::new(OwnershipView::default())),
+            epoch: watch::Sender::new(0),
+            acked: AtomicU64::new(0),
+            acked_gauge,
+            heartbeat_now,
+            fetch_now,
         }
     }
 
-    fn apply(&mut self, assignment: Arc<Assignment>) {
-        let applied_at = Instant::now();
-        self.epoch = assignment.epoch;
-        self.target = target_partitions(&assignment, &self.node.node_id);
-        let lost: Vec<u32> = self
-            .state
-            .iter()
-            .filter(|(p, s)| !self.target.contains(p) && **s != PartitionState::Releasing)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in lost {
-            // From here on no session of p registers: the release below sees
-            // every one that did.
-            self.node.hub.stop_accepting(p);
-            self.state.insert(p, PartitionState::Releasing);
-            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p));
+    pub fn view(&self) -> Arc<OwnershipView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_view(&self, view: OwnershipView) {
+        let epoch = view.epoch;
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        self.epoch.send_if_modified(|e| std::mem::replace(e, epoch) != epoch);
+    }
+
+    /// Waits (bounded) until an assignment of at least `epoch` is applied.
+    pub async fn wait_for_epoch(&self, epoch: u64, timeout: Duration) -> bool {
+        self.fetch_now.notify_one();
+        let mut rx = self.epoch.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|e| *e >= epoch)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn acked_epoch(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Acknowledges `epoch` in an immediate heartbeat (hand-off step 2).
+    pub(crate) fn acknowledge(&self, epoch: u64) {
+        if self.acked.fetch_max(epoch, Ordering::AcqRel) < epoch {
+            self.acked_gauge.set(epoch as f64);
+            self.heartbeat_now.notify_one();
         }
-        let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
-        for p in gained {
-            if self.owned_elsewhere_before(p) {
-                self.node.takeovers.taken_over(p, applied_at);
-            }
-            self.acquire(p);
-        }
-        self.previous = Some(assignment);
-        tracing::info!(epoch = self.epoch, owned = self.target.len(), "assignment applied");
-        self.node.metrics.assignment_epoch.set(self.epoch as f64);
-    }
-
-    /// The previous assignment gave `partition` to another node: gaining
-    /// it now is a hand-off whose users are on their way here.
-    fn owned_elsewhere_before(&self, partition: u32) -> bool {
-        let before = self.previous.as_ref().and_then(|a| a.owner(partition));
-        before.is_some_and(|owner| owner.id != self.node.node_id)
-    }
-
-    /// Gains `partition`: read where live consumption will start, then
-    /// accept its users, then start consuming once the old owner let go.
-    ///
-    /// The start is the committed offset read *before* any of its users is
-    /// accepted: every record the old owner dispatches after that is at or
-    /// above it, so a user who arrives here first (and whose messages the
-    /// old owner may still consume meanwhile) gets them from this node.
-    fn acquire(&mut self, partition: u32) {
-        let epoch = self.epoch;
-        self.state.insert(partition, PartitionState::Acquiring { epoch, start: None });
-        let (node, events) = (self.node.clone(), self.events.clone());
-        tokio::spawn(async move {
-            let offset = loop {
-                if events.is_closed() {
-                    return;
-                }
-                match crate::kafka::start_offset(node.consumer.clone(), &node.config.topic.topic, partition).await {
-                    Ok(offset) => break offset,
-                    Err(e) => {
-                        node.metrics.kafka_errors.increment(KafkaFailure::Assign);
-                        tracing::warn!(partition, error = %e, "could not read the start offset; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            };
-            if events.send(Event::StartKnown { partition, epoch, offset }).await.is_err() {
-                return;
-            }
-            let timeout = Duration::from_millis(node.config.timing.peer_ack_timeout_ms);
-            if !node.peers.wait_for_ack(epoch, timeout).await {
-                node.metrics.handoff_timeouts.increment(Direction::Acquire);
-                tracing::warn!(partition, epoch, "peers did not acknowledge in time; consuming anyway");
-            }
-            let _ = events.send(Event::AcquireReady { partition, epoch }).await;
-        });
-    }
-
-    /// Shares the view with the WebSocket handler and acknowledges the
-    /// epoch once nothing is being released.
-    fn publish(&self) {
-        let accepting = self
-            .state
-            .iter()
-            .filter(|(_, s)| **s != PartitionState::Releasing)
-            .map(|(p, _)| *p)
-            .collect::<HashSet<u32>>();
-        self.node.metrics.owned_partitions.set(accepting.len() as f64);
-        self.node.set_ownership(OwnershipView { epoch: self.epoch, accepting });
-        if !self.state.values().any(|s| *s == PartitionState::Releasing) {
-            self.node.acknowledge(self.epoch);
-        }
-    }
-}
-
-/// Hands `partition` off: stop fetching, disconnect its users (paced, with
-/// jitter; each flushes what it was queued first), wait for them to go, and
-/// commit the consumer's position: where the next owner starts live. The
-/// order keeps redelivery low; the log, not the commit, makes it lossless.
-async fn release(node: Arc<NodeShared>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>, partition: u32) {
-    let (done, stopped) = oneshot::channel();
-    if consumer.send(Command::Release(partition, done)).await.is_ok() {
-        let _ = stopped.await;
-    }
-    let timing = &node.config.timing;
-    let reason = if node.is_draining() { CloseReason::Drain } else { CloseReason::Rebalance };
-    disconnect_paced(&node, node.hub.sessions_on(Some(partition)), reason, timing.handoff_rate).await;
-
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timing.handoff_timeout_ms);
-    while node.hub.connections_on(partition) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if node.hub.connections_on(partition) > 0 {
-        node.metrics.handoff_timeouts.increment(Direction::Release);
-        tracing::warn!(partition, "sessions still open at the hand-off deadline");
-    }
-    if let Some(offset) = node.hub.position(partition) {
-        let topic = &node.config.topic.topic;
-        let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
-        if result.is_err() {
-            result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
-        }
-        match result {
-            Ok(()) => tracing::info!(partition, offset, "hand-off committed"),
-            Err(e) => {
-                node.metrics.kafka_errors.increment(KafkaFailure::HandoffCommit);
-                tracing::error!(partition, offset, error = %e, "hand-off commit failed; the next owner redelivers from the last commit");
-            }
-        }
-    }
-    node.hub.forget_partition(partition);
-    let _ = events.send(Event::Released(partition)).await;
-}
-
-/// Tells sessions to close at `rate` per second, each with its own random
-/// `retry_after_ms`, so their reconnects do not arrive all at once.
-pub async fn disconnect_paced(
-    node: &NodeShared,
-    sessions: Vec<Arc<crate::hub::SessionControl>>,
-    reason: CloseReason,
-    rate: u64,
-) {
-    let per_ms = (rate / 1000).max(1) as usize;
-    let jitter = node.config.timing.retry_jitter_ms;
-    for (i, session) in sessions.iter().enumerate() {
-        let retry_after_ms = if jitter == 0 { 0 } else { rand::rng().random_range(0..=jitter) };
-        session.close(CloseCmd { reason, retry_after_ms });
-        if (i + 1) % per_ms == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rtc_core::AssignmentNode;
-
-    fn assignment(me_state: NodeState) -> Assignment {
-        Assignment {
-            v: 1,
-            epoch: 3,
-            leader_epoch: 1,
-            partitions: 4,
-            nodes: vec![
-                AssignmentNode { id: "a".into(), url: "ws://a/ws".into(), state: me_state },
-                AssignmentNode { id: "b".into(), url: "ws://b/ws".into(), state: NodeState::Ready },
-            ],
-            owners: if me_state == NodeState::Ready {
-                vec![Some(0), Some(1), Some(0), Some(1)]
-            } else {
-                vec![Some(1); 4]
-            },
-        }
-    }
-
-    #[test]
-    fn targets_only_when_listed_ready() {
-        assert_eq!(target_partitions(&assignment(NodeState::Ready), "a"), BTreeSet::from([0, 2]));
-        assert_eq!(target_partitions(&assignment(NodeState::Ready), "b"), BTreeSet::from([1, 3]));
-        assert_eq!(target_partitions(&assignment(NodeState::Draining), "a"), BTreeSet::new());
-        assert_eq!(target_partitions(&assignment(NodeState::Ready), "c"), BTreeSet::new());
     }
 }

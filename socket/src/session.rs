@@ -23,10 +23,24 @@ use rtc_core::protocol::{
 };
 use tokio::sync::mpsc;
 
-use crate::catchup::{Replayed, Request};
+use crate::catchup::{CatchUp, Replayed, Request};
+use crate::config::{Limits, Timing};
 use crate::hub::{CloseCmd, Delivery, Held, Registration, SessionControl};
 use crate::metrics::KafkaFailure;
-use crate::node::NodeShared;
+use crate::takeover::Takeovers;
+
+/// What a session uses of the node.
+pub struct SessionContext {
+    pub node_id: String,
+    pub topic: String,
+    pub timing: Timing,
+    pub limits: Limits,
+    pub hub: Arc<crate::hub::Hub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub producer: rdkafka::producer::FutureProducer,
+    pub catchup: CatchUp,
+    pub takeovers: Arc<Takeovers>,
+}
 
 /// A user admitted by the WebSocket handler.
 #[derive(Debug, Clone)]
@@ -97,7 +111,7 @@ impl From<WriteError> for Ended {
 }
 
 struct Session {
-    node: Arc<NodeShared>,
+    node: Arc<SessionContext>,
     user: Admitted,
     /// Highest offset of the user's partition this client has: written
     /// here, or named as its last id.
@@ -116,8 +130,8 @@ struct Session {
     reconnect_after: Option<Duration>,
 }
 
-pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, mut user: Admitted, seat: crate::hub::Seat) {
-    let write_timeout = Duration::from_millis(node.config.timing.write_timeout_ms.max(1));
+pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitted, seat: crate::hub::Seat) {
+    let write_timeout = Duration::from_millis(node.timing.write_timeout_ms.max(1));
     let registration = node.hub.register(&user.user, user.partition);
     // Registered (or refused): the seat can go.
     drop(seat);
@@ -155,7 +169,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<NodeShared>, mut user: Admitted, s
             let (phase, replay) = match resume {
                 Some(resume) => session.start_replay(resume),
                 None => {
-                    let wait = Duration::from_millis(node.config.timing.resume_frame_wait_ms);
+                    let wait = Duration::from_millis(node.timing.resume_frame_wait_ms);
                     (Phase::FirstFrame(tokio::time::Instant::now() + wait), idle_replay())
                 }
             };
@@ -187,10 +201,10 @@ impl Session {
         mut phase: Phase,
         mut replay: mpsc::UnboundedReceiver<Replayed>,
     ) -> Ended {
-        let timing = &self.node.config.timing;
+        let timing = &self.node.timing;
         let ping_every = Duration::from_millis(timing.ping_interval_ms.max(10));
         let idle_timeout = Duration::from_millis(timing.idle_timeout_ms.max(10));
-        let max_sends = self.node.config.limits.max_inflight_sends.max(1);
+        let max_sends = self.node.limits.max_inflight_sends.max(1);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut sends: FuturesUnordered<PendingSend> = FuturesUnordered::new();
         loop {
@@ -368,7 +382,7 @@ impl Session {
             metrics.replayed.increment(1);
         } else {
             let age_ms = crate::kafka::now_ms().saturating_sub(d.ts_ms).max(0);
-            if age_ms <= self.node.config.timing.max_message_age_ms as i64 {
+            if age_ms <= self.node.timing.max_message_age_ms as i64 {
                 metrics.delivered(age_ms as f64);
             } else {
                 metrics.delivered.increment(1);
@@ -396,15 +410,14 @@ impl Session {
         sends: &mut FuturesUnordered<PendingSend>,
         first: bool,
     ) -> Result<Option<(Phase, mpsc::UnboundedReceiver<Replayed>)>, WriteError> {
-        let limits = &self.node.config.limits;
+        let limits = &self.node.limits;
         let frame = match parse_client_frame(text, limits.max_frame_bytes) {
             Ok(frame) => frame,
             Err(e) => return self.refuse(ws, e.code, e.message).await.map(|()| None),
         };
         match frame {
             ClientFrame::Send { to, body, client_msg_id } => {
-                let limits =
-                    self.send_limits.get_or_insert_with(|| Box::new(SendLimits::new(&self.node.config.limits)));
+                let limits = self.send_limits.get_or_insert_with(|| Box::new(SendLimits::new(&self.node.limits)));
                 if let Err(message) = limits.check(text.len()) {
                     return self.refuse(ws, InvalidFrame::RateLimited, message).await.map(|()| None);
                 }
@@ -414,7 +427,7 @@ impl Session {
                 let node = &self.node;
                 match crate::kafka::produce(
                     &node.producer,
-                    &node.config.topic.topic,
+                    &node.topic,
                     &to,
                     &body,
                     &self.user.user,
@@ -520,7 +533,7 @@ async fn close_frames(ws: &mut WebSocket, cmd: CloseCmd) {
 /// start): from this node's cache when it holds all of them, else from the
 /// log.
 async fn plan_replay(
-    node: Arc<NodeShared>,
+    node: Arc<SessionContext>,
     user: String,
     partition: u32,
     from: i64,

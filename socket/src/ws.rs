@@ -13,13 +13,24 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::hub::Seat;
-use crate::node::NodeShared;
-use crate::session::{self, Admitted, Resume, ResumeFrom};
+use crate::lifecycle::Lifecycle;
+use crate::ownership::Ownership;
+use crate::session::{self, Admitted, Resume, ResumeFrom, SessionContext};
+
+/// What admission checks, and what the sessions it admits get.
+pub struct WsContext {
+    pub session: Arc<SessionContext>,
+    pub signer: rtc_core::TokenSigner,
+    pub ownership: Arc<Ownership>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub capacity: u64,
+    pub partitions: u32,
+}
 
 /// How long a token naming a newer epoch waits for this node to catch up.
 const EPOCH_CATCH_UP: Duration = Duration::from_millis(500);
 
-pub fn router(node: Arc<NodeShared>) -> Router {
+pub fn router(node: Arc<WsContext>) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(node)
 }
 
@@ -52,14 +63,14 @@ impl IntoResponse for Refusal {
 }
 
 async fn upgrade(
-    State(node): State<Arc<NodeShared>>,
+    State(node): State<Arc<WsContext>>,
     Query(query): Query<ConnectQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let (mut admitted, seat) = match admit(&node, query.token.as_deref()).await {
         Ok(a) => a,
         Err(refusal) => {
-            node.metrics.refused.increment(refusal.code);
+            node.session.metrics.refused.increment(refusal.code);
             return refusal.into_response();
         }
     };
@@ -71,17 +82,17 @@ async fn upgrade(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => {
-            node.metrics.refused.increment(Refused::NotWebsocket);
+            node.session.metrics.refused.increment(Refused::NotWebsocket);
             let refusal = Refusal {
                 status: rejection.status(),
                 code: Refused::NotWebsocket,
                 message: rejection.body_text(),
-                epoch: node.ownership().epoch,
+                epoch: node.ownership.view().epoch,
             };
             return refusal.into_response();
         }
     };
-    let limits = &node.config.limits;
+    let limits = &node.session.limits;
     upgrade
         .read_buffer_size(limits.ws_read_buffer)
         // Write each frame through at once: latency over batching.
@@ -91,15 +102,15 @@ async fn upgrade(
         // `error{too_large}`; far larger ones end the connection.
         .max_message_size(limits.max_frame_bytes.saturating_mul(2))
         .max_frame_size(limits.max_frame_bytes.saturating_mul(2))
-        .on_upgrade(move |ws| session::run(ws, node, admitted, seat))
+        .on_upgrade(move |ws| session::run(ws, node.session.clone(), admitted, seat))
 }
 
 /// The token is valid, names this node, and its partition is served here at
 /// the current epoch; the node is ready and has room.
-pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admitted, Seat), Refusal> {
-    let view = node.ownership();
+pub async fn admit(node: &WsContext, token: Option<&str>) -> Result<(Admitted, Seat), Refusal> {
+    let view = node.ownership.view();
     let refuse = |status, code, message: String| Refusal { status, code, message, epoch: view.epoch };
-    match node.state() {
+    match node.lifecycle.state() {
         rtc_core::NodeState::Ready => {}
         rtc_core::NodeState::Starting => {
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, Refused::Starting, "node is starting".into()));
@@ -113,10 +124,10 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
         .signer
         .verify(token, crate::kafka::now_ms() as u64)
         .map_err(|e| refuse(StatusCode::UNAUTHORIZED, Refused::BadToken, e.to_string()))?;
-    if claims.node_id != node.node_id {
+    if claims.node_id != node.session.node_id {
         return Err(refuse(StatusCode::CONFLICT, Refused::WrongNode, format!("token is for node {}", claims.node_id)));
     }
-    let partitions = node.config.topic.partitions;
+    let partitions = node.partitions;
     if rtc_core::ids::validate_user_id(&claims.user).is_err()
         || rtc_core::partition_for_key(claims.user.as_bytes(), partitions) != claims.partition
     {
@@ -125,12 +136,14 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
     let mut view = view.clone();
     if claims.epoch > view.epoch {
         // The load balancer is ahead of us: catch up before deciding.
-        node.wait_for_epoch(claims.epoch, EPOCH_CATCH_UP).await;
-        view = node.ownership();
+        node.ownership.wait_for_epoch(claims.epoch, EPOCH_CATCH_UP).await;
+        view = node.ownership.view();
     }
     // A partition just gained accepts its users once its start offset is
     // known (see `crate::ownership`): a moment, worth waiting for.
-    if !view.accepting.contains(&claims.partition) || !node.hub.accepting(claims.partition, EPOCH_CATCH_UP).await {
+    if !view.accepting.contains(&claims.partition)
+        || !node.session.hub.accepting(claims.partition, EPOCH_CATCH_UP).await
+    {
         return Err(Refusal {
             status: StatusCode::CONFLICT,
             code: Refused::NotOwner,
@@ -138,7 +151,7 @@ pub async fn admit(node: &Arc<NodeShared>, token: Option<&str>) -> Result<(Admit
             epoch: view.epoch,
         });
     }
-    let seat = node.hub.reserve(node.config.capacity).ok_or_else(|| Refusal {
+    let seat = node.session.hub.reserve(node.capacity).ok_or_else(|| Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: Refused::AtCapacity,
         message: "node is full".into(),

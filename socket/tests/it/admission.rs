@@ -13,7 +13,7 @@ async fn tokens_are_checked_before_the_upgrade() {
     world.publish(1, &[&node], |_| 0).await;
     wait_serving(&node, 1).await;
     let nodes = vec![
-        ("socket-a".to_owned(), node.shared.advertised_url.clone()),
+        ("socket-a".to_owned(), node.advertised_url.clone()),
         ("socket-b".to_owned(), "ws://127.0.0.1:1/ws".to_owned()),
     ];
     world.publish_nodes(2, nodes, |p| if p < 4 { 0 } else { 1 }).await;
@@ -96,7 +96,7 @@ async fn full_and_draining_nodes_refuse() {
     let _first = Client::join(&node, &world.token("u1", &node, 1)).await;
     let (status, body) = Client::connect(&node, &world.token("u2", &node, 1)).await.err().unwrap();
     assert_eq!((status, body["error"].as_str().unwrap()), (503, "at_capacity"));
-    node.shared.begin_drain();
+    node.lifecycle.begin_drain();
     let (status, body) = Client::connect(&node, &world.token("u2", &node, 1)).await.err().unwrap();
     assert_eq!((status, body["error"].as_str().unwrap()), (503, "draining"));
     node.shutdown().await;

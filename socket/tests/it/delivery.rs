@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use rtc_socket::node::NodeHandle;
+use rtc_socket::server::NodeHandle;
 
 use crate::support::*;
 
@@ -66,8 +66,8 @@ async fn away_for(world: &World, node: &NodeHandle, user: &str, seen: usize, mis
         ids.push(client.next_json().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
     drop(client);
-    let shared = node.shared.clone();
-    eventually("the session is gone", Duration::from_secs(5), async || shared.hub.connections() == 0).await;
+    let hub = node.hub.clone();
+    eventually("the session is gone", Duration::from_secs(5), async || hub.connections() == 0).await;
     for i in seen..seen + missed {
         let (p, o) = world.produce(&producer, user, &format!("m{i}")).await;
         ids.push(format!("{p}:{o}"));

@@ -34,7 +34,7 @@ async fn drain_empties_the_node_within_its_window() {
         assert_eq!(frame["reason"], "drain");
         assert_eq!(frame["reconnect"], true);
     }
-    eventually("drained", Duration::from_secs(3), async || node.shared.drained()).await;
+    eventually("drained", Duration::from_secs(3), async || node.lifecycle.drained()).await;
     let took = started.elapsed();
     assert!(took < Duration::from_millis(600 + 1000), "drain took {took:?}");
     let (_, status) = admin_get(&node, "/drain/status").await;

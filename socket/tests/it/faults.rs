@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use rtc_core::protocol::MessageId;
-use rtc_socket::node::NodeHandle;
+use rtc_socket::server::NodeHandle;
 use rtc_testkit::{FaultProxy, ProxyMode};
 
 use crate::support::*;
@@ -51,8 +51,8 @@ async fn move_all(world: &mut World, epoch: u64, nodes: &[&NodeHandle], to: usiz
 }
 
 async fn wait_acked(node: &NodeHandle, epoch: u64) {
-    let shared = node.shared.clone();
-    eventually("the old owner acknowledges", Duration::from_secs(15), async || shared.acked_epoch() >= epoch).await;
+    let ownership = node.ownership.clone();
+    eventually("the old owner acknowledges", Duration::from_secs(15), async || ownership.acked_epoch() >= epoch).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +98,7 @@ async fn users_of_a_sigkilled_node_resume_on_the_new_owner_and_lose_nothing() {
     let (mut child, url) = spawn_binary(&world, "socket-k", &[]).await;
     let b = world.node("socket-b", &[]).await;
     let killed = ("socket-k".to_owned(), url.clone());
-    let nodes = vec![killed.clone(), (b.shared.node_id.clone(), b.shared.advertised_url.clone())];
+    let nodes = vec![killed.clone(), (b.node_id.clone(), b.advertised_url.clone())];
     world.publish_nodes(1, nodes, |_| 0).await;
     wait_serving(&b, 1).await;
 
@@ -124,7 +124,7 @@ async fn users_of_a_sigkilled_node_resume_on_the_new_owner_and_lose_nothing() {
     let _ = child.wait().await;
 
     // The leader gives everything to B once the node is dead.
-    let nodes = vec![(b.shared.node_id.clone(), b.shared.advertised_url.clone())];
+    let nodes = vec![(b.node_id.clone(), b.advertised_url.clone())];
     world.publish_nodes(2, nodes, |_| 0).await;
     wait_serving(&b, 2).await;
     proxy.cut();
@@ -184,7 +184,7 @@ async fn connects_race_a_move(world: &mut World, a: &NodeHandle, b: &NodeHandle,
     move_all(world, epoch + 1, &[a, b], 1).await;
     wait_acked(a, epoch + 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(a.shared.hub.connections(), 0, "round {epoch}: a session stayed on the old owner");
+    assert_eq!(a.hub.connections(), 0, "round {epoch}: a session stayed on the old owner");
     tokio::time::timeout(Duration::from_secs(20), async { while connects.join_next().await.is_some() {} })
         .await
         .expect("every client saw its session end");

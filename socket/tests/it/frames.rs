@@ -144,13 +144,13 @@ async fn large_messages_to_random_users_stay_within_the_memory_budget() {
         let to = format!("u-{}", (i * 7919) % 50);
         alice.send_json(json!({"type":"send","to":to,"body":body})).await;
         assert_eq!(alice.next_json().await.unwrap()["type"], "ack");
-        peak = peak.max(node.shared.hub.held_bytes());
+        peak = peak.max(node.hub.held_bytes());
     }
     eventually("every message consumed", Duration::from_secs(10), async || {
         metric(&node, "rtc_socket_messages_consumed_total").await >= 150.0
     })
     .await;
-    peak = peak.max(node.shared.hub.held_bytes());
+    peak = peak.max(node.hub.held_bytes());
     // 150 × 32 KiB is 4.7 MiB: the node held at most its budget.
     assert!(peak <= BUDGET, "held {peak} bytes");
     assert!(metric(&node, "rtc_socket_budget_evictions_total{what=\"cache\"}").await > 0.0);

@@ -98,7 +98,7 @@ async fn moving_partitions_loses_no_message() {
     let routes = Arc::new(Mutex::new(Routes {
         epoch: 1,
         owner: vec![0; P as usize],
-        nodes: vec![(a.shared.node_id.clone(), a.ws_addr), (b.shared.node_id.clone(), b.ws_addr)],
+        nodes: vec![(a.node_id.clone(), a.ws_addr), (b.node_id.clone(), b.ws_addr)],
     }));
     let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
     // Each user learns what it should have received once production ends.
@@ -109,8 +109,7 @@ async fn moving_partitions_loses_no_message() {
             (tx, tokio::spawn(user_session(u.clone(), P, routes.clone(), rx)))
         })
         .unzip();
-    eventually("every user is connected to A", Duration::from_secs(10), async || a.shared.hub.connections() == 40)
-        .await;
+    eventually("every user is connected to A", Duration::from_secs(10), async || a.hub.connections() == 40).await;
 
     // Messages flow for ~1 s; the odd partitions move to B after 300 ms.
     let producer = world.producer().await;
@@ -159,10 +158,10 @@ async fn moving_partitions_loses_no_message() {
 
     // Nothing of a moved partition is left on A; B took them over.
     for p in (1..P).step_by(2) {
-        assert_eq!(a.shared.hub.connections_on(p), 0, "partition {p} left on A");
-        assert!(b.shared.ownership().accepting.contains(&p));
+        assert_eq!(a.hub.connections_on(p), 0, "partition {p} left on A");
+        assert!(b.ownership.view().accepting.contains(&p));
     }
-    assert_eq!(a.shared.acked_epoch(), 2);
+    assert_eq!(a.ownership.acked_epoch(), 2);
     assert_eq!(metric(&a, "rtc_socket_handoffs_total{direction=\"release\"}").await, 4.0);
     assert_eq!(metric(&b, "rtc_socket_handoffs_total{direction=\"acquire\"}").await, 4.0);
     assert_eq!(metric(&b, "rtc_socket_handoff_timeouts_total{direction=\"acquire\"}").await, 0.0);

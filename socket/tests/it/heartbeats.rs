@@ -27,7 +27,7 @@ async fn heartbeats_report_the_node_as_it_is() {
     let hb = all.last().unwrap();
     assert_eq!(hb.state, NodeState::Ready);
     assert_eq!(hb.capacity, 500);
-    assert_eq!(hb.url, node.shared.advertised_url);
+    assert_eq!(hb.url, node.advertised_url);
     assert_eq!(hb.assignment_epoch, 1, "acknowledged epoch");
     assert!((0.0..=1.0).contains(&hb.cpu) && hb.memory > 0.0 && hb.memory <= 1.0, "{hb:?}");
     let per_partition: u64 = hb.partition_connections.as_ref().unwrap().values().sum();

@@ -62,12 +62,12 @@ async fn a_client_that_never_answers_is_closed_as_idle() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let frame = quiet.next_json().await.expect("disconnect frame");
     assert_eq!((frame["type"].as_str(), frame["reason"].as_str()), (Some("disconnect"), Some("idle")));
-    eventually("the idle session is gone", Duration::from_secs(2), async || node.shared.hub.connections() == 0).await;
+    eventually("the idle session is gone", Duration::from_secs(2), async || node.hub.connections() == 0).await;
     assert_eq!(metric(&node, "rtc_socket_disconnects_total{reason=\"idle\"}").await, 1.0);
 
     // A client that reads (and so answers pings) stays.
     let mut lively = Client::join(&node, &world.token("u2", &node, 1)).await;
     assert_eq!(lively.next_json_within(Duration::from_millis(600)).await, None);
-    assert_eq!(node.shared.hub.connections(), 1);
+    assert_eq!(node.hub.connections(), 1);
     node.shutdown().await;
 }

@@ -16,7 +16,7 @@ async fn a_topic_with_another_partition_count_is_refused() {
     let mut args = world.args("socket-a", &[]);
     args.extend(["--partitions".to_owned(), "12".to_owned()]);
     let config = rtc_socket::config::Config::try_parse_from(args).unwrap();
-    let err = rtc_socket::node::start(config).await.err().expect("refuses to start");
+    let err = rtc_socket::server::start(config).await.err().expect("refuses to start");
     let message = err.to_string();
     assert!(message.contains("has 6 partitions") && message.contains("12"), "{message}");
 }
@@ -49,7 +49,7 @@ async fn delivery_send_and_handoff_commits_on_a_real_broker() {
     world.publish(2, &[&a, &b], |p| usize::from(p == bob_p)).await;
     let d = bob.next_json().await.unwrap();
     assert_eq!((d["type"].as_str(), d["reason"].as_str()), (Some("disconnect"), Some("rebalance")));
-    eventually("A acknowledges epoch 2", Duration::from_secs(5), async || a.shared.acked_epoch() == 2).await;
+    eventually("A acknowledges epoch 2", Duration::from_secs(5), async || a.ownership.acked_epoch() == 2).await;
 
     let group_offset = {
         let consumer: BaseConsumer = ClientConfig::new()

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::AsyncCommands;
 use rtc_core::{Assignment, AssignmentNode, ConnectClaims, Document, NodeState, TokenSigner};
 use rtc_socket::kafka::EmbeddedKafka;
-use rtc_socket::node::NodeHandle;
+use rtc_socket::server::NodeHandle;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -118,7 +118,7 @@ impl World {
     pub async fn node(&self, node_id: &str, extra: &[&str]) -> NodeHandle {
         use clap::Parser;
         let config = rtc_socket::config::Config::try_parse_from(self.args(node_id, extra)).unwrap();
-        rtc_socket::node::start(config).await.expect("node starts")
+        rtc_socket::server::start(config).await.expect("node starts")
     }
 
     /// A node that serves every partition (epoch 1).
@@ -142,7 +142,7 @@ impl World {
 
     /// Publishes an assignment over running nodes as the leader would.
     pub async fn publish(&mut self, epoch: u64, nodes: &[&NodeHandle], owner_of: impl Fn(u32) -> usize) {
-        let nodes = nodes.iter().map(|n| (n.shared.node_id.clone(), n.shared.advertised_url.clone())).collect();
+        let nodes = nodes.iter().map(|n| (n.node_id.clone(), n.advertised_url.clone())).collect();
         self.publish_nodes(epoch, nodes, owner_of).await;
     }
 
@@ -162,7 +162,7 @@ impl World {
     }
 
     pub fn token(&self, user: &str, node: &NodeHandle, epoch: u64) -> String {
-        token_for(user, &node.shared.node_id, rtc_core::partition_for_key(user.as_bytes(), self.partitions), epoch)
+        token_for(user, &node.node_id, rtc_core::partition_for_key(user.as_bytes(), self.partitions), epoch)
     }
 
     /// Sends one message to `user` through Kafka and waits for the ack.
@@ -203,9 +203,8 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
 
 /// Waits until a node has applied `epoch` and serves `partition`.
 pub async fn wait_serving(node: &NodeHandle, epoch: u64) {
-    let shared = node.shared.clone();
-    eventually("node applies the assignment", Duration::from_secs(10), async || shared.ownership().epoch >= epoch)
-        .await;
+    let ownership = node.ownership.clone();
+    eventually("node applies the assignment", Duration::from_secs(10), async || ownership.view().epoch >= epoch).await;
 }
 
 /// The heartbeats `node` wrote to this world's stream, oldest first.

@@ -1,0 +1,303 @@
+//! The hand-off: applying each assignment epoch to the partitions this node
+//! serves.
+//!
+//! The reconciler applies each newer assignment epoch:
+//! - a **lost** partition accepts no more sessions, stops being fetched, its
+//!   sessions are told to reconnect (paced, with jitter), and once they are
+//!   gone (or a timeout) the consumer's position is committed; when nothing
+//!   is being released any more the epoch is acknowledged in an immediate
+//!   heartbeat;
+//! - a **gained** partition reads its committed offset, then accepts its
+//!   users, and starts consuming from that offset once every live peer
+//!   acknowledged the epoch (so its old owner stopped), or after a timeout.
+//!   Starting from the offset read before any user arrived means a user who
+//!   reaches this node while the old owner still consumes gets what the old
+//!   owner consumed meanwhile; resumers replay the rest from the log.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc_core::protocol::CloseReason;
+use rtc_core::{Assignment, NodeState};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Pacing};
+use crate::kafka::{Command, PartitionConsumer, commit_sync};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{Direction, KafkaFailure, Metrics};
+use crate::ownership::{Ownership, OwnershipView};
+use crate::peers::Peers;
+use crate::takeover::Takeovers;
+
+/// What the hand-off uses of the node.
+pub struct HandoffContext {
+    pub node_id: String,
+    pub topic: String,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub consumer: Arc<PartitionConsumer>,
+    pub peers: Arc<Peers>,
+    pub takeovers: Arc<Takeovers>,
+    pub ownership: Arc<Ownership>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub pacing: Pacing,
+    /// See `Timing::handoff_timeout_ms`.
+    pub handoff_timeout: Duration,
+    /// See `Timing::peer_ack_timeout_ms`.
+    pub peer_ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionState {
+    /// Reading the start offset (`start: None`), then accepting users and
+    /// waiting for peers before consuming from `start`.
+    Acquiring {
+        epoch: u64,
+        start: Option<i64>,
+    },
+    Serving,
+    Releasing,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Assignment(Arc<Assignment>),
+    /// Where a gained partition will start: accept its users now.
+    StartKnown {
+        partition: u32,
+        epoch: u64,
+        offset: i64,
+    },
+    /// The old owner let go: start consuming.
+    AcquireReady {
+        partition: u32,
+        epoch: u64,
+    },
+    Released(u32),
+}
+
+/// Partitions `node_id` should serve under `assignment`: none unless it is
+/// listed there as ready.
+pub fn target_partitions(assignment: &Assignment, node_id: &str) -> BTreeSet<u32> {
+    let listed_ready = assignment.nodes.iter().any(|n| n.id == node_id && n.state == NodeState::Ready);
+    if listed_ready { assignment.partitions_of(node_id).into_iter().collect() } else { BTreeSet::new() }
+}
+
+pub struct Reconciler {
+    node: Arc<HandoffContext>,
+    consumer: mpsc::Sender<Command>,
+    events: mpsc::Sender<Event>,
+    state: HashMap<u32, PartitionState>,
+    target: BTreeSet<u32>,
+    epoch: u64,
+    /// The last assignment applied: who owned a gained partition before.
+    previous: Option<Arc<Assignment>>,
+}
+
+impl Reconciler {
+    pub fn new(node: Arc<HandoffContext>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>) -> Self {
+        Self { node, consumer, events, state: HashMap::new(), target: BTreeSet::new(), epoch: 0, previous: None }
+    }
+
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.recv() => match e { Some(e) => e, None => return },
+            };
+            match event {
+                Event::Assignment(a) if a.epoch > self.epoch => self.apply(a),
+                Event::Assignment(_) => continue,
+                Event::StartKnown { partition, epoch, offset } => {
+                    if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch, start: None }) {
+                        self.state.insert(partition, PartitionState::Acquiring { epoch, start: Some(offset) });
+                        self.node.hub.accept(partition, offset);
+                    }
+                }
+                Event::AcquireReady { partition, epoch } => {
+                    if let Some(&PartitionState::Acquiring { epoch: e, start: Some(offset) }) =
+                        self.state.get(&partition)
+                        && e == epoch
+                    {
+                        self.state.insert(partition, PartitionState::Serving);
+                        let _ = self.consumer.send(Command::Start(partition, offset)).await;
+                        self.node.metrics.handoffs.increment(Direction::Acquire);
+                    }
+                }
+                Event::Released(partition) => {
+                    self.state.remove(&partition);
+                    if self.target.contains(&partition) {
+                        self.acquire(partition);
+                    }
+                    self.node.metrics.handoffs.increment(Direction::Release);
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, assignment: Arc<Assignment>) {
+        let applied_at = Instant::now();
+        self.epoch = assignment.epoch;
+        self.target = target_partitions(&assignment, &self.node.node_id);
+        let lost: Vec<u32> = self
+            .state
+            .iter()
+            .filter(|(p, s)| !self.target.contains(p) && **s != PartitionState::Releasing)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in lost {
+            // From here on no session of p registers: the release below sees
+            // every one that did.
+            self.node.hub.stop_accepting(p);
+            self.state.insert(p, PartitionState::Releasing);
+            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p));
+        }
+        let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
+        for p in gained {
+            if self.owned_elsewhere_before(p) {
+                self.node.takeovers.taken_over(p, applied_at);
+            }
+            self.acquire(p);
+        }
+        self.previous = Some(assignment);
+        tracing::info!(epoch = self.epoch, owned = self.target.len(), "assignment applied");
+        self.node.metrics.assignment_epoch.set(self.epoch as f64);
+    }
+
+    /// The previous assignment gave `partition` to another node: gaining
+    /// it now is a hand-off whose users are on their way here.
+    fn owned_elsewhere_before(&self, partition: u32) -> bool {
+        let before = self.previous.as_ref().and_then(|a| a.owner(partition));
+        before.is_some_and(|owner| owner.id != self.node.node_id)
+    }
+
+    /// Gains `partition`: read where live consumption will start, then
+    /// accept its users, then start consuming once the old owner let go.
+    ///
+    /// The start is the committed offset read *before* any of its users is
+    /// accepted: every record the old owner dispatches after that is at or
+    /// above it, so a user who arrives here first (and whose messages the
+    /// old owner may still consume meanwhile) gets them from this node.
+    fn acquire(&mut self, partition: u32) {
+        let epoch = self.epoch;
+        self.state.insert(partition, PartitionState::Acquiring { epoch, start: None });
+        let (node, events) = (self.node.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let offset = loop {
+                if events.is_closed() {
+                    return;
+                }
+                match crate::kafka::start_offset(node.consumer.clone(), &node.topic, partition).await {
+                    Ok(offset) => break offset,
+                    Err(e) => {
+                        node.metrics.kafka_errors.increment(KafkaFailure::Assign);
+                        tracing::warn!(partition, error = %e, "could not read the start offset; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            if events.send(Event::StartKnown { partition, epoch, offset }).await.is_err() {
+                return;
+            }
+            if !node.peers.wait_for_ack(epoch, node.peer_ack_timeout).await {
+                node.metrics.handoff_timeouts.increment(Direction::Acquire);
+                tracing::warn!(partition, epoch, "peers did not acknowledge in time; consuming anyway");
+            }
+            let _ = events.send(Event::AcquireReady { partition, epoch }).await;
+        });
+    }
+
+    /// Shares the view with the WebSocket handler and acknowledges the
+    /// epoch once nothing is being released.
+    fn publish(&self) {
+        let accepting = self
+            .state
+            .iter()
+            .filter(|(_, s)| **s != PartitionState::Releasing)
+            .map(|(p, _)| *p)
+            .collect::<HashSet<u32>>();
+        self.node.metrics.owned_partitions.set(accepting.len() as f64);
+        self.node.ownership.set_view(OwnershipView { epoch: self.epoch, accepting });
+        if !self.state.values().any(|s| *s == PartitionState::Releasing) {
+            self.node.ownership.acknowledge(self.epoch);
+        }
+    }
+}
+
+/// Hands `partition` off: stop fetching, disconnect its users (paced, with
+/// jitter; each flushes what it was queued first), wait for them to go, and
+/// commit the consumer's position: where the next owner starts live. The
+/// order keeps redelivery low; the log, not the commit, makes it lossless.
+async fn release(
+    node: Arc<HandoffContext>,
+    consumer: mpsc::Sender<Command>,
+    events: mpsc::Sender<Event>,
+    partition: u32,
+) {
+    let (done, stopped) = oneshot::channel();
+    if consumer.send(Command::Release(partition, done)).await.is_ok() {
+        let _ = stopped.await;
+    }
+    let reason = if node.lifecycle.is_draining() { CloseReason::Drain } else { CloseReason::Rebalance };
+    node.pacing.disconnect(node.hub.sessions_on(Some(partition)), reason).await;
+
+    let deadline = tokio::time::Instant::now() + node.handoff_timeout;
+    while node.hub.connections_on(partition) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if node.hub.connections_on(partition) > 0 {
+        node.metrics.handoff_timeouts.increment(Direction::Release);
+        tracing::warn!(partition, "sessions still open at the hand-off deadline");
+    }
+    if let Some(offset) = node.hub.position(partition) {
+        let topic = &node.topic;
+        let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
+        if result.is_err() {
+            result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
+        }
+        match result {
+            Ok(()) => tracing::info!(partition, offset, "hand-off committed"),
+            Err(e) => {
+                node.metrics.kafka_errors.increment(KafkaFailure::HandoffCommit);
+                tracing::error!(partition, offset, error = %e, "hand-off commit failed; the next owner redelivers from the last commit");
+            }
+        }
+    }
+    node.hub.forget_partition(partition);
+    let _ = events.send(Event::Released(partition)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc_core::AssignmentNode;
+
+    fn assignment(me_state: NodeState) -> Assignment {
+        Assignment {
+            v: 1,
+            epoch: 3,
+            leader_epoch: 1,
+            partitions: 4,
+            nodes: vec![
+                AssignmentNode { id: "a".into(), url: "ws://a/ws".into(), state: me_state },
+                AssignmentNode { id: "b".into(), url: "ws://b/ws".into(), state: NodeState::Ready },
+            ],
+            owners: if me_state == NodeState::Ready {
+                vec![Some(0), Some(1), Some(0), Some(1)]
+            } else {
+                vec![Some(1); 4]
+            },
+        }
+    }
+
+    #[test]
+    fn targets_only_when_listed_ready() {
+        assert_eq!(target_partitions(&assignment(NodeState::Ready), "a"), BTreeSet::from([0, 2]));
+        assert_eq!(target_partitions(&assignment(NodeState::Ready), "b"), BTreeSet::from([1, 3]));
+        assert_eq!(target_partitions(&assignment(NodeState::Draining), "a"), BTreeSet::new());
+        assert_eq!(target_partitions(&assignment(NodeState::Ready), "c"), BTreeSet::new());
+    }
+}
