@@ -19,6 +19,7 @@ pub mod metrics_export;
 pub mod partitioner;
 pub mod protocol;
 pub mod redis_io;
+pub mod route;
 pub mod token;
 mod wire;
 
@@ -27,6 +28,7 @@ pub use decision::{Action, Decision, Urgency};
 pub use heartbeat::{Heartbeat, NodeState};
 pub use keys::Keys;
 pub use partitioner::{murmur2, partition_for_key};
+pub use route::RouteAnswer;
 pub use token::{ConnectClaims, TokenError, TokenSigner};
 pub use wire::{ContractError, Document, MAX_DOCUMENT_BYTES};
 

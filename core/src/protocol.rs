@@ -152,8 +152,10 @@ pub enum ServerFrame<'a> {
         epoch: u64,
         /// The first id this session delivers live. A client that has no
         /// last id yet reconnects with `from_id` set to this, so nothing
-        /// sent while it is away is missed.
-        live_from: MessageId,
+        /// sent while it is away is missed. Always sent by this version;
+        /// optional so clients work with older nodes during an upgrade.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        live_from: Option<MessageId>,
     },
     /// One message for the user.
     Message {
@@ -194,6 +196,9 @@ pub enum ServerFrame<'a> {
         code: Cow<'a, str>,
         #[serde(borrow)]
         message: Cow<'a, str>,
+        /// The refused `send`'s `client_msg_id`, when it had one.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<Cow<'a, str>>,
     },
 }
 

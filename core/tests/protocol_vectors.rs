@@ -103,7 +103,7 @@ fn session_scripts_deliver_what_they_say_with_one_comparison() {
         let (mut delivered, mut events) = (Vec::new(), Vec::new());
         for text in case["frames"].as_array().unwrap() {
             match ServerFrame::parse(text.as_str().unwrap()).unwrap() {
-                ServerFrame::Welcome { live_from: from, .. } => live_from = live_from.or(Some(from)),
+                ServerFrame::Welcome { live_from: from, .. } => live_from = live_from.or(from),
                 ServerFrame::Message { id, .. } if is_new(last, id) => {
                     delivered.push(json!(id.to_string()));
                     last = Some(id);

@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rtc_core::{ConnectClaims, NodeState};
+use rtc_core::{ConnectClaims, NodeState, RouteAnswer};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -85,14 +85,14 @@ async fn route(
         expires_at_ms: now + shared.args.token_ttl_ms,
     });
     outcome(RouteOutcome::Ok);
-    axum::Json(json!({
-        "user": user,
-        "partition": partition,
-        "node_id": owner.id,
-        "url": owner.url,
-        "epoch": assignment.epoch,
-        "token": token,
-    }))
+    axum::Json(RouteAnswer {
+        user,
+        partition,
+        node_id: owner.id.clone(),
+        url: owner.url.clone(),
+        epoch: assignment.epoch,
+        token,
+    })
     .into_response()
 }
 

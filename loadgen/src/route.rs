@@ -2,12 +2,10 @@
 //! bound to the user's source address (the load balancer rate-limits per
 //! client address). Parsing is pure; [`fetch`] is the I/O.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 /// Largest response read (a route answer is a few hundred bytes).
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -49,24 +47,8 @@ impl LbAddr {
     }
 }
 
-/// A route answer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Route {
-    pub user: String,
-    pub partition: u32,
-    pub node_id: String,
-    pub url: String,
-    pub epoch: u64,
-    pub token: String,
-}
-
-impl Route {
-    /// The WebSocket URL to open: the route's URL with `token` appended.
-    pub fn connect_url(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}token={}", self.url, self.token)
-    }
-}
+/// A route answer (the contract's one definition is in rtc-core).
+pub use rtc_core::RouteAnswer as Route;
 
 /// Why a route request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,23 +150,7 @@ pub fn interpret(response: &Response, user: &str) -> Result<Route, RouteError> {
 }
 
 /// Opens a TCP connection from `source` (if any) to `host:port`.
-pub async fn connect_tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        match socket.connect(addr).await {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
+pub use rtc_client::connect_tcp;
 
 /// Asks `lb` for `user`'s route, within `timeout`.
 pub async fn fetch(lb: &LbAddr, user: &str, source: Option<IpAddr>, timeout: Duration) -> Result<Route, RouteError> {

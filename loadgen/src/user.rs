@@ -321,7 +321,9 @@ impl Me {
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         match tokio::time::timeout(timeout, self.connect(&route)).await {
             Ok(Ok((conn, live_from))) => {
-                self.last_seen.welcomed(live_from);
+                if let Some(live_from) = live_from {
+                    self.last_seen.welcomed(live_from);
+                }
                 Ok(conn)
             }
             Ok(Err(kind)) => {
@@ -337,7 +339,7 @@ impl Me {
 
     /// Opens the WebSocket named by `route` and reads its `welcome` (and
     /// the session's live start).
-    async fn connect(&self, route: &route::Route) -> Result<(Conn, MessageId), String> {
+    async fn connect(&self, route: &route::Route) -> Result<(Conn, Option<MessageId>), String> {
         let url = format!("{}{}", route.connect_url(), self.last_seen.query());
         let (host, port) = ws_authority(&url)?;
         let stream = route::connect_tcp(&host, port, self.source).await.map_err(|e| format!("tcp:{:?}", e.kind()))?;

@@ -159,7 +159,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
         user: session.user.user.as_str().into(),
         partition: session.user.partition,
         epoch: session.user.epoch,
-        live_from: MessageId::new(session.user.partition, live_from),
+        live_from: Some(MessageId::new(session.user.partition, live_from)),
     }
     .to_json();
     let ended = match session.send(&mut ws, Message::Text(welcome.into())).await {
@@ -255,7 +255,12 @@ impl Session {
                             self.node.metrics.received.increment(1);
                             ServerFrame::Ack { client_msg_id: client_msg_id.as_deref().map(Into::into), id }.to_json()
                         }
-                        Err(message) => ServerFrame::Error { code: "send_failed".into(), message: message.into() }.to_json(),
+                        Err(message) => ServerFrame::Error {
+                            code: "send_failed".into(),
+                            message: message.into(),
+                            client_msg_id: client_msg_id.as_deref().map(Into::into),
+                        }
+                        .to_json(),
                     };
                     if let Err(e) = self.send(ws, Message::Text(frame.into())).await {
                         return e.into();
@@ -281,7 +286,8 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.refuse(ws, InvalidFrame::BadFrame, "binary frames are not part of the protocol".into()).await
+                            let message = "binary frames are not part of the protocol".into();
+                            self.refuse(ws, InvalidFrame::BadFrame, message, None).await
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(Message::Close(_))) | None => return Ended::ClientGone,
@@ -413,16 +419,18 @@ impl Session {
         let limits = &self.node.limits;
         let frame = match parse_client_frame(text, limits.max_frame_bytes) {
             Ok(frame) => frame,
-            Err(e) => return self.refuse(ws, e.code, e.message).await.map(|()| None),
+            Err(e) => return self.refuse(ws, e.code, e.message, None).await.map(|()| None),
         };
         match frame {
             ClientFrame::Send { to, body, client_msg_id } => {
                 let limits = self.send_limits.get_or_insert_with(|| Box::new(SendLimits::new(&self.node.limits)));
                 if let Err(message) = limits.check(text.len()) {
-                    return self.refuse(ws, InvalidFrame::RateLimited, message).await.map(|()| None);
+                    let id = client_msg_id.as_deref();
+                    return self.refuse(ws, InvalidFrame::RateLimited, message, id).await.map(|()| None);
                 }
                 if let Err(e) = rtc_core::ids::validate_user_id(&to) {
-                    return self.refuse(ws, InvalidFrame::BadFrame, format!("recipient: {e}")).await.map(|()| None);
+                    let (message, id) = (format!("recipient: {e}"), client_msg_id.as_deref());
+                    return self.refuse(ws, InvalidFrame::BadFrame, message, id).await.map(|()| None);
                 }
                 let node = &self.node;
                 match crate::kafka::produce(
@@ -443,8 +451,11 @@ impl Session {
                     })),
                     Err(e) => {
                         node.metrics.kafka_errors.increment(KafkaFailure::Produce);
-                        let frame =
-                            ServerFrame::Error { code: "send_failed".into(), message: format!("kafka: {e}").into() };
+                        let frame = ServerFrame::Error {
+                            code: "send_failed".into(),
+                            message: format!("kafka: {e}").into(),
+                            client_msg_id: client_msg_id.as_deref().map(Into::into),
+                        };
                         self.send(ws, Message::Text(frame.to_json().into())).await?;
                     }
                 }
@@ -459,14 +470,26 @@ impl Session {
             }
             ClientFrame::Resume { .. } => {
                 let message = "resume is accepted only as the first frame; connect with last_id instead".into();
-                self.refuse(ws, InvalidFrame::BadFrame, message).await.map(|()| None)
+                self.refuse(ws, InvalidFrame::BadFrame, message, None).await.map(|()| None)
             }
         }
     }
 
-    async fn refuse(&self, ws: &mut WebSocket, code: InvalidFrame, message: String) -> Result<(), WriteError> {
+    /// Answers a refused frame with `error` (naming the `send` it refuses,
+    /// when it has an id), counted by code.
+    async fn refuse(
+        &self,
+        ws: &mut WebSocket,
+        code: InvalidFrame,
+        message: String,
+        client_msg_id: Option<&str>,
+    ) -> Result<(), WriteError> {
         self.node.metrics.invalid_frames.increment(code);
-        let frame = ServerFrame::Error { code: code.as_str().into(), message: message.into() };
+        let frame = ServerFrame::Error {
+            code: code.as_str().into(),
+            message: message.into(),
+            client_msg_id: client_msg_id.map(Into::into),
+        };
         self.send(ws, Message::Text(frame.to_json().into())).await
     }
 

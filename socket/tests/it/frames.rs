@@ -115,7 +115,10 @@ async fn sends_over_the_rate_are_refused_and_counted() {
         let frame = alice.next_json().await.expect("an answer to every send");
         match (frame["type"].as_str(), frame["code"].as_str()) {
             (Some("ack"), _) => acks += 1,
-            (Some("error"), Some("rate_limited")) => limited += 1,
+            (Some("error"), Some("rate_limited")) => {
+                assert!(frame["client_msg_id"].as_str().is_some_and(|c| c.starts_with("c-")), "{frame}");
+                limited += 1;
+            }
             _ => panic!("unexpected {frame}"),
         }
     }
