@@ -7,7 +7,9 @@
 //!   optionally measuring end-to-end latency of the messages they receive;
 //! - `produce`: a paced Kafka producer to random users;
 //! - `heartbeats`: a fleet of fake socket nodes' heartbeats;
-//! - `failover`: load-balancer failover times over repeated leader kills.
+//! - `failover`: load-balancer failover times over repeated leader kills;
+//! - `resume-storm`: users on `rtc-client` moved by a rebalance resume from
+//!   lagging positions; resume times, loss and duplicates.
 //!
 //! Every tool is bounded in count and time, and prints its figures as one
 //! JSON line on stdout (progress goes to stderr).
@@ -19,6 +21,7 @@ use clap::{Parser, Subcommand};
 mod clients;
 mod lb;
 mod produce;
+mod storm;
 
 #[derive(Debug, Parser)]
 #[command(name = "rtc-bench", version, about)]
@@ -46,6 +49,8 @@ enum Command {
     /// Times load-balancer failovers: kill the leader, wait for the new
     /// leader's first fenced write.
     Failover(lb::FailoverArgs),
+    /// Users moved by a rebalance resume from positions 1–10 s behind.
+    ResumeStorm(storm::StormArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::Produce(args) => runtime(1)?.block_on(produce::run(args)),
         Command::Heartbeats(args) => runtime(1)?.block_on(lb::heartbeats(args)),
         Command::Failover(args) => runtime(1)?.block_on(lb::failover(args)),
+        Command::ResumeStorm(args) => runtime(2)?.block_on(storm::run(args)),
     }
 }
 

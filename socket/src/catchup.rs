@@ -102,6 +102,8 @@ pub fn create_consumer(brokers: &str, group: &str) -> Result<StreamConsumer, Kaf
 struct Pass {
     /// Next offset the pass reads.
     position: i64,
+    /// Where the running pass started (its scan length is the difference).
+    start: i64,
     /// Running requests: each started at or after the pass's first offset.
     active: Vec<Request>,
     /// Requests for the next pass.
@@ -188,6 +190,7 @@ impl CatchUpTask {
         let gather = self.limits.gather;
         let pass = self.passes.entry(request.partition).or_insert_with(|| Pass {
             position: request.from,
+            start: request.from,
             active: Vec::new(),
             waiting: Vec::new(),
             since: now,
@@ -258,6 +261,7 @@ impl CatchUpTask {
         };
         pass.active = ok;
         pass.position = from;
+        pass.start = from;
         pass.since = Instant::now();
         pass.state = PassState::Reading;
         self.metrics.catchup_reads.increment(1);
@@ -314,6 +318,9 @@ impl CatchUpTask {
         tpl.add_partition(&self.topic, partition as i32);
         if let Err(e) = self.consumer.incremental_unassign(&tpl) {
             tracing::warn!(partition, error = %e, "could not stop a catch-up read");
+        }
+        if let Some(pass) = self.passes.get(&partition).filter(|p| p.state == PassState::Reading) {
+            self.metrics.catchup_scan_records.record((pass.position - pass.start).max(0) as f64);
         }
         match self.passes.get_mut(&partition) {
             Some(pass) if !pass.waiting.is_empty() => {

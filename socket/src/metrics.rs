@@ -20,6 +20,9 @@ const LATENCY_BUCKETS: &[f64] =
 /// Hand-off reconnect buckets, seconds: fine around the 1 s P99 promise.
 const RECONNECT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
 
+/// Catch-up pass lengths, records: from a reconnect's few to the scan bound.
+const SCAN_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0];
+
 /// `reason` of `rtc_socket_disconnects_total` when the client went away.
 pub const CLIENT_GONE: &str = "client";
 
@@ -85,6 +88,7 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_socket_resume_cache_hits_total", "Resumes whose whole gap was in this node's memory (no log read)"),
     ("rtc_socket_catchup_reads_total", "Catch-up passes: one read of a partition's log shared by its resumers"),
     ("rtc_socket_catchup_scanned_total", "Records read by catch-up passes"),
+    ("rtc_socket_catchup_scan_records", "Records one catch-up pass read, from its first offset to where it ended"),
     ("rtc_socket_resume_unrecovered_total", "Resumes answered recovered:false, by reason"),
     ("rtc_socket_memory_budget_bytes", "Bytes of records the node may hold in memory (RTC_MEMORY_BUDGET_BYTES)"),
     ("rtc_socket_held_bytes", "Bytes of records held in memory (cached and queued), as of the last sweep"),
@@ -132,6 +136,7 @@ pub struct Metrics {
     pub resume_cache_hits: Counter,
     pub catchup_reads: Counter,
     pub catchup_scanned: Counter,
+    pub catchup_scan_records: Histogram,
     /// `reason`: [`ResumeFailure`].
     pub resume_unrecovered: CounterFamily,
     pub memory_budget: Gauge,
@@ -182,6 +187,7 @@ impl Metrics {
             &[
                 ("rtc_socket_delivery_latency_seconds", LATENCY_BUCKETS),
                 ("rtc_socket_reconnect_seconds", RECONNECT_BUCKETS),
+                ("rtc_socket_catchup_scan_records", SCAN_BUCKETS),
             ],
         );
         let gauge = |name: &'static str| registry.gauge(name, &[]);
@@ -208,6 +214,7 @@ impl Metrics {
             resume_cache_hits: counter("rtc_socket_resume_cache_hits_total"),
             catchup_reads: counter("rtc_socket_catchup_reads_total"),
             catchup_scanned: counter("rtc_socket_catchup_scanned_total"),
+            catchup_scan_records: registry.histogram("rtc_socket_catchup_scan_records", &[]),
             resume_unrecovered: family("rtc_socket_resume_unrecovered_total", "reason", ResumeFailure::LABELS),
             memory_budget: gauge("rtc_socket_memory_budget_bytes"),
             held_bytes: gauge("rtc_socket_held_bytes"),

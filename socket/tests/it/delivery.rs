@@ -116,6 +116,8 @@ async fn a_gap_the_cache_no_longer_holds_is_read_from_the_log() {
     assert_eq!(resumed["replayed"], 5);
     assert_eq!(metric(&node, "rtc_socket_catchup_reads_total").await, 1.0);
     assert!(metric(&node, "rtc_socket_catchup_scanned_total").await >= 5.0);
+    assert_eq!(metric(&node, "rtc_socket_catchup_scan_records_count").await, 1.0, "one pass");
+    assert!(metric(&node, "rtc_socket_catchup_scan_records_sum").await >= 5.0);
     assert_eq!(metric(&node, "rtc_socket_resume_cache_hits_total").await, 0.0);
     node.shutdown().await;
 }
