@@ -62,10 +62,15 @@ pub struct StormArgs {
 /// One user's view, kept by its task.
 #[derive(Default)]
 struct UserLog {
-    /// Ids the app received (after the client's dedupe).
+    /// Ids the app received, over all its clients.
     received: HashSet<MessageId>,
-    /// Ids the app got twice (the client should make this 0).
+    /// Ids the current client delivered (its own dedupe must hold).
+    this_client: HashSet<MessageId>,
+    /// Ids one client delivered twice: must be 0.
     duplicates: u64,
+    /// Ids delivered again after a lagging resume: expected (at least once
+    /// after the app's stored position).
+    redelivered: u64,
     /// Ids received lately, with when (for the lagging resume point).
     recent: VecDeque<(Instant, MessageId)>,
 }
@@ -75,6 +80,8 @@ struct UserLog {
 struct Storm {
     resume_ms: Vec<u64>,
     lag_ms: Vec<u64>,
+    /// How sessions ended, by kind (rebalance moves and anything else).
+    ends: HashMap<String, u64>,
     unrecovered: HashMap<String, u64>,
     replayed: u64,
 }
@@ -133,6 +140,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
 
     let lost = missing(&logs);
     let duplicates: u64 = logs.iter().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).duplicates).sum();
+    let redelivered: u64 = logs.iter().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).redelivered).sum();
     let storm = storm.lock().unwrap_or_else(|p| p.into_inner());
     let mut resume = storm.resume_ms.clone();
     resume.sort_unstable();
@@ -148,6 +156,8 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
             "acked": acked.len(),
             "lost": lost,
             "duplicates_to_app": duplicates,
+            "redelivered_after_lagging_resume": redelivered,
+            "session_ends": storm.ends,
             "moved": resume.len(),
             "resume_ms": {"p50": q(&resume, 0.5), "p99": q(&resume, 0.99), "max": resume.last()},
             "lag_ms": {"min": lag.first(), "p50": q(&lag, 0.5), "max": lag.last()},
@@ -188,8 +198,10 @@ async fn user(
             }
             Event::Message { id, .. } => {
                 let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                if !log.received.insert(id) {
+                if !log.this_client.insert(id) {
                     log.duplicates += 1;
+                } else if !log.received.insert(id) {
+                    log.redelivered += 1;
                 }
                 let now = Instant::now();
                 log.recent.push_back((now, id));
@@ -211,10 +223,11 @@ async fn user(
                     }
                 }
             }
-            Event::SessionEnded {
-                end: SessionEnd::Disconnect { reason: CloseReason::Rebalance | CloseReason::Drain, .. },
-                ..
-            } => {
+            Event::SessionEnded { end, .. } if !is_move(&end) => {
+                *storm.lock().unwrap_or_else(|p| p.into_inner()).ends.entry(end_kind(&end)).or_default() += 1;
+            }
+            Event::SessionEnded { end, .. } => {
+                *storm.lock().unwrap_or_else(|p| p.into_inner()).ends.entry(end_kind(&end)).or_default() += 1;
                 // The app's stored position lags: resume after the id it had
                 // processed `lag` before now (or its oldest known one).
                 let at = Instant::now();
@@ -230,6 +243,7 @@ async fn user(
                 // A user that got nothing lately lets its client resume by
                 // itself (from its first welcome's `live_from`).
                 if resume_id.is_some() {
+                    log.lock().unwrap_or_else(|p| p.into_inner()).this_client.clear();
                     client.close();
                     let Ok((c, e)) = RtcClient::connect(config(args, i, &permits, resume_id)) else { return };
                     (client, events) = (c, e);
@@ -239,6 +253,20 @@ async fn user(
             }
             _ => {}
         }
+    }
+}
+
+/// A rebalance or drain moved the user to another node.
+fn is_move(end: &SessionEnd) -> bool {
+    matches!(end, SessionEnd::Disconnect { reason: CloseReason::Rebalance | CloseReason::Drain, .. })
+}
+
+fn end_kind(end: &SessionEnd) -> String {
+    match end {
+        SessionEnd::Disconnect { reason, .. } => format!("disconnect:{}", reason.as_str()),
+        SessionEnd::Closed { code, .. } => format!("closed:{code}"),
+        SessionEnd::Lost(_) => "lost".to_owned(),
+        SessionEnd::ClientClosed => "client_closed".to_owned(),
     }
 }
 

@@ -19,6 +19,20 @@ ensure_commands() {
   _rtc_apt_install "${missing[@]}"
 }
 
+# build_binaries release|debug: builds every service binary and the load
+# tools with one feature resolution, so the demo, the benchmarks and the
+# tests share artifacts (a different -p set recompiles most dependencies),
+# and sets BIN to their folder.
+build_binaries() {
+  local flags=(-q -p rtc-socket -p rtc-load-balancer -p rtc-keda-scaler -p rtc-actuator -p rtc-loadgen -p rtc-bench)
+  if [ "$1" = release ]; then
+    cargo build --release "${flags[@]}"
+  else
+    cargo build "${flags[@]}"
+  fi
+  BIN=$RTC_ROOT/target/$1
+}
+
 # A free TCP port on loopback (the kernel picks it; a race with another
 # process is possible but harmless here: the server would fail loudly).
 free_port() {
