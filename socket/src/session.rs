@@ -79,10 +79,12 @@ enum Phase {
     /// Opened without `last_id`: live messages wait this long for a
     /// `resume` as the client's first frame.
     FirstFrame(tokio::time::Instant),
-    /// Writing the replay; live messages wait in the queue.
+    /// Writing the replay (records and the outcome come on `rx`); live
+    /// messages wait in the queue. Only resuming sessions hold a channel.
     Replaying {
         resume: Resume,
         replayed: u64,
+        rx: mpsc::UnboundedReceiver<Replayed>,
     },
     Live,
 }
@@ -166,14 +168,14 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
         Err(e) => e.into(),
         Ok(()) => {
             session.reconnect_after = node.takeovers.since(session.user.partition);
-            let (phase, replay) = match resume {
+            let phase = match resume {
                 Some(resume) => session.start_replay(resume),
                 None => {
                     let wait = Duration::from_millis(node.timing.resume_frame_wait_ms);
-                    (Phase::FirstFrame(tokio::time::Instant::now() + wait), idle_replay())
+                    Phase::FirstFrame(tokio::time::Instant::now() + wait)
                 }
             };
-            session.serve(&mut ws, &mut queue, &control, phase, replay).await
+            session.serve(&mut ws, &mut queue, &control, phase).await
         }
     };
     let reason = match ended {
@@ -187,9 +189,12 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
     node.metrics.disconnect(reason);
 }
 
-/// A replay channel that never yields (no replay running).
-fn idle_replay() -> mpsc::UnboundedReceiver<Replayed> {
-    mpsc::unbounded_channel().1
+/// The next replayed record or outcome; never, unless replaying.
+async fn next_replayed(phase: &mut Phase) -> Option<Replayed> {
+    match phase {
+        Phase::Replaying { rx, .. } => rx.recv().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -199,7 +204,6 @@ impl Session {
         queue: &mut mpsc::Receiver<Held>,
         control: &SessionControl,
         mut phase: Phase,
-        mut replay: mpsc::UnboundedReceiver<Replayed>,
     ) -> Ended {
         let timing = &self.node.timing;
         let ping_every = Duration::from_millis(timing.ping_interval_ms.max(10));
@@ -227,7 +231,7 @@ impl Session {
                     }
                     return self.close(ws, cmd).await;
                 }
-                item = replay.recv(), if replaying => {
+                item = next_replayed(&mut phase), if replaying => {
                     let result = match item {
                         Some(Replayed::Record(d)) => {
                             if let Phase::Replaying { replayed, .. } = &mut phase {
@@ -272,8 +276,8 @@ impl Session {
                         Some(Ok(Message::Text(text))) => {
                             let first = first_frame_until.is_some();
                             match self.on_text(ws, text.as_str(), &mut sends, first).await {
-                                Ok(Some((next, rx))) => {
-                                    (phase, replay) = (next, rx);
+                                Ok(Some(next)) => {
+                                    phase = next;
                                     Ok(())
                                 }
                                 Ok(None) => {
@@ -317,7 +321,7 @@ impl Session {
 
     /// Plans the replay the client asked for: the phase to enter and the
     /// channel the replayed records and the outcome come on.
-    fn start_replay(&mut self, resume: Resume) -> (Phase, mpsc::UnboundedReceiver<Replayed>) {
+    fn start_replay(&mut self, resume: Resume) -> Phase {
         self.note_resume();
         let (tx, rx) = mpsc::unbounded_channel();
         let partition = self.user.partition;
@@ -340,7 +344,7 @@ impl Session {
                 tokio::spawn(plan_replay(node, user, partition, from, self.live_from, tx));
             }
         }
-        (Phase::Replaying { resume, replayed: 0 }, rx)
+        Phase::Replaying { resume, replayed: 0, rx }
     }
 
     /// A resuming client is a reconnect: if this node took its partition
@@ -360,7 +364,7 @@ impl Session {
         phase: &mut Phase,
         outcome: Result<(), ResumeFailure>,
     ) -> Result<(), WriteError> {
-        let Phase::Replaying { resume, replayed } = std::mem::replace(phase, Phase::Live) else { return Ok(()) };
+        let Phase::Replaying { resume, replayed, .. } = std::mem::replace(phase, Phase::Live) else { return Ok(()) };
         if let Err(reason) = outcome {
             self.node.metrics.resume_unrecovered.increment(reason);
             tracing::debug!(user = %self.user.user, id = %resume.id, reason = reason.as_str(), "resume not recovered");
@@ -415,7 +419,7 @@ impl Session {
         text: &str,
         sends: &mut FuturesUnordered<PendingSend>,
         first: bool,
-    ) -> Result<Option<(Phase, mpsc::UnboundedReceiver<Replayed>)>, WriteError> {
+    ) -> Result<Option<Phase>, WriteError> {
         let limits = &self.node.limits;
         let frame = match parse_client_frame(text, limits.max_frame_bytes) {
             Ok(frame) => frame,
