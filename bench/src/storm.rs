@@ -71,6 +71,8 @@ struct UserLog {
     /// Ids delivered again after a lagging resume: expected (at least once
     /// after the app's stored position).
     redelivered: u64,
+    /// The server said `resumed{recovered:false}`: a gap it told the app of.
+    told_gap: bool,
     /// Ids received lately, with when (for the lagging resume point).
     recent: VecDeque<(Instant, MessageId)>,
 }
@@ -130,15 +132,23 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     // Settle: every moved user resumed, every message arrived (bounded).
     let settle = Instant::now() + Duration::from_secs(30);
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
+    // Missing ids: (of users never told of a gap, of users told).
     let missing = |logs: &[Arc<Mutex<UserLog>>]| {
-        acked.iter().filter(|(u, id)| !logs[*u].lock().unwrap_or_else(|p| p.into_inner()).received.contains(id)).count()
+        let (mut untold, mut told) = (0, 0);
+        for (u, id) in &acked {
+            let log = logs[*u].lock().unwrap_or_else(|p| p.into_inner());
+            if !log.received.contains(id) {
+                if log.told_gap { told += 1 } else { untold += 1 }
+            }
+        }
+        (untold, told)
     };
-    while missing(&logs) > 0 && Instant::now() < settle {
+    while missing(&logs).0 > 0 && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tasks.abort_all();
 
-    let lost = missing(&logs);
+    let (lost, told) = missing(&logs);
     let duplicates: u64 = logs.iter().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).duplicates).sum();
     let redelivered: u64 = logs.iter().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).redelivered).sum();
     let storm = storm.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,6 +165,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
             "produced": produced,
             "acked": acked.len(),
             "lost": lost,
+            "missing_after_a_told_gap": told,
             "duplicates_to_app": duplicates,
             "redelivered_after_lagging_resume": redelivered,
             "session_ends": storm.ends,
@@ -218,6 +229,7 @@ async fn user(
                     let mut storm = storm.lock().unwrap_or_else(|p| p.into_inner());
                     storm.resume_ms.push(at.elapsed().as_millis() as u64);
                     if !recovered {
+                        log.lock().unwrap_or_else(|p| p.into_inner()).told_gap = true;
                         let reason = reason.map_or("unknown", |r| r.as_str());
                         *storm.unrecovered.entry(reason.to_owned()).or_default() += 1;
                     }

@@ -50,6 +50,20 @@ pub struct Request {
     pub reply: mpsc::UnboundedSender<Replayed>,
 }
 
+/// A request being served: the offsets below `next` were passed to it.
+#[derive(Debug)]
+struct Active {
+    request: Request,
+    next: i64,
+}
+
+impl Active {
+    fn new(request: Request) -> Self {
+        let next = request.from;
+        Self { request, next }
+    }
+}
+
 impl Request {
     fn finish(&self, outcome: Result<(), ResumeFailure>) {
         let _ = self.reply.send(Replayed::Done(outcome));
@@ -104,8 +118,13 @@ struct Pass {
     position: i64,
     /// Where the running pass started (its scan length is the difference).
     start: i64,
-    /// Running requests: each started at or after the pass's first offset.
-    active: Vec<Request>,
+    /// The partition's log start, read when the pass started.
+    low: i64,
+    /// Set by a (re)assignment: the first record must be at this offset
+    /// (anything else was fetched before it).
+    expect: Option<i64>,
+    /// Running requests.
+    active: Vec<Active>,
     /// Requests for the next pass.
     waiting: Vec<Request>,
     /// When the pass last made progress (or when it was planned).
@@ -179,7 +198,7 @@ impl CatchUpTask {
             }
         }
         for pass in self.passes.values() {
-            for r in pass.active.iter().chain(&pass.waiting) {
+            for r in pass.active.iter().map(|a| &a.request).chain(&pass.waiting) {
                 r.finish(Err(ResumeFailure::Unavailable));
             }
         }
@@ -188,18 +207,57 @@ impl CatchUpTask {
     fn add(&mut self, request: Request) {
         let now = Instant::now();
         let gather = self.limits.gather;
-        let pass = self.passes.entry(request.partition).or_insert_with(|| Pass {
+        let partition = request.partition;
+        let pass = self.passes.entry(partition).or_insert_with(|| Pass {
             position: request.from,
             start: request.from,
+            low: 0,
+            expect: None,
             active: Vec::new(),
             waiting: Vec::new(),
             since: now,
             state: PassState::Gathering(now + gather),
         });
-        if pass.state == PassState::Reading && request.from >= pass.position {
-            pass.active.push(request);
-        } else {
+        if pass.state != PassState::Reading {
             pass.waiting.push(request);
+            return;
+        }
+        if request.from < pass.low {
+            request.finish(Err(ResumeFailure::Expired));
+            return;
+        }
+        // Join the running pass; one that needs older records rewinds it
+        // (requests already past those offsets skip them).
+        let rewind = request.from < pass.position;
+        let from = request.from;
+        pass.active.push(Active::new(request));
+        if rewind {
+            self.metrics.catchup_reads.increment(1);
+            self.read_from(partition, from);
+        }
+    }
+
+    /// (Re)starts reading `partition` at `from`.
+    fn read_from(&mut self, partition: u32, from: i64) {
+        let Some(pass) = self.passes.get_mut(&partition) else { return };
+        pass.position = from;
+        pass.start = pass.start.min(from);
+        pass.expect = Some(from);
+        pass.since = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        let assigned = tpl.add_partition_offset(&self.topic, partition as i32, Offset::Offset(from)).and_then(|()| {
+            let mut old = TopicPartitionList::new();
+            old.add_partition(&self.topic, partition as i32);
+            // Not assigned yet is fine: this is the first read.
+            let _ = self.consumer.incremental_unassign(&old);
+            self.consumer.incremental_assign(&tpl)
+        });
+        if let Err(e) = assigned {
+            tracing::warn!(partition, error = %e, "could not start a catch-up read");
+            for a in pass.active.drain(..) {
+                a.request.finish(Err(ResumeFailure::Unavailable));
+            }
+            self.next_pass(partition);
         }
     }
 
@@ -220,8 +278,8 @@ impl CatchUpTask {
         for p in stalled {
             tracing::warn!(partition = p, "catch-up read made no progress; giving up on its requests");
             if let Some(pass) = self.passes.get_mut(&p) {
-                for r in pass.active.drain(..) {
-                    r.finish(Err(ResumeFailure::Unavailable));
+                for a in pass.active.drain(..) {
+                    a.request.finish(Err(ResumeFailure::Unavailable));
                 }
             }
             self.next_pass(p);
@@ -259,50 +317,46 @@ impl CatchUpTask {
             self.passes.remove(&start.partition);
             return;
         };
-        pass.active = ok;
-        pass.position = from;
+        pass.active = ok.into_iter().map(Active::new).collect();
+        pass.low = start.low.unwrap_or(0);
         pass.start = from;
-        pass.since = Instant::now();
         pass.state = PassState::Reading;
         self.metrics.catchup_reads.increment(1);
-        let mut tpl = TopicPartitionList::new();
-        let assigned = tpl
-            .add_partition_offset(&self.topic, start.partition as i32, Offset::Offset(from))
-            .and_then(|()| self.consumer.incremental_assign(&tpl));
-        if let Err(e) = assigned {
-            tracing::warn!(partition = start.partition, error = %e, "could not start a catch-up read");
-            for r in pass.active.drain(..) {
-                r.finish(Err(ResumeFailure::Unavailable));
-            }
-            self.next_pass(start.partition);
-        }
+        self.read_from(start.partition, from);
     }
 
     fn record(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
         let partition = m.partition() as u32;
         let Some(pass) = self.passes.get_mut(&partition).filter(|p| p.state == PassState::Reading) else { return };
         let offset = m.offset();
-        if offset < pass.position {
-            return; // fetched before a re-assignment
+        match pass.expect {
+            // Fetched before the last (re)assignment.
+            Some(first) if offset != first => return,
+            Some(_) => pass.expect = None,
+            None if offset < pass.position => return,
+            None => {}
         }
         pass.position = offset + 1;
         pass.since = Instant::now();
         self.metrics.catchup_scanned.increment(1);
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let wanted = |r: &&Request| Some(r.user.as_str()) == key && r.from <= offset && offset < r.to;
-        if pass.active.iter().any(|r| wanted(&r))
-            && let Some((_, delivery)) = delivery_of(m)
-        {
-            let delivery = Arc::new(delivery);
-            for r in pass.active.iter().filter(wanted) {
-                let _ = r.reply.send(Replayed::Record(delivery.clone()));
+        let wanted = |a: &&mut Active| a.next <= offset && offset < a.request.to;
+        let mut delivery: Option<Arc<Delivery>> = None;
+        for a in pass.active.iter_mut().filter(wanted) {
+            if Some(a.request.user.as_str()) == key {
+                if delivery.is_none() {
+                    delivery = delivery_of(m).map(|(_, d)| Arc::new(d));
+                }
+                if let Some(d) = &delivery {
+                    let _ = a.request.reply.send(Replayed::Record(d.clone()));
+                }
             }
+            a.next = offset + 1;
         }
-        let position = pass.position;
-        pass.active.retain(|r| {
-            let done = r.to <= position;
+        pass.active.retain(|a| {
+            let done = a.next >= a.request.to;
             if done {
-                r.finish(Ok(()));
+                a.request.finish(Ok(()));
             }
             !done
         });
