@@ -203,3 +203,51 @@ async fn a_last_id_below_the_log_start_is_expired() {
     assert_eq!(client.next_json().await.unwrap()["id"], json!(format!("{p}:{o}")));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumers_of_one_partition_share_one_read_of_the_log() {
+    const P: u32 = 4;
+    let mut world = World::new(P).await;
+    // No cache, and a gather window every resumer below arrives within.
+    let node = world.serving_node("socket-a", &["--resume-buffer", "0", "--resume-gather-ms", "1000"]).await;
+    let users: Vec<String> = (0..200)
+        .map(|i| format!("share-{i}"))
+        .filter(|u| rtc_core::partition_for_key(u.as_bytes(), P) == 1)
+        .take(6)
+        .collect();
+    assert_eq!(users.len(), 6);
+    // Admitted once the partition accepts users (its start offset is known).
+    drop(Client::join(&node, &world.token(&users[0], &node, 1)).await);
+    // Each user has a first message it saw (its last id) and three it missed.
+    let producer = world.producer().await;
+    let mut seen = Vec::new();
+    let mut missed: Vec<Vec<String>> = vec![Vec::new(); users.len()];
+    for u in &users {
+        let (p, o) = world.produce(&producer, u, "seen").await;
+        seen.push(format!("{p}:{o}"));
+    }
+    for round in 0..3 {
+        for (i, u) in users.iter().enumerate() {
+            let (p, o) = world.produce(&producer, u, &format!("missed-{round}")).await;
+            missed[i].push(format!("{p}:{o}"));
+        }
+    }
+    let total = (users.len() * 4) as f64;
+    eventually("every record consumed", Duration::from_secs(5), async || {
+        metric(&node, "rtc_socket_messages_consumed_total").await >= total
+    })
+    .await;
+    // All resume at once.
+    let resumes = users.iter().zip(&seen).map(|(u, last)| {
+        let token = world.token(u, &node, 1);
+        let (node, last) = (&node, last.clone());
+        async move { Client::resume(node, &token, &last).await }
+    });
+    let results = futures_util::future::join_all(resumes).await;
+    for ((_, replayed, resumed), want) in results.iter().zip(&missed) {
+        assert_eq!(&ids_of(replayed), want, "{resumed}");
+        assert_eq!(resumed["recovered"], true);
+    }
+    assert_eq!(metric(&node, "rtc_socket_catchup_reads_total").await, 1.0, "one shared read of partition 1");
+    node.shutdown().await;
+}
