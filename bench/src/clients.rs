@@ -20,14 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use rtc_client::Ws;
 use rtc_core::protocol::{MessageId, ServerFrame};
 use rtc_core::{ConnectClaims, TokenSigner};
-use rtc_loadgen::user::error_kind;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Latencies above this many milliseconds share the last bucket.
 const HIST_MAX_MS: usize = 60_000;
@@ -73,10 +70,6 @@ pub struct ClientsArgs {
     /// from overflowing).
     #[arg(long, env = "RTC_BENCH_CONNECT_CONCURRENCY", default_value_t = 64)]
     pub connect_concurrency: usize,
-    /// Read buffer of each client session (tungstenite's default is 128 KiB,
-    /// which the client fleet does not need).
-    #[arg(long, env = "RTC_BENCH_CLIENT_READ_BUFFER", default_value_t = 4096)]
-    pub read_buffer: usize,
     /// Record latency and duplicates of `message` frames.
     #[arg(long, env = "RTC_BENCH_MEASURE_LATENCY")]
     pub measure_latency: bool,
@@ -85,13 +78,10 @@ pub struct ClientsArgs {
     pub threads: usize,
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
 struct Ctx {
     args: ClientsArgs,
     signer: TokenSigner,
     gate: Semaphore,
-    config: WebSocketConfig,
     stats: Stats,
 }
 
@@ -144,14 +134,10 @@ impl Stats {
 pub async fn run(args: ClientsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.count > 0, "--count must be at least 1");
     anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
-    let mut config = WebSocketConfig::default();
-    config.read_buffer_size = args.read_buffer.max(256);
-    config.write_buffer_size = 0;
     let ctx = Arc::new(Ctx {
         signer: TokenSigner::new(args.secret.as_bytes()),
         gate: Semaphore::new(args.connect_concurrency.max(1)),
         stats: Stats::new(args.measure_latency),
-        config,
         args,
     });
 
@@ -307,7 +293,7 @@ async fn session(n: u64, ctx: Arc<Ctx>, ready: mpsc::Sender<()>, mut stop: watch
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    ctx.stats.event(format!("read_error:{}", error_kind(&e)));
+                    ctx.stats.event(format!("read_error:{}", read_error_kind(&e)));
                     break;
                 }
                 None => {
@@ -366,8 +352,10 @@ fn id_key(id: MessageId) -> u64 {
     (u64::from(id.partition) << 40) | (id.offset as u64 & ((1 << 40) - 1))
 }
 
-/// Connects one session: bound TCP socket, upgrade with a fresh token, and
-/// the `welcome` frame. Errors are short kinds for the report.
+/// Connects one session with a token minted for `user` (no load balancer:
+/// the fleet measures one node), from `--from-ip`, through `rtc-client`'s
+/// session opening (TCP, upgrade, `welcome`). Errors are short kinds for
+/// the report.
 async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
     let args = &ctx.args;
     let partition = rtc_core::partition_for_key(user.as_bytes(), args.partitions);
@@ -378,25 +366,18 @@ async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
         epoch: args.epoch,
         expires_at_ms: (crate::now_ms() + 600_000) as u64,
     });
-    let socket = match args.from_ip {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(|e| format!("socket:{:?}", e.kind()))?;
-    socket.bind(SocketAddr::new(args.from_ip, 0)).map_err(|e| format!("bind:{:?}", e.kind()))?;
-    let stream = socket.connect(args.ws).await.map_err(|e| format!("tcp:{:?}", e.kind()))?;
-    stream.set_nodelay(true).map_err(|e| format!("nodelay:{:?}", e.kind()))?;
     let url = format!("ws://{}/ws?token={token}", args.ws);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ctx.config))
-        .await
-        .map_err(|e| format!("upgrade:{}", error_kind(&e)))?;
-    match ws.next().await {
-        Some(Ok(Message::Text(text))) => match ServerFrame::parse(text.as_str()) {
-            Ok(ServerFrame::Welcome { .. }) => Ok(ws),
-            _ => Err("no_welcome".into()),
-        },
-        Some(Err(e)) => Err(format!("welcome:{}", error_kind(&e))),
-        _ => Err("no_welcome".into()),
+    let (ws, _welcome) = rtc_client::open_session(&url, Some(args.from_ip)).await.map_err(|e| e.kind())?;
+    Ok(ws)
+}
+
+/// A short kind of a read error, for the report.
+fn read_error_kind(e: &tungstenite::Error) -> &'static str {
+    match e {
+        tungstenite::Error::Io(_) => "io",
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed",
+        tungstenite::Error::Protocol(_) => "protocol",
+        _ => "other",
     }
 }
 

@@ -81,6 +81,9 @@ struct UserLog {
 #[derive(Default)]
 struct Storm {
     resume_ms: Vec<u64>,
+    /// From the disconnect to the new session's `welcome` (the rest of
+    /// `resume_ms` is the replay).
+    welcome_ms: Vec<u64>,
     lag_ms: Vec<u64>,
     /// How sessions ended, by kind (rebalance moves and anything else).
     ends: HashMap<String, u64>,
@@ -155,6 +158,8 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
     let mut resume = storm.resume_ms.clone();
     resume.sort_unstable();
     let q = |v: &[u64], p: f64| v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied();
+    let mut welcome = storm.welcome_ms.clone();
+    welcome.sort_unstable();
     let mut lag = storm.lag_ms.clone();
     lag.sort_unstable();
     println!(
@@ -171,6 +176,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
             "session_ends": storm.ends,
             "moved": resume.len(),
             "resume_ms": {"p50": q(&resume, 0.5), "p99": q(&resume, 0.99), "max": resume.last()},
+            "welcome_ms": {"p50": q(&welcome, 0.5), "p99": q(&welcome, 0.99), "max": welcome.last()},
             "lag_ms": {"min": lag.first(), "p50": q(&lag, 0.5), "max": lag.last()},
             "replayed_to_app": storm.replayed,
             "unrecovered": storm.unrecovered,
@@ -205,6 +211,9 @@ async fn user(
             Event::State(rtc_client::State::Connected) => {
                 if let Some(tx) = first.take() {
                     let _ = tx.send(()).await;
+                }
+                if let Some(at) = moved_at {
+                    storm.lock().unwrap_or_else(|p| p.into_inner()).welcome_ms.push(at.elapsed().as_millis() as u64);
                 }
             }
             Event::Message { id, .. } => {

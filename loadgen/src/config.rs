@@ -59,10 +59,8 @@ pub struct Config {
     /// Connect attempts (route + WebSocket + welcome) in flight at once.
     #[arg(long, env = "RTC_LOADGEN_CONNECT_CONCURRENCY", default_value_t = 256)]
     pub connect_concurrency: usize,
-    /// Bound on one route request.
-    #[arg(long, env = "RTC_LOADGEN_ROUTE_TIMEOUT_MS", default_value_t = 2_000)]
-    pub route_timeout_ms: u64,
-    /// Bound on one WebSocket connect (TCP, upgrade and `welcome`).
+    /// Bound on each connect step: one route request; TCP, WebSocket
+    /// upgrade and `welcome` together.
     #[arg(long, env = "RTC_LOADGEN_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
     /// First retry delay after a failed attempt (doubles, with jitter).
@@ -114,7 +112,7 @@ impl Config {
     pub fn validate(&self, profile: &Profile) -> anyhow::Result<()> {
         anyhow::ensure!(!self.lbs.is_empty(), "--lb: at least one load balancer is needed");
         for lb in &self.lbs {
-            crate::route::LbAddr::parse(lb).map_err(|e| anyhow::anyhow!("--lb {lb:?}: {e}"))?;
+            lb_url(lb)?;
         }
         anyhow::ensure!(self.rate.is_finite() && self.rate >= 0.0, "--rate must be a number ≥ 0");
         anyhow::ensure!(
@@ -158,6 +156,17 @@ pub const FILE_MARGIN: u64 = 128;
 /// Refuses, with the reason and the fix, a run that cannot fit: each user
 /// holds one socket (never two), each attempt in flight one more for its
 /// route request.
+/// A load balancer's base URL from `--lb`: `http://host:port`, or
+/// `host:port` (taken as `http://`).
+pub fn lb_url(text: &str) -> anyhow::Result<String> {
+    let url = if text.contains("://") { text.to_owned() } else { format!("http://{text}") };
+    anyhow::ensure!(url.starts_with("http://"), "--lb {text:?}: only http:// load balancers are supported");
+    let authority = url["http://".len()..].split('/').next().unwrap_or_default();
+    anyhow::ensure!(!authority.is_empty(), "--lb {text:?}: no host");
+    authority.parse::<http::uri::Authority>().map_err(|e| anyhow::anyhow!("--lb {text:?}: {e}"))?;
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 pub fn check_fits(peak_users: u64, concurrency: u64, source_ips: u64, limits: Limits) -> Result<(), String> {
     let files = peak_users + concurrency + FILE_MARGIN;
     if files > limits.open_files {
@@ -239,6 +248,10 @@ mod tests {
         let c = parse(&["--lb", "127.0.0.1:8000", "--source-ips", "127.0.0.2,127.0.0.3", "--rate", "0"]);
         assert_eq!(c.source_ips.len(), 2);
         c.validate(&c.load_profile().unwrap()).unwrap();
+        assert_eq!(lb_url("127.0.0.1:8001").unwrap(), "http://127.0.0.1:8001");
+        assert_eq!(lb_url("http://lb.example:80/").unwrap(), "http://lb.example:80");
+        assert!(lb_url("https://lb.example").is_err(), "TLS is not supported");
+        assert!(lb_url("http://").is_err(), "no host");
     }
 
     #[test]

@@ -5,20 +5,18 @@
 //! - [`config`]: flags (each with an `RTC_*` variable) and the machine checks;
 //! - [`profile`]: the load profile and its user-count schedule (pure);
 //! - [`ledger`]: online users, messages produced and received, loss (pure);
-//! - [`stats`], [`backoff`]: counters, histograms, retry pacing (pure);
-//! - [`route`]: `/v1/route` over a source-bound HTTP client;
-//! - [`user`]: one user's session loop; [`fleet`]: users following the profile;
+//! - [`stats`]: counters and histograms (pure);
+//! - [`user`]: one user on an `rtc_client::RtcClient` (route, resume,
+//!   reconnect); [`fleet`]: users following the profile;
 //! - [`producer`]: the paced Kafka producer;
 //! - [`report`]: the per-second timeline and the final report.
 
-pub mod backoff;
 pub mod config;
 pub mod fleet;
 pub mod ledger;
 pub mod producer;
 pub mod profile;
 pub mod report;
-pub mod route;
 pub mod stats;
 pub mod user;
 
@@ -28,13 +26,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::report::{Report, RunInfo, Snapshot};
-use crate::route::LbAddr;
 use crate::stats::Stats;
 
 pub fn now_ms() -> i64 {
@@ -59,9 +55,10 @@ pub struct Gauges {
 pub struct Shared {
     pub config: Config,
     pub run_id: String,
-    pub lbs: Vec<LbAddr>,
-    pub gate: Semaphore,
-    pub ws_config: WebSocketConfig,
+    /// Load balancers' base URLs (`http://host:port`).
+    pub lbs: Vec<String>,
+    /// Connection attempts in flight at once, over all users.
+    pub gate: Arc<Semaphore>,
     pub gauges: Gauges,
     ledger: Mutex<Ledger>,
     stats: Mutex<Stats>,
@@ -123,13 +120,9 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
 
     let started_at_ms = now_ms();
     let run_id = format!("{started_at_ms:x}-{:x}", std::process::id());
-    let mut ws_config = WebSocketConfig::default();
-    ws_config.read_buffer_size = 4096;
-    ws_config.write_buffer_size = 0;
     let shared = Arc::new(Shared {
-        lbs: config.lbs.iter().map(|l| LbAddr::parse(l).map_err(anyhow::Error::msg)).collect::<Result<_, _>>()?,
-        gate: Semaphore::new(config.connect_concurrency),
-        ws_config,
+        lbs: config.lbs.iter().map(|l| config::lb_url(l)).collect::<Result<_, _>>()?,
+        gate: Arc::new(Semaphore::new(config.connect_concurrency)),
         gauges: Gauges::default(),
         ledger: Mutex::new(Ledger::new(run_id.clone(), config.user_prefix.clone())),
         stats: Mutex::new(Stats::default()),

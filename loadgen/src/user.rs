@@ -1,59 +1,18 @@
-//! One simulated user's life: ask a load balancer for its route, connect
-//! with the token, read its messages (deduped by id in the ledger), follow
-//! `disconnect` and close codes to reconnect (`resume` with the last id it
-//! saw), and leave cleanly when told to. It never opens a socket before the
-//! previous one is closed; a per-user socket count checks that.
+//! One simulated user's life on [`rtc_client`]: the client routes, connects,
+//! resumes after its last id and reconnects on its own; this module turns
+//! its events into the run's ledger and counters, and leaves cleanly when
+//! the profile says so (once nothing is on its way to the user, or its
+//! grace ran out).
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use rand::Rng;
-use rtc_core::protocol::{MessageId, ServerFrame, is_new, resume_point};
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{self, Message};
+use rtc_client::{ClientConfig, ClientError, Event, RouteError, RtcClient, SessionEnd, State};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::backoff::{Backoff, Next, SessionEnd, next_after};
-use crate::route::{self, RouteError};
 use crate::stats::Stats;
-
-/// How long a closing session waits for the other side's close frame.
-const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
-
-/// Where to resume: the highest id seen (ids of the user's partition only
-/// grow, so one comparison dedupes: `rtc_core::protocol::is_new`), and the
-/// first welcome's `live_from` for a user that has seen none yet.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LastSeen {
-    last: Option<MessageId>,
-    live_from: Option<MessageId>,
-}
-
-impl LastSeen {
-    /// Notes `id`; false when it is not new (at or below the last one).
-    pub fn saw(&mut self, id: MessageId) -> bool {
-        let new = is_new(self.last, id);
-        if new {
-            self.last = Some(id);
-        }
-        new
-    }
-
-    /// Notes a welcome's `live_from` (only the first session's counts).
-    pub fn welcomed(&mut self, live_from: MessageId) {
-        self.live_from.get_or_insert(live_from);
-    }
-
-    /// The connect URL's query addition: `&last_id=…`, `&from_id=…` or nothing.
-    pub fn query(&self) -> String {
-        resume_point(self.last, self.live_from).map(|(k, id)| format!("&{k}={id}")).unwrap_or_default()
-    }
-}
 
 /// When a leaving user closes: once nothing is on its way to it, or its
 /// grace ran out.
@@ -81,36 +40,6 @@ impl Leave {
     }
 }
 
-/// Counts a user's open sockets; a second one while one is open is a
-/// double session.
-struct SocketGuard {
-    open: Arc<AtomicU32>,
-    shared: Arc<Shared>,
-}
-
-impl SocketGuard {
-    fn new(open: &Arc<AtomicU32>, shared: &Arc<Shared>) -> Self {
-        if open.fetch_add(1, Ordering::AcqRel) > 0 {
-            shared.stats().double_sessions += 1;
-            tracing::error!("a user opened a second socket while one was open");
-        }
-        shared.gauges.open_sockets.fetch_add(1, Ordering::Relaxed);
-        Self { open: open.clone(), shared: shared.clone() }
-    }
-}
-
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.shared.gauges.open_sockets.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-struct Conn {
-    ws: WebSocketStream<TcpStream>,
-    _guard: SocketGuard,
-}
-
 /// A user as the fleet sees it.
 #[derive(Debug, Clone)]
 pub struct UserSlot {
@@ -127,48 +56,42 @@ enum Phase {
     Gone,
 }
 
+/// How the user's life ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// It left as the profile asked.
+    Left,
+    /// The server said not to come back, or it gave up connecting.
+    Stopped,
+}
+
 struct Me {
     shared: Arc<Shared>,
     idx: u32,
-    name: String,
-    source: Option<IpAddr>,
-    lb: usize,
-    backoff: Backoff,
-    leave: Leave,
-    token: CancellationToken,
-    sockets: Arc<AtomicU32>,
     phase: Phase,
-    last_seen: LastSeen,
-}
-
-/// How a session ended, owned.
-enum Ended {
-    Left,
-    Server { at: Instant, next: Next },
+    leave: Leave,
+    /// Failed connection attempts since the last session opened.
+    failures: u32,
+    /// The end of the last session (when the client reported it, and why),
+    /// until the next one opens: the reconnect time.
+    broken: Option<(Instant, String)>,
+    end: Option<End>,
 }
 
 /// Runs one user until it left (or was stopped); marks `slot.done`.
 pub async fn run(shared: Arc<Shared>, slot: UserSlot) {
-    let config = &shared.config;
-    let lb = (slot.idx as usize) % shared.lbs.len();
-    let source =
-        (!config.source_ips.is_empty()).then(|| config.source_ips[slot.idx as usize % config.source_ips.len()]);
     let name = shared.ledger().user_name(slot.idx);
     let mut me = Me {
-        name,
         idx: slot.idx,
-        source,
-        lb,
-        backoff: Backoff::new(config.backoff_base_ms, config.backoff_max_ms),
-        leave: Leave::new(Duration::from_millis(config.leave_grace_ms)),
-        token: slot.leave.clone(),
-        sockets: Arc::new(AtomicU32::new(0)),
         phase: Phase::Gone,
-        last_seen: LastSeen::default(),
+        leave: Leave::new(Duration::from_millis(shared.config.leave_grace_ms)),
+        failures: 0,
+        broken: None,
+        end: None,
         shared,
     };
     me.set_phase(Phase::Connecting);
-    let stopped = me.life().await;
+    let stopped = me.life(client_config(&me.shared, slot.idx, name), &slot.leave).await;
     me.set_phase(Phase::Gone);
     {
         let mut ledger = me.shared.ledger();
@@ -177,17 +100,39 @@ pub async fn run(shared: Arc<Shared>, slot: UserSlot) {
     slot.done.store(true, Ordering::Release);
 }
 
+/// The user's client: load balancers rotated so users spread over them, a
+/// source address of the configured ones, the run's retry pacing.
+fn client_config(shared: &Shared, idx: u32, name: String) -> ClientConfig {
+    let config = &shared.config;
+    let mut lbs = shared.lbs.clone();
+    let first = idx as usize % lbs.len().max(1);
+    lbs.rotate_left(first);
+    let mut client = ClientConfig::new(lbs, name);
+    if !config.source_ips.is_empty() {
+        client.source_ip = Some(config.source_ips[idx as usize % config.source_ips.len()]);
+    }
+    client.min_reconnect_delay = Duration::from_millis(config.backoff_base_ms.max(1));
+    client.max_reconnect_delay = Duration::from_millis(config.backoff_max_ms.max(config.backoff_base_ms));
+    client.connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+    client.connect_permits = Some(shared.gate.clone());
+    client
+}
+
 impl Me {
     fn set_phase(&mut self, phase: Phase) {
         let g = &self.shared.gauges;
         match self.phase {
             Phase::Connecting => g.connecting.fetch_sub(1, Ordering::Relaxed),
-            Phase::Online => g.online.fetch_sub(1, Ordering::Relaxed),
+            Phase::Online => {
+                g.open_sockets.fetch_sub(1, Ordering::Relaxed);
+                g.online.fetch_sub(1, Ordering::Relaxed)
+            }
             Phase::Gone => 0,
         };
         match phase {
             Phase::Connecting => g.connecting.fetch_add(1, Ordering::Relaxed),
             Phase::Online => {
+                g.open_sockets.fetch_add(1, Ordering::Relaxed);
                 let n = g.online.fetch_add(1, Ordering::Relaxed) + 1;
                 g.peak_online.fetch_max(n, Ordering::Relaxed);
                 n
@@ -197,316 +142,125 @@ impl Me {
         self.phase = phase;
     }
 
-    fn pending(&self) -> u32 {
-        self.shared.ledger().pending_of(self.idx)
-    }
-
-    fn leave_done(&mut self) -> bool {
-        if self.token.is_cancelled() {
-            self.leave.start(Instant::now());
-        }
-        self.leave.done(Instant::now(), self.pending())
-    }
-
-    /// Sleeps, unless the user is told to leave meanwhile.
-    async fn pause(&mut self, wait: Duration) {
-        if wait.is_zero() {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = self.token.cancelled(), if !self.leave.started() => self.leave.start(Instant::now()),
-        }
-    }
-
     /// Returns true when the user stopped for good (not a clean leave).
-    async fn life(&mut self) -> bool {
-        // The end of the last session, for the reconnect time.
-        let mut broken: Option<(Instant, String)> = None;
-        let mut wait = Duration::ZERO;
-        loop {
-            // Connect (with retries).
-            let conn = loop {
-                if self.leave_done() {
-                    if broken.is_some() {
-                        self.shared.stats().reconnects_abandoned += 1;
-                    }
-                    return false;
-                }
-                if self.backoff.attempts() >= self.shared.config.max_attempts {
-                    self.shared.stats().gave_up += 1;
-                    tracing::warn!(user = %self.name, attempts = self.backoff.attempts(), "user gives up connecting");
-                    return true;
-                }
-                self.pause(wait).await;
-                if self.leave_done() {
-                    continue;
-                }
-                match self.attempt().await {
-                    Ok(conn) => break conn,
-                    Err(delay) => wait = delay,
-                }
-            };
-            let mut conn = conn;
-            self.backoff.reset();
-            self.set_phase(Phase::Online);
-            if let Some((at, reason)) = broken.take() {
-                let ms = at.elapsed().as_millis() as u64;
-                self.shared.stats().reconnected(ms, &reason);
-            }
-            self.shared.ledger().welcomed(self.idx, crate::now_ms());
-            let ended = self.serve(&mut conn).await;
-            drop(conn);
-            self.set_phase(Phase::Connecting);
-            match ended {
-                Ended::Left => return false,
-                Ended::Server { next: Next::Stop { reason }, .. } => {
-                    Stats::count(&mut self.shared.stats().stopped_by_server, reason);
-                    return true;
-                }
-                Ended::Server { at, next: Next::Reconnect { reason, wait_ms } } => {
-                    wait = match wait_ms {
-                        Some(ms) => Duration::from_millis(ms).saturating_sub(at.elapsed()),
-                        None => self.backoff_delay(),
-                    };
-                    broken = Some((at, reason));
-                }
-            }
-        }
-    }
-
-    fn backoff_delay(&mut self) -> Duration {
-        let unit: f64 = rand::rng().random();
-        Duration::from_millis(self.backoff.next_ms(unit))
-    }
-
-    /// One attempt: route, connect, welcome. On failure, the delay before
-    /// the next attempt.
-    async fn attempt(&mut self) -> Result<Conn, Duration> {
-        let shared = self.shared.clone();
-        let _permit = tokio::select! {
-            p = shared.gate.acquire() => p.map_err(|_| Duration::from_millis(100))?,
-            _ = self.token.cancelled(), if !self.leave.started() => {
-                self.leave.start(Instant::now());
-                return Err(Duration::ZERO);
+    async fn life(&mut self, config: ClientConfig, leave: &CancellationToken) -> bool {
+        let (client, mut events) = match RtcClient::connect(config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(user = self.idx, error = %e, "bad client settings");
+                self.shared.stats().gave_up += 1;
+                return true;
             }
         };
-        let config = &shared.config;
-        let lb = &shared.lbs[self.lb];
-        let route =
-            match route::fetch(lb, &self.name, self.source, Duration::from_millis(config.route_timeout_ms)).await {
-                Ok(route) => route,
-                Err(e) => {
-                    Stats::count(&mut shared.stats().route_errors, e.kind());
-                    return Err(match e {
-                        RouteError::Unreachable(_) => {
-                            // Fail over at once; back off only once every load
-                            // balancer failed in a row.
-                            self.lb = (self.lb + 1) % shared.lbs.len();
-                            shared.stats().route_failovers += 1;
-                            let delay = self.backoff_delay();
-                            if (self.backoff.attempts() as usize).is_multiple_of(shared.lbs.len()) {
-                                delay
-                            } else {
-                                Duration::ZERO
-                            }
-                        }
-                        RouteError::Status { retry_after_ms, .. } => {
-                            self.backoff_delay().max(Duration::from_millis(retry_after_ms.unwrap_or(0)))
-                        }
-                        RouteError::BadResponse(_) => self.backoff_delay(),
-                    });
-                }
-            };
-        let timeout = Duration::from_millis(config.connect_timeout_ms);
-        match tokio::time::timeout(timeout, self.connect(&route)).await {
-            Ok(Ok((conn, live_from))) => {
-                if let Some(live_from) = live_from {
-                    self.last_seen.welcomed(live_from);
-                }
-                Ok(conn)
-            }
-            Ok(Err(kind)) => {
-                Stats::count(&mut shared.stats().connect_errors, kind);
-                Err(self.backoff_delay())
-            }
-            Err(_) => {
-                Stats::count(&mut shared.stats().connect_errors, "timeout");
-                Err(self.backoff_delay())
-            }
-        }
-    }
-
-    /// Opens the WebSocket named by `route` and reads its `welcome` (and
-    /// the session's live start).
-    async fn connect(&self, route: &route::Route) -> Result<(Conn, Option<MessageId>), String> {
-        let url = format!("{}{}", route.connect_url(), self.last_seen.query());
-        let (host, port) = ws_authority(&url)?;
-        let stream = route::connect_tcp(&host, port, self.source).await.map_err(|e| format!("tcp:{:?}", e.kind()))?;
-        let guard = SocketGuard::new(&self.sockets, &self.shared);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(self.shared.ws_config))
-            .await
-            .map_err(|e| error_kind(&e))?;
-        let mut conn = Conn { ws, _guard: guard };
-        loop {
-            match conn.ws.next().await {
-                Some(Ok(Message::Text(text))) => match ServerFrame::parse(text.as_str()) {
-                    Ok(ServerFrame::Welcome { live_from, .. }) => return Ok((conn, live_from)),
-                    Ok(ServerFrame::Error { code, .. }) => return Err(format!("error_frame:{code}")),
-                    _ => return Err("no_welcome".into()),
-                },
-                Some(Ok(Message::Close(close))) => {
-                    return Err(format!("closed:{}", close.map_or(1005, |c| u16::from(c.code))));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(format!("welcome:{}", error_kind(&e))),
-                None => return Err("no_welcome".into()),
-            }
-        }
-    }
-
-    /// Reads the session until it ends.
-    async fn serve(&mut self, conn: &mut Conn) -> Ended {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
-                frame = conn.ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(end) = self.on_text(text.as_str()) {
-                            let at = Instant::now();
-                            self.finish_close(conn, false).await;
-                            return Ended::Server { at, next: end };
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event, &client),
+                    None => break,
+                },
+                _ = leave.cancelled(), if !self.leave.started() => self.leave.start(Instant::now()),
+                _ = tick.tick(), if self.leave.started() && self.end.is_none() => {
+                    // A reconnecting user keeps trying within its grace:
+                    // what is on its way arrives on the next session.
+                    let pending = self.shared.ledger().pending_of(self.idx);
+                    if self.leave.done(Instant::now(), pending) {
+                        if self.phase != Phase::Online && self.broken.is_some() {
+                            self.shared.stats().reconnects_abandoned += 1;
+                        }
+                        self.end = Some(End::Left);
+                        client.close();
+                    }
+                }
+            }
+        }
+        self.end != Some(End::Left)
+    }
+
+    fn on_event(&mut self, event: Event, client: &RtcClient) {
+        let shared = self.shared.clone();
+        match event {
+            Event::State(State::Connected) => {
+                if self.phase == Phase::Online {
+                    // The previous session never ended: two at once.
+                    shared.stats().double_sessions += 1;
+                    tracing::error!(user = self.idx, "a second session opened while one was open");
+                }
+                self.set_phase(Phase::Online);
+                self.failures = 0;
+                if let Some((at, reason)) = self.broken.take() {
+                    shared.stats().reconnected(at.elapsed().as_millis() as u64, &reason);
+                }
+                shared.ledger().welcomed(self.idx, crate::now_ms());
+            }
+            Event::State(State::Connecting | State::Disconnected) => {
+                if self.phase == Phase::Online {
+                    self.set_phase(Phase::Connecting);
+                }
+            }
+            Event::State(State::Closed) => self.set_phase(Phase::Connecting),
+            Event::Message { id, body, .. } => {
+                shared.ledger().received(self.idx, &id.to_string(), &body, crate::now_ms());
+            }
+            Event::Recovered { recovered: false, reason } => {
+                let reason = reason.map_or("unknown", |r| r.as_str());
+                Stats::count(&mut shared.stats().unrecovered_resumes, reason);
+            }
+            Event::Recovered { .. } => {}
+            Event::SessionEnded { end, reconnect_in } => {
+                if self.phase == Phase::Online {
+                    self.set_phase(Phase::Connecting);
+                }
+                match (reconnect_in, &end) {
+                    (_, SessionEnd::ClientClosed) => {}
+                    (Some(_), _) => self.broken = Some((Instant::now(), end_reason(&end))),
+                    (None, _) => {
+                        Stats::count(&mut shared.stats().stopped_by_server, end_reason(&end));
+                        self.end = Some(End::Stopped);
+                    }
+                }
+            }
+            Event::Error(error) => {
+                match &error {
+                    ClientError::Route { error, .. } => {
+                        let mut stats = shared.stats();
+                        Stats::count(&mut stats.route_errors, error.kind());
+                        if matches!(error, RouteError::Unreachable(_)) && shared.lbs.len() > 1 {
+                            stats.route_failovers += 1;
                         }
                     }
-                    Some(Ok(Message::Close(close))) => {
-                        let at = Instant::now();
-                        let code = close.map_or(1005, |c| u16::from(c.code));
-                        self.finish_close(conn, false).await;
-                        return Ended::Server { at, next: next_after(SessionEnd::Close { code }) };
+                    ClientError::Connect { error, .. } => {
+                        Stats::count(&mut shared.stats().connect_errors, error.kind());
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        return Ended::Server { at: Instant::now(), next: next_after(SessionEnd::Dropped) };
-                    }
-                },
-                _ = self.token.cancelled(), if !self.leave.started() => self.leave.start(Instant::now()),
-                _ = tick.tick(), if self.leave.started() => {
-                    if self.leave_done() {
-                        self.finish_close(conn, true).await;
-                        return Ended::Left;
+                    ClientError::Server { code, .. } => Stats::count(&mut shared.stats().error_frames, code),
+                }
+                if matches!(error, ClientError::Route { .. } | ClientError::Connect { .. }) {
+                    self.failures += 1;
+                    if self.failures >= shared.config.max_attempts && self.end.is_none() {
+                        shared.stats().gave_up += 1;
+                        tracing::warn!(user = self.idx, attempts = self.failures, "user gives up connecting");
+                        self.end = Some(End::Stopped);
+                        client.close();
                     }
                 }
             }
         }
     }
-
-    /// Handles one text frame; `Some` when it ends the session.
-    fn on_text(&mut self, text: &str) -> Option<Next> {
-        match ServerFrame::parse(text) {
-            Ok(ServerFrame::Message { id, body, .. }) => {
-                self.received(id, &body);
-                None
-            }
-            Ok(ServerFrame::Resumed { recovered: false, reason, .. }) => {
-                let reason = reason.map_or("unknown", |r| r.as_str());
-                Stats::count(&mut self.shared.stats().unrecovered_resumes, reason);
-                None
-            }
-            Ok(ServerFrame::Disconnect { reason, reconnect, retry_after_ms }) => {
-                Some(next_after(SessionEnd::Disconnect { reason: reason.as_str(), reconnect, retry_after_ms }))
-            }
-            Ok(ServerFrame::Error { code, .. }) => {
-                Stats::count(&mut self.shared.stats().error_frames, code);
-                None
-            }
-            Ok(ServerFrame::Welcome { .. }) => {
-                Stats::count(&mut self.shared.stats().error_frames, "second_welcome");
-                None
-            }
-            Ok(ServerFrame::Resumed { .. } | ServerFrame::Ack { .. }) => None,
-            Err(_) => {
-                self.shared.stats().unparsed_frames += 1;
-                None
-            }
-        }
-    }
-
-    /// A message: to the ledger (which checks duplicates and order as the
-    /// server sent them), and the last id moves on when it is new.
-    fn received(&mut self, id: MessageId, body: &str) {
-        self.last_seen.saw(id);
-        self.shared.ledger().received(self.idx, &id.to_string(), body, crate::now_ms());
-    }
-
-    /// Completes the closing handshake (bounded), still reading messages
-    /// that arrive meanwhile. `initiate`: this side closes first.
-    async fn finish_close(&mut self, conn: &mut Conn, initiate: bool) {
-        if initiate {
-            let _ = conn.ws.close(None).await;
-        }
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-            while let Some(Ok(m)) = conn.ws.next().await {
-                if let Message::Text(text) = m
-                    && let Ok(ServerFrame::Message { id, body, .. }) = ServerFrame::parse(text.as_str())
-                {
-                    self.received(id, &body);
-                }
-            }
-        })
-        .await;
-    }
 }
 
-/// `host` and `port` of a `ws://` URL.
-pub fn ws_authority(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| if url.starts_with("wss://") { "wss_unsupported".to_owned() } else { "bad_url".to_owned() })?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let lb = route::LbAddr::parse(authority).map_err(|_| "bad_url".to_owned())?;
-    Ok((lb.host, lb.port))
-}
-
-/// A short kind for a WebSocket error: `409:not_owner`, `io:connectionreset`…
-pub fn error_kind(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Http(response) => {
-            let code = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                .and_then(|v| v.get("error").and_then(|c| c.as_str()).map(str::to_owned))
-                .unwrap_or_default();
-            format!("{}:{code}", response.status().as_u16())
-        }
-        tungstenite::Error::Io(io) => format!("io:{:?}", io.kind()).to_ascii_lowercase(),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
-        tungstenite::Error::Protocol(_) => "protocol".into(),
-        _ => "other".into(),
+/// Why a session ended, as the report counts reconnects and stops.
+fn end_reason(end: &SessionEnd) -> String {
+    match end {
+        SessionEnd::Disconnect { reason, .. } => reason.as_str().to_owned(),
+        SessionEnd::Closed { code, .. } => format!("close_{code}"),
+        SessionEnd::Lost(_) => "dropped".to_owned(),
+        SessionEnd::ClientClosed => "client_closed".to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reconnects_with_the_highest_id_seen() {
-        let mut seen = LastSeen::default();
-        assert_eq!(seen.query(), "");
-        let id = |s: &str| s.parse::<MessageId>().unwrap();
-        seen.welcomed(id("3:7"));
-        seen.welcomed(id("3:9"));
-        assert_eq!(seen.query(), "&from_id=3:7", "nothing seen yet: from the first live start");
-        assert!(seen.saw(id("3:10")));
-        assert!(seen.saw(id("3:12")));
-        assert!(!seen.saw(id("3:11")), "below the last: not new");
-        assert!(!seen.saw(id("3:12")), "the same: not new");
-        assert_eq!(seen.query(), "&last_id=3:12");
-        // Another partition (the partition count changed) starts over.
-        assert!(seen.saw(id("5:1")));
-        assert_eq!(seen.query(), "&last_id=5:1");
-    }
 
     #[test]
     fn leaving_waits_for_pending_messages_within_the_grace() {
@@ -522,10 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn websocket_urls() {
-        assert_eq!(ws_authority("ws://127.0.0.1:8080/ws?token=a.b"), Ok(("127.0.0.1".into(), 8080)));
-        assert_eq!(ws_authority("ws://node/ws"), Ok(("node".into(), 80)));
-        assert_eq!(ws_authority("wss://node/ws"), Err("wss_unsupported".into()));
-        assert_eq!(ws_authority("http://node/ws"), Err("bad_url".into()));
+    fn session_ends_are_named_as_the_report_counts_them() {
+        let drain = SessionEnd::Disconnect {
+            reason: rtc_client::CloseReason::Drain,
+            reconnect: true,
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(end_reason(&drain), "drain");
+        assert_eq!(end_reason(&SessionEnd::Closed { code: 4500, reason: String::new() }), "close_4500");
+        assert_eq!(end_reason(&SessionEnd::Lost("reset".into())), "dropped");
     }
 }

@@ -73,15 +73,17 @@ async fn lb(prefix: &str, id: &str) -> LbHandle {
 
 /// Waits until `lb` routes users to ready nodes.
 async fn wait_routing(lb: &LbHandle) {
-    let addr = rtc_loadgen::route::LbAddr { host: "127.0.0.1".into(), port: lb.addr.port() };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if rtc_loadgen::route::fetch(&addr, "probe", None, Duration::from_secs(1)).await.is_ok() {
-            return;
+    let config = rtc_client::ClientConfig::new([format!("http://{}", lb.addr)], "probe");
+    let (probe, mut events) = rtc_client::RtcClient::connect(config).expect("client settings");
+    let connected = async {
+        while let Some(event) = events.recv().await {
+            if event == rtc_client::Event::State(rtc_client::State::Connected) {
+                return;
+            }
         }
-        assert!(tokio::time::Instant::now() < deadline, "the load balancer never routed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(20), connected).await.expect("the load balancer never routed");
+    probe.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

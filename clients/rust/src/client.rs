@@ -418,7 +418,7 @@ impl Task {
         }
         let Some(route) = route else { return Err(Duration::ZERO) };
         let url = format!("{}{}", route.connect_url(), self.cursor.query());
-        let error = match tokio::time::timeout(self.connect_timeout, conn::open(&url, self.source_ip)).await {
+        let error = match tokio::time::timeout(self.connect_timeout, conn::open_session(&url, self.source_ip)).await {
             Ok(Ok(open)) => return Ok(open),
             Ok(Err(error)) => error,
             Err(_) => crate::error::ConnectError::Timeout,

@@ -13,11 +13,12 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::ConnectError;
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// An open session's WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// What a session's `welcome` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Welcome {
+pub struct Welcome {
     pub node_id: String,
     pub partition: u32,
     pub epoch: u64,
@@ -34,9 +35,11 @@ fn ws_config() -> WebSocketConfig {
     config
 }
 
-/// Opens `url` (a `ws://` URL with token and resume point) and reads the
-/// welcome. The caller bounds the time.
-pub(crate) async fn open(url: &str, source: Option<IpAddr>) -> Result<(Ws, Welcome), ConnectError> {
+/// Opens `url` (a `ws://` URL with token and resume point) from `source`
+/// and reads the welcome. The caller bounds the time. [`crate::RtcClient`]
+/// uses it for every session; load tools that mint their own tokens open
+/// bare sessions with it.
+pub async fn open_session(url: &str, source: Option<IpAddr>) -> Result<(Ws, Welcome), ConnectError> {
     let (host, port) = authority(url)?;
     let stream = connect_tcp(&host, port, source).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))

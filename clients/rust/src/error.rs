@@ -59,6 +59,18 @@ pub enum RouteError {
     BadAnswer(String),
 }
 
+impl RouteError {
+    /// A short, low-cardinality name for counting: the HTTP status, or
+    /// `unreachable` / `bad_answer`.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Unreachable(_) => "unreachable".to_owned(),
+            Self::Status { status, .. } => status.to_string(),
+            Self::BadAnswer(_) => "bad_answer".to_owned(),
+        }
+    }
+}
+
 /// A WebSocket connect that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -79,6 +91,21 @@ pub enum ConnectError {
     Timeout,
 }
 
+impl ConnectError {
+    /// A short, low-cardinality name for counting: `409:not_owner`,
+    /// `timeout`, `unreachable`…
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Refused { status, error, .. } => format!("{status}:{error}"),
+            Self::BadUrl(_) => "bad_url".to_owned(),
+            Self::Unreachable(_) => "unreachable".to_owned(),
+            Self::Handshake(_) => "handshake".to_owned(),
+            Self::NoWelcome(_) => "no_welcome".to_owned(),
+            Self::Timeout => "timeout".to_owned(),
+        }
+    }
+}
+
 /// A problem the client reports as [`crate::Event::Error`] and handles.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -92,4 +119,20 @@ pub enum ClientError {
     /// The server sent an `error` frame (a refused or failed `send`).
     #[error("server error {code}: {message}")]
     Server { code: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_what_failed_without_details() {
+        let refused = ConnectError::Refused { status: 409, error: "not_owner".into(), message: "moved".into() };
+        assert_eq!(refused.kind(), "409:not_owner");
+        assert_eq!(ConnectError::Timeout.kind(), "timeout");
+        assert_eq!(ConnectError::Unreachable("refused at 10.0.0.1".into()).kind(), "unreachable");
+        let status = RouteError::Status { status: 503, message: "no nodes".into(), retry_after: None };
+        assert_eq!(status.kind(), "503");
+        assert_eq!(RouteError::Unreachable("reset".into()).kind(), "unreachable");
+    }
 }

@@ -44,6 +44,6 @@ mod route;
 pub use backoff::{Backoff, SessionEnd};
 pub use client::{Event, Events, RtcClient, State};
 pub use config::ClientConfig;
-pub use conn::connect_tcp;
+pub use conn::{Welcome, Ws, connect_tcp, open_session};
 pub use error::{ClientError, ConfigError, ConnectError, RouteError, SendError};
 pub use rtc_core::protocol::{CloseReason, MessageId, ResumeFailure};
