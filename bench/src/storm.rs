@@ -88,6 +88,8 @@ struct Storm {
     /// How sessions ended, by kind (rebalance moves and anything else).
     ends: HashMap<String, u64>,
     unrecovered: HashMap<String, u64>,
+    /// Failed attempts of moved users' reconnects, by kind.
+    reconnect_errors: HashMap<String, u64>,
     replayed: u64,
 }
 
@@ -180,6 +182,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<()> {
             "lag_ms": {"min": lag.first(), "p50": q(&lag, 0.5), "max": lag.last()},
             "replayed_to_app": storm.replayed,
             "unrecovered": storm.unrecovered,
+            "reconnect_errors": storm.reconnect_errors,
         })
     );
     Ok(())
@@ -243,6 +246,14 @@ async fn user(
                         *storm.unrecovered.entry(reason.to_owned()).or_default() += 1;
                     }
                 }
+            }
+            Event::Error(error) if moved_at.is_some() => {
+                let kind = match &error {
+                    rtc_client::ClientError::Route { error, .. } => format!("route:{}", error.kind()),
+                    rtc_client::ClientError::Connect { error, .. } => format!("connect:{}", error.kind()),
+                    rtc_client::ClientError::Server { code, .. } => format!("server:{code}"),
+                };
+                *storm.lock().unwrap_or_else(|p| p.into_inner()).reconnect_errors.entry(kind).or_default() += 1;
             }
             Event::SessionEnded { end, .. } if !is_move(&end) => {
                 *storm.lock().unwrap_or_else(|p| p.into_inner()).ends.entry(end_kind(&end)).or_default() += 1;

@@ -87,6 +87,7 @@ pub async fn connect_tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::
     for addr in tokio::net::lookup_host((host, port)).await? {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            defer_port_choice(&socket);
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         match socket.connect(addr).await {
@@ -98,6 +99,20 @@ pub async fn connect_tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::
         }
     }
     Err(last)
+}
+
+/// Lets `connect` pick the source port instead of `bind`. A `bind` to port
+/// 0 must find a port free for every destination, which the kernel does by
+/// scanning the ports bound to the address: with thousands of sockets from
+/// one address that scan costs milliseconds of CPU per connect. At
+/// `connect` the port only has to be unique per destination.
+fn defer_port_choice(socket: &TcpSocket) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true) {
+        tracing::debug!(error = %e, "IP_BIND_ADDRESS_NO_PORT not set; bind picks the port");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
 }
 
 /// A refused upgrade carries the node's JSON `{"error","message","epoch"}`.

@@ -1,17 +1,15 @@
-//! `GET /v1/route?user=…` on the load balancers, with hyper's client: one
-//! request at a time, no pooled connections (a client asks rarely, and a
-//! process may hold thousands of clients), bound to the source address.
+//! `GET /v1/route?user=…` on the load balancers, with hyper's HTTP/1
+//! connection: one request per connection (a client asks rarely, and a
+//! process may hold thousands of clients), from the source address.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use http::header::{ACCEPT, AUTHORIZATION, HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use rtc_core::RouteAnswer;
 use rtc_core::route::ROUTE_PATH;
 
@@ -21,9 +19,9 @@ use crate::error::{ConfigError, RouteError};
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 pub(crate) struct Router {
-    http: Client<HttpConnector, Empty<Bytes>>,
     /// Base URLs, without a trailing `/`.
     bases: Vec<String>,
+    source_ip: Option<IpAddr>,
     auth: Option<HeaderValue>,
     timeout: Duration,
     /// The load balancer to ask first: the last one that answered.
@@ -39,12 +37,7 @@ impl Router {
     ) -> Result<Self, ConfigError> {
         let bases = urls.iter().map(|url| base_url(url)).collect::<Result<Vec<_>, _>>()?;
         let auth = auth.map(|a| HeaderValue::from_str(a).map_err(|_| ConfigError::BadRouteAuth)).transpose()?;
-        let mut connector = HttpConnector::new();
-        connector.set_local_address(source_ip);
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
-        Ok(Self { http, bases, auth, timeout, current: 0 })
+        Ok(Self { bases, source_ip, auth, timeout, current: 0 })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -70,13 +63,26 @@ impl Router {
         let uri: Uri = format!("{}{ROUTE_PATH}?user={}", self.bases[index], encode_query_value(user))
             .parse()
             .map_err(|e| RouteError::BadAnswer(format!("cannot build the request URI: {e}")))?;
-        let mut request = Request::get(uri).header(ACCEPT, "application/json");
+        let (Some(host), Some(authority), Some(target)) = (uri.host(), uri.authority(), uri.path_and_query()) else {
+            return Err(RouteError::BadAnswer(format!("cannot build the request from {uri}")));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut request =
+            Request::get(target.as_str()).header(HOST, authority.as_str()).header(ACCEPT, "application/json");
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let request = request.body(Empty::new()).map_err(|e| RouteError::BadAnswer(e.to_string()))?;
+        let request = request.body(Empty::<Bytes>::new()).map_err(|e| RouteError::BadAnswer(e.to_string()))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| RouteError::Unreachable(error_chain(&e)))?;
+            let stream = crate::conn::connect_tcp(host, uri.port_u16().unwrap_or(80), self.source_ip)
+                .await
+                .map_err(|e| RouteError::Unreachable(e.to_string()))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| RouteError::Unreachable(error_chain(&e)))?;
+            // Ends once the answer is read and `sender` dropped (or on error).
+            tokio::spawn(connection);
+            let response = sender.send_request(request).await.map_err(|e| RouteError::Unreachable(error_chain(&e)))?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
