@@ -123,6 +123,9 @@ struct Pass {
     /// Set by a (re)assignment: the first record must be at this offset
     /// (anything else was fetched before it).
     expect: Option<i64>,
+    /// The partition is assigned to the consumer (librdkafka warns about
+    /// unassigning one that is not).
+    assigned: bool,
     /// Running requests.
     active: Vec<Active>,
     /// Requests for the next pass.
@@ -213,6 +216,7 @@ impl CatchUpTask {
             start: request.from,
             low: 0,
             expect: None,
+            assigned: false,
             active: Vec::new(),
             waiting: Vec::new(),
             since: now,
@@ -246,11 +250,15 @@ impl CatchUpTask {
         pass.since = Instant::now();
         let mut tpl = TopicPartitionList::new();
         let assigned = tpl.add_partition_offset(&self.topic, partition as i32, Offset::Offset(from)).and_then(|()| {
-            let mut old = TopicPartitionList::new();
-            old.add_partition(&self.topic, partition as i32);
-            // Not assigned yet is fine: this is the first read.
-            let _ = self.consumer.incremental_unassign(&old);
-            self.consumer.incremental_assign(&tpl)
+            if pass.assigned {
+                let mut old = TopicPartitionList::new();
+                old.add_partition(&self.topic, partition as i32);
+                self.consumer.incremental_unassign(&old)?;
+                pass.assigned = false;
+            }
+            self.consumer.incremental_assign(&tpl)?;
+            pass.assigned = true;
+            Ok(())
         });
         if let Err(e) = assigned {
             tracing::warn!(partition, error = %e, "could not start a catch-up read");
@@ -368,10 +376,13 @@ impl CatchUpTask {
     /// The running pass of `partition` is over: stop reading it, and plan
     /// the next one if requests wait.
     fn next_pass(&mut self, partition: u32) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition as i32);
-        if let Err(e) = self.consumer.incremental_unassign(&tpl) {
-            tracing::warn!(partition, error = %e, "could not stop a catch-up read");
+        if let Some(pass) = self.passes.get_mut(&partition).filter(|p| p.assigned) {
+            pass.assigned = false;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, partition as i32);
+            if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+                tracing::warn!(partition, error = %e, "could not stop a catch-up read");
+            }
         }
         if let Some(pass) = self.passes.get(&partition).filter(|p| p.state == PassState::Reading) {
             self.metrics.catchup_scan_records.record((pass.position - pass.start).max(0) as f64);

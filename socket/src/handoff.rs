@@ -129,7 +129,7 @@ impl Reconciler {
                 Event::Released(partition) => {
                     self.state.remove(&partition);
                     if self.target.contains(&partition) {
-                        self.acquire(partition);
+                        self.acquire(vec![partition]);
                     }
                     self.node.metrics.handoffs.increment(Direction::Release);
                 }
@@ -156,11 +156,13 @@ impl Reconciler {
             tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p));
         }
         let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
-        for p in gained {
-            if self.owned_elsewhere_before(p) {
-                self.node.takeovers.taken_over(p, applied_at);
+        for p in &gained {
+            if self.owned_elsewhere_before(*p) {
+                self.node.takeovers.taken_over(*p, applied_at);
             }
-            self.acquire(p);
+        }
+        if !gained.is_empty() {
+            self.acquire(gained);
         }
         self.previous = Some(assignment);
         tracing::info!(epoch = self.epoch, owned = self.target.len(), "assignment applied");
@@ -174,39 +176,57 @@ impl Reconciler {
         before.is_some_and(|owner| owner.id != self.node.node_id)
     }
 
-    /// Gains `partition`: read where live consumption will start, then
-    /// accept its users, then start consuming once the old owner let go.
+    /// Gains `partitions`: read where live consumption will start (one
+    /// request for all of them), then accept their users, then start
+    /// consuming once the old owner let go.
     ///
     /// The start is the committed offset read *before* any of its users is
     /// accepted: every record the old owner dispatches after that is at or
     /// above it, so a user who arrives here first (and whose messages the
     /// old owner may still consume meanwhile) gets them from this node.
-    fn acquire(&mut self, partition: u32) {
+    fn acquire(&mut self, partitions: Vec<u32>) {
         let epoch = self.epoch;
-        self.state.insert(partition, PartitionState::Acquiring { epoch, start: None });
+        for p in &partitions {
+            self.state.insert(*p, PartitionState::Acquiring { epoch, start: None });
+        }
         let (node, events) = (self.node.clone(), self.events.clone());
         tokio::spawn(async move {
-            let offset = loop {
+            let asked = Instant::now();
+            let starts = loop {
                 if events.is_closed() {
                     return;
                 }
-                match crate::kafka::start_offset(node.consumer.clone(), &node.topic, partition).await {
-                    Ok(offset) => break offset,
+                match crate::kafka::start_offsets(node.consumer.clone(), &node.topic, partitions.clone()).await {
+                    Ok(starts) => break starts,
                     Err(e) => {
                         node.metrics.kafka_errors.increment(KafkaFailure::Assign);
-                        tracing::warn!(partition, error = %e, "could not read the start offset; retrying");
+                        tracing::warn!(partitions = partitions.len(), error = %e, "could not read the start offsets; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
             };
-            if events.send(Event::StartKnown { partition, epoch, offset }).await.is_err() {
-                return;
+            tracing::info!(
+                partitions = starts.len(),
+                epoch,
+                ms = asked.elapsed().as_millis() as u64,
+                "start offsets read; accepting users"
+            );
+            for (partition, offset) in starts {
+                if events.send(Event::StartKnown { partition, epoch, offset }).await.is_err() {
+                    return;
+                }
             }
             if !node.peers.wait_for_ack(epoch, node.peer_ack_timeout).await {
                 node.metrics.handoff_timeouts.increment(Direction::Acquire);
-                tracing::warn!(partition, epoch, "peers did not acknowledge in time; consuming anyway");
+                tracing::warn!(
+                    partitions = partitions.len(),
+                    epoch,
+                    "peers did not acknowledge in time; consuming anyway"
+                );
             }
-            let _ = events.send(Event::AcquireReady { partition, epoch }).await;
+            for partition in partitions {
+                let _ = events.send(Event::AcquireReady { partition, epoch }).await;
+            }
         });
     }
 
@@ -242,7 +262,9 @@ async fn release(
         let _ = stopped.await;
     }
     let reason = if node.lifecycle.is_draining() { CloseReason::Drain } else { CloseReason::Rebalance };
-    node.pacing.disconnect(node.hub.sessions_on(Some(partition)), reason).await;
+    let sessions = node.hub.sessions_on(Some(partition));
+    tracing::debug!(partition, sessions = sessions.len(), "fetching stopped; disconnecting");
+    node.pacing.disconnect(sessions, reason).await;
 
     let deadline = tokio::time::Instant::now() + node.handoff_timeout;
     while node.hub.connections_on(partition) > 0 && tokio::time::Instant::now() < deadline {
