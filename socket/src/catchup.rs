@@ -12,6 +12,13 @@
 //! `expired`. A request longer than the scan bound is `too_far_behind`
 //! without any read; a pass that makes no progress within the timeout
 //! answers `unavailable`.
+//!
+//! Replayed records count against the node's memory budget and go to the
+//! session over a small bounded channel. A record that does not fit (the
+//! budget is spent, or the session has not written the ones before it) is
+//! not dropped: its request pauses there, and resumes from that record in a
+//! later pass once the session drained its channel. A slow reader, or many
+//! resumers at once, therefore hold a bounded number of records each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,20 +29,54 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rtc_core::protocol::ResumeFailure;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Delivery;
+use crate::hub::{Budget, Delivery, Held};
 use crate::kafka::{KafkaSetupError, delivery_of};
-use crate::metrics::Metrics;
+use crate::metrics::{Evicted, Metrics};
 
-/// What a replay sends back: the user's records in offset order, then the
-/// outcome.
+/// Replayed records in flight to one session at most.
+pub const REPLAY_WINDOW: usize = 64;
+
+/// A paused request tries again after this long (or later, once its
+/// session has room).
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// How a replay ends.
+pub type Outcome = Result<(), ResumeFailure>;
+
+/// The sending half of one replay: the user's records in offset order,
+/// then the outcome. The outcome is sent before `records` is dropped, so a
+/// receiver that saw the records end finds it.
 #[derive(Debug)]
-pub enum Replayed {
-    Record(Arc<Delivery>),
-    Done(Result<(), ResumeFailure>),
+pub struct ReplaySender {
+    pub records: mpsc::Sender<Held>,
+    outcome: Option<oneshot::Sender<Outcome>>,
+}
+
+/// The receiving half: read `records` until it ends, then `outcome`.
+#[derive(Debug)]
+pub struct ReplayReceiver {
+    pub records: mpsc::Receiver<Held>,
+    pub outcome: oneshot::Receiver<Outcome>,
+}
+
+/// A replay's two halves.
+pub fn replay_channel() -> (ReplaySender, ReplayReceiver) {
+    let (records_tx, records) = mpsc::channel(REPLAY_WINDOW);
+    let (outcome_tx, outcome) = oneshot::channel();
+    (ReplaySender { records: records_tx, outcome: Some(outcome_tx) }, ReplayReceiver { records, outcome })
+}
+
+impl ReplaySender {
+    /// Sends the outcome (once); the records end when this is dropped.
+    pub fn finish(&mut self, outcome: Outcome) {
+        if let Some(tx) = self.outcome.take() {
+            let _ = tx.send(outcome);
+        }
+    }
 }
 
 /// One user's gap.
@@ -47,7 +88,7 @@ pub struct Request {
     pub from: i64,
     /// First offset not wanted: the session's live start.
     pub to: i64,
-    pub reply: mpsc::UnboundedSender<Replayed>,
+    pub reply: ReplaySender,
 }
 
 /// A request being served: the offsets below `next` were passed to it.
@@ -65,9 +106,28 @@ impl Active {
 }
 
 impl Request {
-    fn finish(&self, outcome: Result<(), ResumeFailure>) {
-        let _ = self.reply.send(Replayed::Done(outcome));
+    fn finish(&mut self, outcome: Outcome) {
+        self.reply.finish(outcome);
     }
+}
+
+/// A request paused at a record that did not fit.
+#[derive(Debug)]
+struct Paused {
+    /// Not before this.
+    retry_at: Instant,
+    /// Room for it never came back: `unavailable`.
+    give_up_at: Instant,
+    request: Request,
+}
+
+/// What became of a record offered to a request.
+enum Offer {
+    Taken,
+    /// No room (budget or channel): pause the request at this record.
+    Pause,
+    /// The session is gone.
+    Gone,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,12 +149,12 @@ pub struct CatchUp {
 
 impl CatchUp {
     /// Queues `request`; its answer comes on its reply channel.
-    pub fn submit(&self, request: Request) {
+    pub fn submit(&self, mut request: Request) {
         if request.from >= request.to {
             request.finish(Ok(()));
         } else if (request.to - request.from) as u64 > self.limits.max_records {
             request.finish(Err(ResumeFailure::TooFarBehind));
-        } else if let Err(mpsc::error::SendError(request)) = self.requests.send(request) {
+        } else if let Err(mpsc::error::SendError(mut request)) = self.requests.send(request) {
             request.finish(Err(ResumeFailure::Unavailable));
         }
     }
@@ -154,6 +214,9 @@ pub struct CatchUpTask {
     consumer: Arc<StreamConsumer>,
     topic: String,
     metrics: Arc<Metrics>,
+    budget: Arc<Budget>,
+    /// Requests paused at a record that did not fit.
+    paused: Vec<Paused>,
     limits: CatchUpLimits,
     requests: mpsc::UnboundedReceiver<Request>,
     passes: HashMap<u32, Pass>,
@@ -165,6 +228,7 @@ impl CatchUpTask {
         consumer: StreamConsumer,
         topic: String,
         metrics: Arc<Metrics>,
+        budget: Arc<Budget>,
         limits: CatchUpLimits,
     ) -> (CatchUp, Self) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -172,6 +236,8 @@ impl CatchUpTask {
             consumer: Arc::new(consumer),
             topic,
             metrics,
+            budget,
+            paused: Vec::new(),
             limits,
             requests: rx,
             passes: HashMap::new(),
@@ -200,14 +266,18 @@ impl CatchUpTask {
                 _ = tick.tick() => self.on_tick(),
             }
         }
-        for pass in self.passes.values() {
-            for r in pass.active.iter().map(|a| &a.request).chain(&pass.waiting) {
+        let paused = self.paused.iter_mut().map(|p| &mut p.request);
+        for pass in self.passes.values_mut() {
+            for r in pass.active.iter_mut().map(|a| &mut a.request).chain(pass.waiting.iter_mut()) {
                 r.finish(Err(ResumeFailure::Unavailable));
             }
         }
+        for r in paused {
+            r.finish(Err(ResumeFailure::Unavailable));
+        }
     }
 
-    fn add(&mut self, request: Request) {
+    fn add(&mut self, mut request: Request) {
         let now = Instant::now();
         let gather = self.limits.gather;
         let partition = request.partition;
@@ -262,7 +332,7 @@ impl CatchUpTask {
         });
         if let Err(e) = assigned {
             tracing::warn!(partition, error = %e, "could not start a catch-up read");
-            for a in pass.active.drain(..) {
+            for mut a in pass.active.drain(..) {
                 a.request.finish(Err(ResumeFailure::Unavailable));
             }
             self.next_pass(partition);
@@ -271,6 +341,23 @@ impl CatchUpTask {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // Paused requests whose session made room go again; those of
+        // sessions gone are dropped, those that waited too long give up.
+        let (due, paused): (Vec<_>, Vec<_>) = std::mem::take(&mut self.paused).into_iter().partition(|p| {
+            let records = &p.request.reply.records;
+            records.is_closed() || p.give_up_at <= now || (p.retry_at <= now && records.capacity() >= REPLAY_WINDOW / 2)
+        });
+        self.paused = paused;
+        for mut p in due {
+            if p.request.reply.records.is_closed() {
+                continue;
+            }
+            if p.give_up_at <= now {
+                p.request.finish(Err(ResumeFailure::Unavailable));
+            } else {
+                self.add(p.request);
+            }
+        }
         let mut due = Vec::new();
         let mut stalled = Vec::new();
         for (p, pass) in &self.passes {
@@ -286,7 +373,7 @@ impl CatchUpTask {
         for p in stalled {
             tracing::warn!(partition = p, "catch-up read made no progress; giving up on its requests");
             if let Some(pass) = self.passes.get_mut(&p) {
-                for a in pass.active.drain(..) {
+                for mut a in pass.active.drain(..) {
                     a.request.finish(Err(ResumeFailure::Unavailable));
                 }
             }
@@ -318,7 +405,7 @@ impl CatchUpTask {
             Err(()) => (Vec::new(), waiting),
         };
         let reason = if start.low.is_ok() { ResumeFailure::Expired } else { ResumeFailure::Unavailable };
-        for r in failed {
+        for mut r in failed {
             r.finish(Err(reason));
         }
         let Some(from) = ok.iter().map(|r| r.from).min() else {
@@ -348,20 +435,45 @@ impl CatchUpTask {
         pass.since = Instant::now();
         self.metrics.catchup_scanned.increment(1);
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let wanted = |a: &&mut Active| a.next <= offset && offset < a.request.to;
+        let (budget, metrics) = (&self.budget, &self.metrics);
         let mut delivery: Option<Arc<Delivery>> = None;
-        for a in pass.active.iter_mut().filter(wanted) {
+        let mut paused = Vec::new();
+        let mut i = 0;
+        while i < pass.active.len() {
+            let a = &mut pass.active[i];
+            if a.next > offset || offset >= a.request.to {
+                i += 1;
+                continue;
+            }
             if Some(a.request.user.as_str()) == key {
                 if delivery.is_none() {
                     delivery = delivery_of(m).map(|(_, d)| Arc::new(d));
                 }
-                if let Some(d) = &delivery {
-                    let _ = a.request.reply.send(Replayed::Record(d.clone()));
+                let offer = match &delivery {
+                    None => Offer::Taken,
+                    Some(d) => offer(&a.request.reply, budget, metrics, d),
+                };
+                match offer {
+                    Offer::Taken => {}
+                    Offer::Pause => {
+                        let mut a = pass.active.swap_remove(i);
+                        a.request.from = offset;
+                        let now = Instant::now();
+                        let (retry_at, give_up_at) = (now + PAUSE, now + self.limits.stall_timeout);
+                        paused.push(Paused { retry_at, give_up_at, request: a.request });
+                        continue;
+                    }
+                    Offer::Gone => {
+                        pass.active.swap_remove(i);
+                        continue;
+                    }
                 }
             }
             a.next = offset + 1;
+            i += 1;
         }
-        pass.active.retain(|a| {
+        self.paused.extend(paused);
+        pass.active.retain_mut(|a| {
             let done = a.next >= a.request.to;
             if done {
                 a.request.finish(Ok(()));
@@ -395,5 +507,19 @@ impl CatchUpTask {
                 self.passes.remove(&partition);
             }
         }
+    }
+}
+
+/// Offers one record to a request's session: counted against the budget,
+/// into its bounded channel.
+fn offer(reply: &ReplaySender, budget: &Arc<Budget>, metrics: &Metrics, delivery: &Arc<Delivery>) -> Offer {
+    let Some(held) = budget.hold(delivery) else {
+        metrics.budget_evictions.increment(Evicted::Replay);
+        return Offer::Pause;
+    };
+    match reply.records.try_send(held) {
+        Ok(()) => Offer::Taken,
+        Err(mpsc::error::TrySendError::Full(_)) => Offer::Pause,
+        Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
     }
 }

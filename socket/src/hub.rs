@@ -248,6 +248,11 @@ impl Hub {
     }
 
     /// Bytes of records held in memory now (see [`Budget`]).
+    /// The memory budget the hub's records count against.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
     pub fn held_bytes(&self) -> usize {
         self.budget.used()
     }

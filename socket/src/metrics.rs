@@ -55,6 +55,8 @@ rtc_core::label_values! {
         Cache => "cache",
         /// A message for a session (closed as slow; it resumes from the log).
         Queue => "queue",
+        /// A replayed message (the replay pauses and reads it again later).
+        Replay => "replay",
     }
 }
 

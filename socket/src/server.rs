@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         crate::catchup::create_consumer(&brokers, &config.kafka.kafka_group)?,
         config.topic.topic.clone(),
         metrics.clone(),
+        hub.budget().clone(),
         CatchUpLimits {
             max_records: config.limits.resume_max_records,
             gather: Duration::from_millis(timing.resume_gather_ms),

@@ -23,10 +23,10 @@ use rtc_core::protocol::{
 };
 use tokio::sync::mpsc;
 
-use crate::catchup::{CatchUp, Replayed, Request};
+use crate::catchup::{CatchUp, Outcome, ReplayReceiver, ReplaySender, Request, replay_channel};
 use crate::config::{Limits, Timing};
 use crate::hub::{CloseCmd, Delivery, Held, Registration, SessionControl};
-use crate::metrics::KafkaFailure;
+use crate::metrics::{Evicted, KafkaFailure};
 use crate::takeover::Takeovers;
 
 /// What a session uses of the node.
@@ -79,12 +79,12 @@ enum Phase {
     /// Opened without `last_id`: live messages wait this long for a
     /// `resume` as the client's first frame.
     FirstFrame(tokio::time::Instant),
-    /// Writing the replay (records and the outcome come on `rx`); live
+    /// Writing the replay (records, then the outcome, come on `rx`); live
     /// messages wait in the queue. Only resuming sessions hold a channel.
     Replaying {
         resume: Resume,
         replayed: u64,
-        rx: mpsc::UnboundedReceiver<Replayed>,
+        rx: ReplayReceiver,
     },
     Live,
 }
@@ -189,10 +189,20 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
     node.metrics.disconnect(reason);
 }
 
-/// The next replayed record or outcome; never, unless replaying.
-async fn next_replayed(phase: &mut Phase) -> Option<Replayed> {
+/// What a replay gives the session next.
+enum Replayed {
+    Record(Held),
+    Done(Outcome),
+}
+
+/// The next replayed record, or the outcome once the records ended; never,
+/// unless replaying.
+async fn next_replayed(phase: &mut Phase) -> Replayed {
     match phase {
-        Phase::Replaying { rx, .. } => rx.recv().await,
+        Phase::Replaying { rx, .. } => match rx.records.recv().await {
+            Some(record) => Replayed::Record(record),
+            None => Replayed::Done((&mut rx.outcome).await.unwrap_or(Err(ResumeFailure::Unavailable))),
+        },
         _ => std::future::pending().await,
     }
 }
@@ -233,14 +243,13 @@ impl Session {
                 }
                 item = next_replayed(&mut phase), if replaying => {
                     let result = match item {
-                        Some(Replayed::Record(d)) => {
+                        Replayed::Record(d) => {
                             if let Phase::Replaying { replayed, .. } = &mut phase {
                                 *replayed += 1;
                             }
                             self.write(ws, &d, true).await
                         }
-                        Some(Replayed::Done(outcome)) => self.resumed(ws, &mut phase, outcome).await,
-                        None => self.resumed(ws, &mut phase, Err(ResumeFailure::Unavailable)).await,
+                        Replayed::Done(outcome) => self.resumed(ws, &mut phase, outcome).await,
                     };
                     if let Err(e) = result {
                         return e.into();
@@ -323,15 +332,11 @@ impl Session {
     /// channel the replayed records and the outcome come on.
     fn start_replay(&mut self, resume: Resume) -> Phase {
         self.note_resume();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (mut tx, rx) = replay_channel();
         let partition = self.user.partition;
         match resume.id.parse::<MessageId>() {
-            Err(_) => {
-                let _ = tx.send(Replayed::Done(Err(ResumeFailure::BadId)));
-            }
-            Ok(id) if id.partition != partition => {
-                let _ = tx.send(Replayed::Done(Err(ResumeFailure::WrongPartition)));
-            }
+            Err(_) => tx.finish(Err(ResumeFailure::BadId)),
+            Ok(id) if id.partition != partition => tx.finish(Err(ResumeFailure::WrongPartition)),
             Ok(id) => {
                 let from = match resume.from {
                     ResumeFrom::After => id.offset.saturating_add(1),
@@ -558,23 +563,33 @@ async fn close_frames(ws: &mut WebSocket, cmd: CloseCmd) {
 
 /// Finds the records of `user` in `[from, to)` (`to`: the session's live
 /// start): from this node's cache when it holds all of them, else from the
-/// log.
+/// log. Either way each record is counted against the memory budget until
+/// written; from the cache, what does not fit is read from the log.
 async fn plan_replay(
     node: Arc<SessionContext>,
     user: String,
     partition: u32,
-    from: i64,
+    mut from: i64,
     to: i64,
-    reply: mpsc::UnboundedSender<Replayed>,
+    mut reply: ReplaySender,
 ) {
     if from < to
         && let Some(records) = node.hub.cached(&user, partition, from, to)
     {
         node.metrics.resume_cache_hits.increment(1);
+        let budget = node.hub.budget();
         for d in records {
-            let _ = reply.send(Replayed::Record(d));
+            let Some(held) = budget.hold(&d) else {
+                node.metrics.budget_evictions.increment(Evicted::Replay);
+                from = d.offset;
+                node.catchup.submit(Request { partition, user, from, to, reply });
+                return;
+            };
+            if reply.records.send(held).await.is_err() {
+                return;
+            }
         }
-        let _ = reply.send(Replayed::Done(Ok(())));
+        reply.finish(Ok(()));
         return;
     }
     node.catchup.submit(Request { partition, user, from, to, reply });

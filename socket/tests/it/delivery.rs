@@ -1,10 +1,12 @@
 //! Kafka → the right session, once, with a stable id; client sends are
 //! produced to the recipient's partition and acknowledged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 
+use rtc_socket::hub::Delivery;
 use rtc_socket::server::NodeHandle;
 
 use crate::support::*;
@@ -119,6 +121,56 @@ async fn a_gap_the_cache_no_longer_holds_is_read_from_the_log() {
     assert_eq!(metric(&node, "rtc_socket_catchup_scan_records_count").await, 1.0, "one pass");
     assert!(metric(&node, "rtc_socket_catchup_scan_records_sum").await >= 5.0);
     assert_eq!(metric(&node, "rtc_socket_resume_cache_hits_total").await, 0.0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_waits_for_room_in_the_memory_budget_and_arrives_whole() {
+    const BUDGET: usize = 64 * 1024;
+    let mut world = World::new(4).await;
+    // The gap comes from the log (one cached message per user).
+    let budget_flag = BUDGET.to_string();
+    let node = world.serving_node("socket-a", &["--resume-buffer", "1", "--memory-budget-bytes", &budget_flag]).await;
+    let ids = away_for(&world, &node, "erin", 1, 30).await;
+    // Something else holds nearly all of the budget: no replayed record fits.
+    let filler = Arc::new(Delivery {
+        partition: 0,
+        offset: 0,
+        ts_ms: 0,
+        frame: "x".repeat(BUDGET - node.hub.held_bytes() - 10).into(),
+        buffered_at: std::time::Instant::now(),
+    });
+    let held = node.hub.budget().hold(&filler).expect("fits");
+    let token = world.token("erin", &node, 1);
+    let (addr, last_id) = (node.ws_addr, ids[0].clone());
+    let resume = tokio::spawn(async move {
+        let url = format!("ws://{addr}/ws?token={token}&last_id={last_id}");
+        let mut client = Client::connect_url(&url).await.expect("admitted");
+        let mut frames = Vec::new();
+        while let Some(frame) = client.next_json_within(Duration::from_secs(20)).await {
+            let done = frame["type"] == "resumed";
+            frames.push(frame);
+            if done {
+                break;
+            }
+        }
+        frames
+    });
+    eventually("the replay paused for the budget", Duration::from_secs(5), async || {
+        metric(&node, "rtc_socket_budget_evictions_total{what=\"replay\"}").await > 0.0
+    })
+    .await;
+    assert!(!resume.is_finished(), "nothing replayed while the budget is spent");
+    drop(held);
+    let frames = resume.await.unwrap();
+    assert_eq!(frames[0]["type"], "welcome");
+    let messages: Vec<_> = frames.iter().filter(|f| f["type"] == "message").cloned().collect();
+    assert_eq!(ids_of(&messages), ids[1..31], "every record, in order, once");
+    let resumed = frames.last().unwrap();
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["replayed"], 30);
+    assert!(metric(&node, "rtc_socket_catchup_reads_total").await > 1.0, "paused, then read on");
     node.shutdown().await;
 }
 
