@@ -16,6 +16,7 @@ use rtc_load_balancer::service::LbHandle;
 use rtc_load_balancer::testing::TestLb;
 use rtc_socket::kafka::EmbeddedKafka;
 use rtc_socket::server::NodeHandle;
+use rtc_socket::testing::TestNode;
 use tokio_util::sync::CancellationToken;
 
 const P: u32 = 12;
@@ -31,35 +32,12 @@ fn prefix() -> String {
 }
 
 async fn node(prefix: &str, brokers: &str, id: &str) -> NodeHandle {
-    let args = [
-        "socket",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--node-id",
-        id,
-        "--token-secret",
-        SECRET,
-        "--redis-url",
-        &redis_url(),
-        "--key-prefix",
-        prefix,
-        "--kafka-brokers",
-        brokers,
-        "--partitions",
-        &P.to_string(),
-        "--heartbeat-interval-ms",
-        "100",
-        "--assignment-poll-ms",
-        "200",
-        "--commit-interval-ms",
-        "100",
-        "--peer-ack-timeout-ms",
-        "3000",
-    ];
-    let config = rtc_socket::config::Config::try_parse_from(args).unwrap();
-    rtc_socket::server::start(config).await.expect("node starts")
+    TestNode::new(id, &redis_url(), prefix, brokers)
+        .token_secret(SECRET)
+        .partitions(P)
+        .start()
+        .await
+        .expect("node starts")
 }
 
 async fn lb(prefix: &str, id: &str) -> LbHandle {

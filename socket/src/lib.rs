@@ -16,7 +16,8 @@
 //! - [`lifecycle`]: starting, ready, draining;
 //! - [`takeover`]: the server's view of hand-off reconnect time;
 //! - [`follower`], [`peers`], [`heartbeat`]: the Redis side;
-//! - [`admin`], [`metrics`], [`sysstat`]: operations.
+//! - [`admin`], [`metrics`], [`sysstat`]: operations;
+//! - [`testing`]: socket nodes for integration tests ([`testing::TestNode`]).
 
 pub mod admin;
 pub mod catchup;
@@ -34,4 +35,5 @@ pub mod server;
 pub mod session;
 pub mod sysstat;
 pub mod takeover;
+pub mod testing;
 pub mod ws;

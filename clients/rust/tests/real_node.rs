@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Query, State as AxState};
-use clap::Parser;
 use rdkafka::config::ClientConfig as KafkaConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::AsyncCommands;
@@ -18,6 +17,7 @@ use rtc_client::{ClientConfig, CloseReason, Event, Events, MessageId, RtcClient,
 use rtc_core::{Assignment, AssignmentNode, ConnectClaims, Document, NodeState, RouteAnswer, TokenSigner};
 use rtc_socket::kafka::EmbeddedKafka;
 use rtc_socket::server::NodeHandle;
+use rtc_socket::testing::TestNode;
 
 const SECRET: &str = "client-test-secret";
 const TOPIC: &str = "rtc.messages";
@@ -33,39 +33,13 @@ fn unique_prefix() -> String {
 }
 
 async fn start_node(brokers: &str, prefix: &str, node_id: &str) -> NodeHandle {
-    let redis = redis_url();
-    let partitions = P.to_string();
-    let args = [
-        "socket",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--node-id",
-        node_id,
-        "--token-secret",
-        SECRET,
-        "--redis-url",
-        &redis,
-        "--key-prefix",
-        prefix,
-        "--kafka-brokers",
-        brokers,
-        "--topic",
-        TOPIC,
-        "--partitions",
-        &partitions,
-        "--heartbeat-interval-ms",
-        "100",
-        "--assignment-poll-ms",
-        "200",
-        "--commit-interval-ms",
-        "100",
-        "--peer-ack-timeout-ms",
-        "3000",
-    ];
-    let config = rtc_socket::config::Config::try_parse_from(args).unwrap();
-    rtc_socket::server::start(config).await.expect("node starts")
+    TestNode::new(node_id, &redis_url(), prefix, brokers)
+        .token_secret(SECRET)
+        .topic(TOPIC)
+        .partitions(P)
+        .start()
+        .await
+        .expect("node starts")
 }
 
 /// Who owns which partition, as the leader would publish it.

@@ -12,11 +12,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_with_another_partition_count_is_refused() {
     let world = World::tansu(6).await;
-    use clap::Parser;
-    let mut args = world.args("socket-a", &[]);
-    args.extend(["--partitions".to_owned(), "12".to_owned()]);
-    let config = rtc_socket::config::Config::try_parse_from(args).unwrap();
-    let err = rtc_socket::server::start(config).await.err().expect("refuses to start");
+    let err = world.test_node("socket-a", &[]).partitions(12).start().await.err().expect("refuses to start");
     let message = err.to_string();
     assert!(message.contains("has 6 partitions") && message.contains("12"), "{message}");
 }

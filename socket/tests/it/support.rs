@@ -14,6 +14,7 @@ use redis::AsyncCommands;
 use rtc_core::{Assignment, AssignmentNode, ConnectClaims, Document, NodeState, TokenSigner};
 use rtc_socket::kafka::EmbeddedKafka;
 use rtc_socket::server::NodeHandle;
+use rtc_socket::testing::TestNode;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -78,47 +79,17 @@ impl World {
         self.kafka = None;
     }
 
-    pub fn args(&self, node_id: &str, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "socket",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--node-id",
-            node_id,
-            "--token-secret",
-            SECRET,
-            "--redis-url",
-            &redis_url(),
-            "--key-prefix",
-            &self.prefix,
-            "--kafka-brokers",
-            &self.brokers,
-            "--topic",
-            &self.topic,
-            "--partitions",
-            &self.partitions.to_string(),
-            "--heartbeat-interval-ms",
-            "100",
-            "--assignment-poll-ms",
-            "200",
-            "--commit-interval-ms",
-            "100",
-            "--peer-ack-timeout-ms",
-            "3000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+    /// A node of this world with `extra` flags.
+    pub fn test_node(&self, node_id: &str, extra: &[&str]) -> TestNode {
+        TestNode::new(node_id, &redis_url(), &self.prefix, &self.brokers)
+            .token_secret(SECRET)
+            .topic(&self.topic)
+            .partitions(self.partitions)
+            .args(extra)
     }
 
     pub async fn node(&self, node_id: &str, extra: &[&str]) -> NodeHandle {
-        use clap::Parser;
-        let config = rtc_socket::config::Config::try_parse_from(self.args(node_id, extra)).unwrap();
-        rtc_socket::server::start(config).await.expect("node starts")
+        self.test_node(node_id, extra).start().await.expect("node starts")
     }
 
     /// A node that serves every partition (epoch 1).
@@ -325,15 +296,13 @@ impl Client {
 pub async fn spawn_binary(world: &World, node_id: &str, extra: &[&str]) -> (tokio::process::Child, String) {
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ws_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut args = world.args(node_id, extra);
-    args.extend([
-        "--listen".into(),
-        format!("127.0.0.1:{ws_port}"),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin_port}"),
-    ]);
+    let args = world
+        .test_node(node_id, extra)
+        .arg("--listen", &format!("127.0.0.1:{ws_port}"))
+        .arg("--admin-listen", &format!("127.0.0.1:{admin_port}"))
+        .into_args();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_socket"))
-        .args(&args[1..])
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
