@@ -9,6 +9,7 @@
 pub mod assignment;
 pub mod config;
 pub mod decision;
+pub mod flags;
 pub mod heartbeat;
 /// A pure model of the Kubernetes HPA acting on the scaler's metric (tests, local actuator).
 pub mod hpa;

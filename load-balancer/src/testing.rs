@@ -7,18 +7,19 @@
 //! ```
 
 use clap::{Args, FromArgMatches};
+use rtc_core::flags::Flags;
 
 use crate::config::ServeArgs;
 use crate::service::{LbHandle, start};
 
 /// A builder of `serve` flags; later flags override earlier ones.
 pub struct TestLb {
-    args: Vec<String>,
+    flags: Flags,
 }
 
 impl TestLb {
     pub fn new(redis_url: &str, key_prefix: &str, replica_id: &str) -> Self {
-        let base = [
+        let flags = Flags::new(&[
             ("--listen", "127.0.0.1:0"),
             ("--admin-listen", "127.0.0.1:0"),
             ("--redis-url", redis_url),
@@ -27,8 +28,8 @@ impl TestLb {
             ("--heartbeat-interval-ms", "100"),
             ("--lease-ttl-ms", "600"),
             ("--assignment-poll-ms", "100"),
-        ];
-        Self { args: base.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect() }
+        ]);
+        Self { flags }
     }
 
     pub fn partitions(self, partitions: u32) -> Self {
@@ -37,23 +38,23 @@ impl TestLb {
 
     /// Adds `flag value`.
     pub fn arg(mut self, flag: &str, value: &str) -> Self {
-        self.args.extend([flag.to_owned(), value.to_owned()]);
+        self.flags.push(flag, value);
         self
     }
 
     /// Adds raw arguments (flags with or without values).
     pub fn args(mut self, extra: &[&str]) -> Self {
-        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.flags.extend(extra);
         self
     }
 
     /// The parsed settings.
     pub fn serve_args(mut self) -> Result<ServeArgs, clap::Error> {
-        if !self.args.iter().any(|a| a == "--auth") {
-            self.args.extend(["--auth".into(), "none".into()]);
+        if !self.flags.contains("--auth") {
+            self.flags.push("--auth", "none");
         }
         let cmd = ServeArgs::augment_args(clap::Command::new("lb").no_binary_name(true)).args_override_self(true);
-        ServeArgs::from_arg_matches(&cmd.try_get_matches_from(&self.args)?)
+        ServeArgs::from_arg_matches(&cmd.try_get_matches_from(self.flags.as_slice())?)
     }
 
     pub async fn start(self) -> anyhow::Result<LbHandle> {

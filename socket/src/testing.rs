@@ -3,13 +3,14 @@
 //! the flags each test needs on top.
 
 use clap::Parser;
+use rtc_core::flags::Flags;
 
 use crate::config::Config;
 use crate::server::{NodeHandle, start};
 
 /// A builder of socket-node flags; later flags override earlier ones.
 pub struct TestNode {
-    args: Vec<String>,
+    flags: Flags,
 }
 
 impl TestNode {
@@ -17,7 +18,7 @@ impl TestNode {
     /// Kafka of the test, heartbeats every 100 ms, assignment polls every
     /// 200 ms, commits every 100 ms, and a 3 s peer-acknowledgement bound.
     pub fn new(node_id: &str, redis_url: &str, key_prefix: &str, kafka_brokers: &str) -> Self {
-        let base = [
+        let flags = Flags::new(&[
             ("--listen", "127.0.0.1:0"),
             ("--admin-listen", "127.0.0.1:0"),
             ("--node-id", node_id),
@@ -28,8 +29,8 @@ impl TestNode {
             ("--assignment-poll-ms", "200"),
             ("--commit-interval-ms", "100"),
             ("--peer-ack-timeout-ms", "3000"),
-        ];
-        Self { args: base.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect() }
+        ]);
+        Self { flags }
     }
 
     pub fn partitions(self, partitions: u32) -> Self {
@@ -46,24 +47,24 @@ impl TestNode {
 
     /// Adds `flag value`.
     pub fn arg(mut self, flag: &str, value: &str) -> Self {
-        self.args.extend([flag.to_owned(), value.to_owned()]);
+        self.flags.push(flag, value);
         self
     }
 
     /// Adds raw arguments (flags with or without values).
     pub fn args(mut self, extra: &[&str]) -> Self {
-        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.flags.extend(extra);
         self
     }
 
     /// The flags, for the `socket` binary run as a child process.
     pub fn into_args(self) -> Vec<String> {
-        self.args
+        self.flags.into_vec()
     }
 
     /// The parsed settings (environment variables apply as for the binary).
     pub fn config(self) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("socket".to_owned()).chain(self.args))
+        Config::try_parse_from(std::iter::once("socket".to_owned()).chain(self.flags.into_vec()))
     }
 
     pub async fn start(self) -> anyhow::Result<NodeHandle> {
