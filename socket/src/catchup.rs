@@ -162,14 +162,14 @@ impl CatchUp {
 
 /// The consumer the catch-up task reads with: no group membership and no
 /// commits, only explicit assignments.
-pub fn create_consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaSetupError> {
+pub fn create_consumer(brokers: &str, group: &str, fetch_wait: Duration) -> Result<StreamConsumer, KafkaSetupError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{group}-catchup"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         .create()?)
 }
 

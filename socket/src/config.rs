@@ -55,6 +55,11 @@ pub struct KafkaArgs {
     /// socket nodes: each partition has one owner at a time).
     #[arg(long, env = "RTC_KAFKA_GROUP", default_value = "rtc-socket")]
     pub kafka_group: String,
+    /// How long a fetch may wait at the broker for records (librdkafka
+    /// `fetch.wait.max.ms`). The broker answers as soon as a record is
+    /// there; this bounds the polling of idle partitions.
+    #[arg(long, env = "RTC_KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    pub kafka_fetch_wait_ms: u64,
 }
 
 impl KafkaArgs {

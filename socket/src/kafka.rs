@@ -116,6 +116,7 @@ pub type PartitionConsumer = StreamConsumer<LagContext>;
 pub fn create_consumer(
     brokers: &str,
     group: &str,
+    fetch_wait: Duration,
     stats_interval: Duration,
 ) -> Result<PartitionConsumer, KafkaSetupError> {
     Ok(ClientConfig::new()
@@ -126,7 +127,7 @@ pub fn create_consumer(
         // Every start offset is explicit (see `start_offsets`); a position
         // lost to retention restarts at the oldest record kept.
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         .set("statistics.interval.ms", stats_interval.as_millis().max(100).to_string())
         .create_with_context(LagContext::default())?)
 }

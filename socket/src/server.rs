@@ -89,12 +89,17 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         Some(e) => e.bootstrap_servers().to_owned(),
         None => config.kafka.kafka_brokers.clone().unwrap_or_default(),
     };
-    let consumer =
-        Arc::new(crate::kafka::create_consumer(&brokers, &config.kafka.kafka_group, timing.heartbeat_interval())?);
+    let fetch_wait = Duration::from_millis(config.kafka.kafka_fetch_wait_ms);
+    let consumer = Arc::new(crate::kafka::create_consumer(
+        &brokers,
+        &config.kafka.kafka_group,
+        fetch_wait,
+        timing.heartbeat_interval(),
+    )?);
     crate::kafka::check_topic(consumer.clone(), &config.topic.topic, config.topic.partitions).await?;
     let producer = crate::kafka::create_producer(&brokers)?;
     let (catchup, catchup_task) = CatchUpTask::new(
-        crate::catchup::create_consumer(&brokers, &config.kafka.kafka_group)?,
+        crate::catchup::create_consumer(&brokers, &config.kafka.kafka_group, fetch_wait)?,
         config.topic.topic.clone(),
         metrics.clone(),
         hub.budget().clone(),
