@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use redis::aio::ConnectionManager;
 use rtc_core::redis_io::HeartbeatCursor;
 use rtc_core::{Assignment, Keys, TokenSigner};
@@ -152,6 +153,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         let token = shutdown.clone();
         tasks.spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            // Answers are small and written at once: do not let Nagle hold one
+            // back waiting for the client's ACK.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
                 tracing::error!(error = %e, "http server failed");
             }

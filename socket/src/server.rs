@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use rtc_core::TokenSigner;
 use rtc_core::protocol::CloseReason;
 use tokio::net::TcpListener;
@@ -241,7 +242,12 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     {
         let (app, token) = (ws_app, shutdown.clone());
         tasks.spawn(async move {
-            let serve = axum::serve(ws_listener, app).with_graceful_shutdown(token.cancelled_owned());
+            // Frames are small and often written back to back: Nagle would
+            // hold each one until the client acknowledged the previous.
+            let listener = ws_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "websocket server failed");
             }
