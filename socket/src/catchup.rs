@@ -89,6 +89,8 @@ pub struct Request {
     /// First offset not wanted: the session's live start.
     pub to: i64,
     pub reply: ReplaySender,
+    /// Paused without a record taken since (the give-up clock).
+    paused_since: Option<Instant>,
 }
 
 /// A request being served: the offsets below `next` were passed to it.
@@ -106,6 +108,10 @@ impl Active {
 }
 
 impl Request {
+    pub fn new(partition: u32, user: String, from: i64, to: i64, reply: ReplaySender) -> Self {
+        Self { partition, user, from, to, reply, paused_since: None }
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         self.reply.finish(outcome);
     }
@@ -116,16 +122,18 @@ impl Request {
 struct Paused {
     /// Not before this.
     retry_at: Instant,
-    /// Room for it never came back: `unavailable`.
-    give_up_at: Instant,
+    /// Its record did not fit the budget (else its channel was full).
+    budget: bool,
     request: Request,
 }
 
 /// What became of a record offered to a request.
 enum Offer {
     Taken,
-    /// No room (budget or channel): pause the request at this record.
-    Pause,
+    /// No room in the budget: pause the request at this record.
+    NoBudget,
+    /// No room in the session's channel: pause likewise.
+    Full,
     /// The session is gone.
     Gone,
 }
@@ -277,6 +285,15 @@ impl CatchUpTask {
         }
     }
 
+    /// Queues `request` for the next pass of its partition (a running pass
+    /// is not rewound for it).
+    fn add_next_pass(&mut self, request: Request) {
+        match self.passes.get_mut(&request.partition) {
+            Some(pass) if pass.state == PassState::Reading => pass.waiting.push(request),
+            _ => self.add(request),
+        }
+    }
+
     fn add(&mut self, mut request: Request) {
         let now = Instant::now();
         let gather = self.limits.gather;
@@ -341,21 +358,28 @@ impl CatchUpTask {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        // Paused requests whose session made room go again; those of
-        // sessions gone are dropped, those that waited too long give up.
+        // Paused requests go again once there is room (their session's
+        // channel half empty; for a budget pause, a quarter of the budget
+        // free), in the next pass rather than rewinding the running one.
+        // Those of sessions gone are dropped; those that took no record
+        // for the stall timeout give up.
+        let give_up = self.limits.stall_timeout;
+        let budget_room = self.budget.used() <= self.budget.limit() / 4 * 3;
+        let stalled = |r: &Request| r.paused_since.is_some_and(|t| now.duration_since(t) >= give_up);
         let (due, paused): (Vec<_>, Vec<_>) = std::mem::take(&mut self.paused).into_iter().partition(|p| {
             let records = &p.request.reply.records;
-            records.is_closed() || p.give_up_at <= now || (p.retry_at <= now && records.capacity() >= REPLAY_WINDOW / 2)
+            let room = records.capacity() >= REPLAY_WINDOW / 2 && (!p.budget || budget_room);
+            records.is_closed() || stalled(&p.request) || (p.retry_at <= now && room)
         });
         self.paused = paused;
         for mut p in due {
             if p.request.reply.records.is_closed() {
                 continue;
             }
-            if p.give_up_at <= now {
+            if stalled(&p.request) {
                 p.request.finish(Err(ResumeFailure::Unavailable));
             } else {
-                self.add(p.request);
+                self.add_next_pass(p.request);
             }
         }
         let mut due = Vec::new();
@@ -454,13 +478,14 @@ impl CatchUpTask {
                     Some(d) => offer(&a.request.reply, budget, metrics, d),
                 };
                 match offer {
-                    Offer::Taken => {}
-                    Offer::Pause => {
+                    Offer::Taken => a.request.paused_since = None,
+                    Offer::NoBudget | Offer::Full => {
                         let mut a = pass.active.swap_remove(i);
-                        a.request.from = offset;
                         let now = Instant::now();
-                        let (retry_at, give_up_at) = (now + PAUSE, now + self.limits.stall_timeout);
-                        paused.push(Paused { retry_at, give_up_at, request: a.request });
+                        a.request.from = offset;
+                        a.request.paused_since.get_or_insert(now);
+                        let budget = matches!(offer, Offer::NoBudget);
+                        paused.push(Paused { retry_at: now + PAUSE, budget, request: a.request });
                         continue;
                     }
                     Offer::Gone => {
@@ -515,11 +540,11 @@ impl CatchUpTask {
 fn offer(reply: &ReplaySender, budget: &Arc<Budget>, metrics: &Metrics, delivery: &Arc<Delivery>) -> Offer {
     let Some(held) = budget.hold(delivery) else {
         metrics.budget_evictions.increment(Evicted::Replay);
-        return Offer::Pause;
+        return Offer::NoBudget;
     };
     match reply.records.try_send(held) {
         Ok(()) => Offer::Taken,
-        Err(mpsc::error::TrySendError::Full(_)) => Offer::Pause,
+        Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
         Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
     }
 }

@@ -247,12 +247,12 @@ impl Hub {
         lock(&self.shards[i])
     }
 
-    /// Bytes of records held in memory now (see [`Budget`]).
     /// The memory budget the hub's records count against.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
     }
 
+    /// Bytes of records held in memory now (see [`Budget`]).
     pub fn held_bytes(&self) -> usize {
         self.budget.used()
     }

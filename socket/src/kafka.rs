@@ -320,27 +320,46 @@ pub async fn start_offsets(
     topic: &str,
     partitions: Vec<u32>,
 ) -> Result<Vec<(u32, i64)>, KafkaError> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(&topic, *p as i32);
+    let committed = {
+        let (consumer, topic) = (consumer.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition(&topic, *p as i32);
+            }
+            // One request for every partition: a scale-out gains hundreds.
+            let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+            partitions
+                .into_iter()
+                .map(|p| match committed.find_partition(&topic, p as i32) {
+                    // A partition's own error (not "never committed") is retried.
+                    Some(e) => e.error().map(|()| (p, e.offset())),
+                    None => Ok((p, Offset::Invalid)),
+                })
+                .collect::<Result<Vec<_>, KafkaError>>()
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??
+    };
+    // Never committed: from the log end, read for all such partitions at
+    // once (a new topic has hundreds).
+    let mut ends = tokio::task::JoinSet::new();
+    let mut starts = Vec::with_capacity(committed.len());
+    for (p, offset) in committed {
+        match offset {
+            Offset::Offset(o) => starts.push((p, o)),
+            _ => {
+                let (consumer, topic) = (consumer.clone(), topic.to_owned());
+                ends.spawn_blocking(move || {
+                    consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(5)).map(|(_, high)| (p, high))
+                });
+            }
         }
-        // One request for every partition: a scale-out gains hundreds.
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
-        let mut starts = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            let start = match committed.find_partition(&topic, p as i32).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                // Never committed: from the log end.
-                _ => consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(5))?.1,
-            };
-            starts.push((p, start));
-        }
-        Ok(starts)
-    })
-    .await
-    .map_err(|_| KafkaError::Canceled)?
+    }
+    while let Some(end) = ends.join_next().await {
+        starts.push(end.map_err(|_| KafkaError::Canceled)??);
+    }
+    Ok(starts)
 }
 
 /// Commits `offset` for `partition` and waits for the broker's answer.

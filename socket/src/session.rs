@@ -582,7 +582,7 @@ async fn plan_replay(
             let Some(held) = budget.hold(&d) else {
                 node.metrics.budget_evictions.increment(Evicted::Replay);
                 from = d.offset;
-                node.catchup.submit(Request { partition, user, from, to, reply });
+                node.catchup.submit(Request::new(partition, user, from, to, reply));
                 return;
             };
             if reply.records.send(held).await.is_err() {
@@ -592,5 +592,5 @@ async fn plan_replay(
         reply.finish(Ok(()));
         return;
     }
-    node.catchup.submit(Request { partition, user, from, to, reply });
+    node.catchup.submit(Request::new(partition, user, from, to, reply));
 }

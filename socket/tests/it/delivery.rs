@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use rtc_socket::hub::Delivery;
+use rtc_socket::hub::{Delivery, Held};
 use rtc_socket::server::NodeHandle;
 
 use crate::support::*;
@@ -124,15 +124,22 @@ async fn a_gap_the_cache_no_longer_holds_is_read_from_the_log() {
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_waits_for_room_in_the_memory_budget_and_arrives_whole() {
-    const BUDGET: usize = 64 * 1024;
-    let mut world = World::new(4).await;
-    // The gap comes from the log (one cached message per user).
-    let budget_flag = BUDGET.to_string();
-    let node = world.serving_node("socket-a", &["--resume-buffer", "1", "--memory-budget-bytes", &budget_flag]).await;
-    let ids = away_for(&world, &node, "erin", 1, 30).await;
-    // Something else holds nearly all of the budget: no replayed record fits.
+const BUDGET: usize = 64 * 1024;
+
+/// A node with a `BUDGET`-byte memory budget, a user "erin" who missed 30
+/// messages (from the log: one cached message per user), and a filler
+/// holding nearly all of the budget so no replayed record fits. Returns the
+/// ids, the filler, and the task that resumes erin and collects her frames
+/// up to `resumed`.
+async fn resume_with_the_budget_spent(
+    world: &mut World,
+    extra: &[&str],
+) -> (NodeHandle, Vec<String>, Held, tokio::task::JoinHandle<Vec<serde_json::Value>>) {
+    let budget = BUDGET.to_string();
+    let mut flags = vec!["--resume-buffer", "1", "--memory-budget-bytes", &budget];
+    flags.extend(extra);
+    let node = world.serving_node("socket-a", &flags).await;
+    let ids = away_for(world, &node, "erin", 1, 30).await;
     let filler = Arc::new(Delivery {
         partition: 0,
         offset: 0,
@@ -160,6 +167,13 @@ async fn a_replay_waits_for_room_in_the_memory_budget_and_arrives_whole() {
         metric(&node, "rtc_socket_budget_evictions_total{what=\"replay\"}").await > 0.0
     })
     .await;
+    (node, ids, held, resume)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_waits_for_room_in_the_memory_budget_and_arrives_whole() {
+    let mut world = World::new(4).await;
+    let (node, ids, held, resume) = resume_with_the_budget_spent(&mut world, &[]).await;
     assert!(!resume.is_finished(), "nothing replayed while the budget is spent");
     drop(held);
     let frames = resume.await.unwrap();
@@ -171,6 +185,19 @@ async fn a_replay_waits_for_room_in_the_memory_budget_and_arrives_whole() {
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(resumed["replayed"], 30);
     assert!(metric(&node, "rtc_socket_catchup_reads_total").await > 1.0, "paused, then read on");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_never_gets_room_gives_up_as_unavailable() {
+    let mut world = World::new(4).await;
+    let stall = ["--resume-stall-timeout-ms", "500"];
+    let (node, _ids, _held, resume) = resume_with_the_budget_spent(&mut world, &stall).await;
+    let frames = tokio::time::timeout(Duration::from_secs(10), resume).await.expect("gave up in time").unwrap();
+    let resumed = frames.last().unwrap();
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!((resumed["recovered"].as_bool(), resumed["reason"].as_str()), (Some(false), Some("unavailable")));
+    assert_eq!(metric(&node, "rtc_socket_resume_unrecovered_total{reason=\"unavailable\"}").await, 1.0);
     node.shutdown().await;
 }
 
