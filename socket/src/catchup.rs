@@ -445,9 +445,21 @@ impl CatchUpTask {
     }
 
     fn record(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let partition = m.partition() as u32;
+        let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+        self.on_record(m.partition() as u32, m.offset(), key, || delivery_of(m).map(|(_, d)| d));
+    }
+
+    /// One record read: `key` is its user; `delivery` renders it (once,
+    /// for the requests that want it).
+    fn on_record(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        key: Option<&str>,
+        delivery: impl FnOnce() -> Option<Delivery>,
+    ) {
+        let mut render = Some(delivery);
         let Some(pass) = self.passes.get_mut(&partition).filter(|p| p.state == PassState::Reading) else { return };
-        let offset = m.offset();
         match pass.expect {
             // Fetched before the last (re)assignment.
             Some(first) if offset != first => return,
@@ -458,7 +470,6 @@ impl CatchUpTask {
         pass.position = offset + 1;
         pass.since = Instant::now();
         self.metrics.catchup_scanned.increment(1);
-        let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let (budget, metrics) = (&self.budget, &self.metrics);
         let mut delivery: Option<Arc<Delivery>> = None;
         let mut paused = Vec::new();
@@ -470,8 +481,8 @@ impl CatchUpTask {
                 continue;
             }
             if Some(a.request.user.as_str()) == key {
-                if delivery.is_none() {
-                    delivery = delivery_of(m).map(|(_, d)| Arc::new(d));
+                if let Some(render) = render.take() {
+                    delivery = render().map(Arc::new);
                 }
                 let offer = match &delivery {
                     None => Offer::Taken,
@@ -546,5 +557,90 @@ fn offer(reply: &ReplaySender, budget: &Arc<Budget>, metrics: &Metrics, delivery
         Ok(()) => Offer::Taken,
         Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
         Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> CatchUpTask {
+        // No broker: assignments are local, records are fed by hand.
+        let consumer = create_consumer("127.0.0.1:1", "catchup-test", Duration::from_millis(10)).unwrap();
+        let limits =
+            CatchUpLimits { max_records: 1000, gather: Duration::ZERO, stall_timeout: Duration::from_secs(60) };
+        CatchUpTask::new(consumer, "t".into(), Arc::new(Metrics::new()), Budget::new(usize::MAX), limits).1
+    }
+
+    fn request(user: &str, from: i64, to: i64) -> (Request, ReplayReceiver) {
+        let (tx, rx) = replay_channel();
+        (Request::new(0, user.into(), from, to, tx), rx)
+    }
+
+    /// Even offsets are user a's records, odd ones b's.
+    fn feed(task: &mut CatchUpTask, offsets: impl IntoIterator<Item = i64>) {
+        for o in offsets {
+            let user = if o % 2 == 0 { "a" } else { "b" };
+            let delivery = || {
+                let frame = o.to_string().into();
+                Some(Delivery { partition: 0, offset: o, ts_ms: 0, frame, buffered_at: std::time::Instant::now() })
+            };
+            task.on_record(0, o, Some(user), delivery);
+        }
+    }
+
+    fn received(rx: &mut ReplayReceiver) -> (Vec<i64>, Option<Outcome>) {
+        let mut offsets = Vec::new();
+        while let Ok(held) = rx.records.try_recv() {
+            offsets.push(held.offset);
+        }
+        (offsets, rx.outcome.try_recv().ok())
+    }
+
+    #[tokio::test]
+    async fn a_request_needing_older_records_rewinds_the_pass_and_nothing_comes_twice() {
+        let mut task = task();
+        let (a, mut a_rx) = request("a", 50, 60);
+        task.add(a);
+        task.checked(LogStart { partition: 0, low: Ok(0) });
+        feed(&mut task, 50..55);
+        // b needs records from 10: the running pass goes back there.
+        let (b, mut b_rx) = request("b", 10, 60);
+        task.add(b);
+        // A record fetched before the rewind arrives late: ignored.
+        feed(&mut task, [55]);
+        feed(&mut task, 10..60);
+        assert_eq!(received(&mut a_rx), (vec![50, 52, 54, 56, 58], Some(Ok(()))), "a: each once, in order");
+        let odd: Vec<i64> = (11..60).step_by(2).collect();
+        assert_eq!(received(&mut b_rx), (odd, Some(Ok(()))), "b: its whole gap, in order");
+        assert!(task.passes.is_empty(), "the pass ended with its last request");
+    }
+
+    #[tokio::test]
+    async fn a_request_joining_a_pass_ahead_of_its_start_does_not_rewind_it() {
+        let mut task = task();
+        let (a, mut a_rx) = request("a", 10, 30);
+        task.add(a);
+        task.checked(LogStart { partition: 0, low: Ok(0) });
+        feed(&mut task, 10..15);
+        let (b, mut b_rx) = request("b", 20, 30);
+        task.add(b);
+        assert_eq!(task.passes[&0].expect, None, "no rewind: the pass reaches 20 anyway");
+        feed(&mut task, 15..30);
+        assert_eq!(received(&mut a_rx), ((10..30).step_by(2).collect(), Some(Ok(()))));
+        assert_eq!(received(&mut b_rx), ((21..30).step_by(2).collect(), Some(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn a_request_below_the_log_start_is_expired() {
+        let mut task = task();
+        let (a, mut a_rx) = request("a", 5, 30);
+        let (b, mut b_rx) = request("b", 12, 30);
+        task.add(a);
+        task.add(b);
+        task.checked(LogStart { partition: 0, low: Ok(10) });
+        assert_eq!(received(&mut a_rx), (vec![], Some(Err(ResumeFailure::Expired))));
+        feed(&mut task, 12..30);
+        assert_eq!(received(&mut b_rx), ((13..30).step_by(2).collect(), Some(Ok(()))));
     }
 }
