@@ -3,10 +3,11 @@
 //!
 //! Resumers of one partition share reads. Requests that arrive within the
 //! gather window start one *pass* from the lowest offset any of them needs;
-//! a request that arrives while a pass is running joins it if the pass has
-//! not gone past its start yet, and otherwise waits for the next pass. When
-//! a rebalance moves thousands of users, each partition is scanned about
-//! once.
+//! a request that arrives while a pass is running joins it, and one that
+//! needs older records rewinds the pass (each request remembers the offsets
+//! already passed to it, so it gets nothing twice and its records in
+//! order). When a rebalance moves thousands of users at once, each
+//! partition is read two or three times (`scripts/bench-resume`).
 //!
 //! Before a pass the partition's log start is read: a request below it is
 //! `expired`. A request longer than the scan bound is `too_far_behind`
@@ -16,8 +17,10 @@
 //! Replayed records count against the node's memory budget and go to the
 //! session over a small bounded channel. A record that does not fit (the
 //! budget is spent, or the session has not written the ones before it) is
-//! not dropped: its request pauses there, and resumes from that record in a
-//! later pass once the session drained its channel. A slow reader, or many
+//! not dropped: its request pauses there, and resumes from that record in
+//! the next pass once there is room (its channel half empty; for a budget
+//! pause, a quarter of the budget free). A request that takes no record for
+//! the stall timeout gives up (`unavailable`). A slow reader, or many
 //! resumers at once, therefore hold a bounded number of records each.
 
 use std::collections::HashMap;
