@@ -2,6 +2,8 @@
 //! socket binary (they ignore the node flags, which `sh -c` takes as
 //! positional parameters).
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

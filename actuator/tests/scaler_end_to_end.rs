@@ -2,6 +2,8 @@
 //! `RTC_TEST_REDIS_URL`, started by `scripts/test`), with stand-in nodes:
 //! the load balancer's decision in Redis becomes running processes.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

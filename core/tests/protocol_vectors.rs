@@ -1,6 +1,8 @@
 //! The protocol test vectors (`protocol-vectors.json`) hold for the Rust
 //! definitions: the same file is what other clients are checked against.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use rtc_core::protocol::{
     ClientFrame, MessageId, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after, resume_point,
 };

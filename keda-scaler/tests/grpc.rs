@@ -1,5 +1,7 @@
 //! The scaler's gRPC contract against a real Redis, through a tonic client.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! the HPA must land on exactly the desired count whenever the step is one
 //! the load balancer's tolerance-aware rules allow (outside the tolerance).
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use rtc_core::hpa::{

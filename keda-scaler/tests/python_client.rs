@@ -5,6 +5,8 @@
 //! (`scripts/test` creates such a venv and exports it). Without it the test
 //! fails rather than pass without checking anything.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use std::path::{Path, PathBuf};

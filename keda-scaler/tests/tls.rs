@@ -1,5 +1,7 @@
 //! TLS and mutual TLS on the gRPC port, with certificates made here.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use std::net::SocketAddr;

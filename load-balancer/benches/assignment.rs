@@ -1,6 +1,8 @@
 //! Criterion benchmarks: user → node lookup (engine beside the classic ring
 //! and jump hash, in one run) and assignment recompute time.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};

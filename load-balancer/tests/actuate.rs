@@ -2,6 +2,8 @@
 //! test asserts the exact requests the actuator sends and answers them as the
 //! real API server would (objects on success, a `Status` on failure).
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::fmt::Debug;
 use std::pin::pin;
 

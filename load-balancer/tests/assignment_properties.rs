@@ -1,6 +1,8 @@
 //! Property tests of the assignment engine over random node sets and random
 //! sequences of joins, removals, drains and readiness changes.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;

@@ -1,5 +1,7 @@
 //! Leader election against a real Redis (started by `scripts/test`).
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Heartbeat ingestion from a real Redis stream.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,7 @@
 //! Assignment publication through the fenced write, on a real Redis.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::time::Duration;
 
 use futures_util::StreamExt;

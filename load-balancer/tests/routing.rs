@@ -2,6 +2,8 @@
 //! heartbeats straight to the stream; two or three load balancers elect a
 //! leader, publish the assignment and route.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,8 @@
 //! closed-loop simulation (nodes start, drain and stop as decided), asserting
 //! the decision timelines.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use rtc_core::{Action, NodeState, Urgency};
 use rtc_load_balancer::actuate::WorkloadKind;
 use rtc_load_balancer::scale::ScaleConfig;

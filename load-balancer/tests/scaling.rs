@@ -2,6 +2,8 @@
 //! every tick, drains a victim (its partitions move away) before lowering
 //! the desired count, and explains itself on `/v1/decisions` and `/metrics`.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use std::time::Duration;

@@ -9,6 +9,8 @@
 //! be lost, no user may hold two sessions, every acknowledged message must
 //! be delivered.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::time::Duration;
 
 use clap::Parser;

@@ -6,6 +6,8 @@
 //! leave. The protocol is `rtc-client`'s; this checks that the load
 //! generator runs its users on it and counts what they saw.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! refusals, terminal closes, `close()`, sends and their acks, a reader
 //! that falls behind, a silent connection.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod fake;
 
 use std::net::IpAddr;

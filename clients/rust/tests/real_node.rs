@@ -4,6 +4,8 @@
 //! node B while messages flow, and the client delivers every message once,
 //! in order, reconnecting exactly once.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,8 @@
 //! delivers, its `Recovered` events, the query it connects with, and where
 //! the script says so, when and with what query it reconnects.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod fake;
 
 use std::time::Duration;

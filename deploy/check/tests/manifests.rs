@@ -4,6 +4,8 @@
 //! two objects must agree on (replica bounds, tolerance, partitions, the
 //! scaler's address, the env vars the binaries read) do agree.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
