@@ -134,7 +134,8 @@ impl Engine {
 
     pub fn decide(&mut self, fleet: &Fleet, now_ms: u64) -> Outcome {
         let c = &self.config;
-        self.retiring.retain(|id, since| fleet.is_alive(id, now_ms) && now_ms - *since < c.retire_timeout_ms);
+        self.retiring
+            .retain(|id, since| fleet.is_alive(id, now_ms) && now_ms.saturating_sub(*since) < c.retire_timeout_ms);
         while self.scale_outs.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > c.consecutive_window_ms) {
             self.scale_outs.pop_front();
         }
@@ -289,7 +290,7 @@ impl Engine {
             && urgency <= last_urgency
             && reported >= c.min_replicas
         {
-            let text = format!("waiting for {missing} node(s) asked for {} s ago", (now_ms - at) / 1000);
+            let text = format!("waiting for {missing} node(s) asked for {} s ago", now_ms.saturating_sub(at) / 1000);
             return hold(current, urgency, "waiting_for_nodes", text, findings);
         }
 
@@ -385,7 +386,7 @@ impl Engine {
         if !calm {
             return hold(current, Urgency::None, "steady", "load between the watermarks".into(), findings);
         }
-        let calm_for = now_ms - self.calm_since_ms.unwrap_or(now_ms);
+        let calm_for = now_ms.saturating_sub(self.calm_since_ms.unwrap_or(now_ms));
         if calm_for < c.scale_in_window_ms {
             let text =
                 format!("under the low watermarks for {} s of {} s", calm_for / 1000, c.scale_in_window_ms / 1000);
@@ -819,5 +820,31 @@ mod tests {
         let out = next.tick(started + 4_000, &four([130, 0, 150, 140]));
         assert_eq!(summary(&out), (Action::Hold, Urgency::None, "retiring", 3));
         assert_eq!(out.excluded, BTreeSet::from(["n1".to_owned()]));
+    }
+
+    #[test]
+    fn clocks_that_disagree_or_step_back_never_underflow() {
+        // The previous leader stamped its scale-in with a clock 60 s ahead
+        // of this one: n1 is still retiring, not dropped or a panic.
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        let mut last = bench.tick(started + 2_000, &four([130, 0, 150, 140])).decision;
+        assert_eq!(last.action, Action::ScaleIn);
+        last.decided_at_ms += 60_000;
+        let mut next = Bench::deployment();
+        next.engine.resume_from(&last, ["n1".to_owned()]);
+        let out = next.tick(started + 4_000, &four([130, 0, 150, 140]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "retiring", 3));
+
+        // This host's clock steps back 30 s (NTP) while the engine waits out
+        // its scale-in window or for the nodes it asked for.
+        let mut bench = Bench::deployment();
+        bench.tick(100_000, &four(LOW));
+        let out = bench.tick(70_000, &four(LOW));
+        assert_eq!(out.code, "scale_in_window", "{}", out.decision.reason);
+        let mut bench = Bench::deployment();
+        assert_eq!(bench.tick(100_000, &four([850, 500, 500, 500])).decision.desired_replicas, 5);
+        let out = bench.tick(70_000, &four([850, 500, 500, 500]));
+        assert_eq!(summary(&out), (Action::Hold, Urgency::Moderate, "waiting_for_nodes", 5), "{}", out.decision.reason);
     }
 }

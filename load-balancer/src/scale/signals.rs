@@ -112,7 +112,7 @@ fn fleet_series(
     value: impl Fn(&Reading) -> f64,
 ) -> Vec<(f64, f64)> {
     let since = now_ms.saturating_sub(window_ms);
-    let seconds = ((now_ms - since) / 1000) as usize;
+    let seconds = (now_ms.saturating_sub(since) / 1000) as usize;
     let mut totals = vec![0.0; seconds + 1];
     let mut covered = vec![0usize; seconds + 1];
     for record in live.iter().filter_map(|id| fleet.record(id)) {
