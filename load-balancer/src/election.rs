@@ -12,6 +12,8 @@
 //!   leader once its last successful renewal is older than the TTL minus a
 //!   safety margin, even when Redis cannot be reached to say so.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Script;
@@ -52,9 +54,16 @@ impl Role {
 
 /// Builds the same JSON as [`Lease::value`] (holder ids are node-id
 /// characters, so nothing needs escaping).
+/// `ARGV[3]` is the lowest epoch the new lease may take: the counter is
+/// lost with Redis's data, and fencing epochs must still only go forward.
 const ACQUIRE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local epoch = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if epoch < floor then
+  epoch = floor
+  redis.call('SET', KEYS[2], epoch)
+end
 local value = '{"holder":"' .. ARGV[1] .. '","epoch":' .. epoch .. '}'
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return epoch
@@ -75,13 +84,40 @@ return 0
 ";
 
 /// `KEYS[1]` lease, `KEYS[2]` target; `ARGV[1]` lease value, `ARGV[2]` the
-/// document, `ARGV[3]` optional channel and `ARGV[4]` its message.
+/// document, `ARGV[3]` optional channel and `ARGV[4]` its message, `ARGV[5]`
+/// optional: the document's epoch, for documents whose `epoch` only goes
+/// forward. Then an identical stored document is left alone (2), and a
+/// stored one with the same or a newer epoch is refused (3), so a retried
+/// write can never put a different document under an epoch that readers
+/// have already applied; a missing or unreadable one is replaced.
+/// 0: fenced; 1: written.
 const FENCED_SET: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[5] ~= '' then
+  local stored = redis.call('GET', KEYS[2])
+  if stored == ARGV[2] then return 2 end
+  if stored then
+    local ok, doc = pcall(cjson.decode, stored)
+    if ok and type(doc) == 'table' and tonumber(doc.epoch) and tonumber(doc.epoch) >= tonumber(ARGV[5]) then
+      return 3
+    end
+  end
+end
 redis.call('SET', KEYS[2], ARGV[2])
 if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 ";
+
+/// What a [`LeaseStore::fenced_set_forward`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardWrite {
+    /// Written (the key was missing, unreadable, older or different).
+    Written,
+    /// The identical document was already there.
+    Unchanged,
+    /// Refused: the stored document has the same or a newer epoch.
+    Stale,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
@@ -110,11 +146,14 @@ impl LeaseStore {
         self.ttl
     }
 
-    /// Takes the lease if nobody holds it; returns it with its new epoch.
+    /// Takes the lease if nobody holds it; returns it with its new epoch,
+    /// which is at least `floor` (the counter restarts at 1 if Redis lost
+    /// its data; the caller passes one more than the highest epoch it saw).
     pub async fn try_acquire(
         &self,
         conn: &mut impl ConnectionLike,
         holder: &str,
+        floor: u64,
     ) -> Result<Option<Lease>, ElectionError> {
         rtc_core::ids::validate_node_id(holder).map_err(ElectionError::BadHolder)?;
         let epoch: Option<u64> = Script::new(ACQUIRE)
@@ -122,6 +161,7 @@ impl LeaseStore {
             .key(&self.epoch_key)
             .arg(holder)
             .arg(self.ttl.as_millis() as u64)
+            .arg(floor)
             .invoke_async(conn)
             .await?;
         Ok(epoch.map(|epoch| Lease { holder: holder.to_owned(), epoch }))
@@ -165,17 +205,49 @@ impl LeaseStore {
         value: &str,
         publish: Option<(&str, &str)>,
     ) -> Result<(), ElectionError> {
+        self.invoke_fenced_set(conn, lease, key, value, None, publish).await.map(|_| ())
+    }
+
+    /// Like [`Self::fenced_set`] for a document whose `epoch` field only
+    /// goes forward (see [`ForwardWrite`]).
+    pub async fn fenced_set_forward(
+        &self,
+        conn: &mut impl ConnectionLike,
+        lease: &Lease,
+        key: &str,
+        value: &str,
+        epoch: u64,
+        publish: Option<(&str, &str)>,
+    ) -> Result<ForwardWrite, ElectionError> {
+        self.invoke_fenced_set(conn, lease, key, value, Some(epoch), publish).await
+    }
+
+    async fn invoke_fenced_set(
+        &self,
+        conn: &mut impl ConnectionLike,
+        lease: &Lease,
+        key: &str,
+        value: &str,
+        epoch: Option<u64>,
+        publish: Option<(&str, &str)>,
+    ) -> Result<ForwardWrite, ElectionError> {
         let (channel, message) = publish.unwrap_or(("", ""));
-        let written: u64 = Script::new(FENCED_SET)
+        let outcome: u64 = Script::new(FENCED_SET)
             .key(&self.lease_key)
             .key(key)
             .arg(lease.value())
             .arg(value)
             .arg(channel)
             .arg(message)
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
             .invoke_async(conn)
             .await?;
-        if written == 1 { Ok(()) } else { Err(ElectionError::Fenced) }
+        match outcome {
+            1 => Ok(ForwardWrite::Written),
+            2 => Ok(ForwardWrite::Unchanged),
+            3 => Ok(ForwardWrite::Stale),
+            _ => Err(ElectionError::Fenced),
+        }
     }
 }
 
@@ -184,6 +256,10 @@ pub struct Elector<C> {
     pub store: LeaseStore,
     pub conn: C,
     pub holder: String,
+    /// The highest fencing epoch this replica has seen (its own leases, and
+    /// the `leader_epoch` of documents it read): a new lease takes a higher
+    /// one even after Redis lost the counter.
+    pub highest_epoch_seen: Arc<AtomicU64>,
 }
 
 impl<C: ConnectionLike + Send> Elector<C> {
@@ -200,6 +276,11 @@ impl<C: ConnectionLike + Send> Elector<C> {
         ttl.saturating_sub(ttl / 5)
     }
 
+    /// The lowest epoch a new lease may take.
+    fn floor(&self) -> u64 {
+        self.highest_epoch_seen.load(Ordering::Relaxed).saturating_add(1)
+    }
+
     pub async fn run(mut self, role: watch::Sender<Role>, shutdown: CancellationToken) {
         let mut renewed_at = Instant::now();
         let mut next = Instant::now();
@@ -213,9 +294,11 @@ impl<C: ConnectionLike + Send> Elector<C> {
             let round = Instant::now();
             let mut wait = self.period();
             let current = role.borrow().clone();
+            let floor = self.floor();
             match current {
-                Role::Follower => match self.store.try_acquire(&mut self.conn, &self.holder).await {
+                Role::Follower => match self.store.try_acquire(&mut self.conn, &self.holder, floor).await {
                     Ok(Some(lease)) => {
+                        self.highest_epoch_seen.fetch_max(lease.epoch, Ordering::Relaxed);
                         renewed_at = Instant::now();
                         tracing::info!(holder = %lease.holder, epoch = lease.epoch, "acquired the leader lease");
                         role.send_replace(Role::Leader(lease));

@@ -149,6 +149,12 @@ impl Fleet {
             .collect()
     }
 
+    /// The highest assignment epoch any known node reports having applied
+    /// (dead ones too: the epoch they applied is still taken).
+    pub fn highest_applied_epoch(&self) -> u64 {
+        self.nodes.values().map(|r| r.latest.assignment_epoch).max().unwrap_or(0)
+    }
+
     pub fn record(&self, id: &str) -> Option<&NodeRecord> {
         self.nodes.get(id)
     }

@@ -31,6 +31,26 @@ rtc_core::label_values! {
 /// gives itself, besides the contract's own ([`ContractError::KINDS`]).
 pub const INGEST_REJECTIONS: [&str; 2] = ["partition", "stale"];
 
+/// What the leader did about a stored assignment that was not its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentRepair {
+    /// Missing (Redis lost its data) or different: written again.
+    Rewritten,
+    /// The same or a newer epoch was stored: served, and continued from.
+    Adopted,
+}
+
+impl AssignmentRepair {
+    pub const LABELS: [&'static str; 2] = ["rewritten", "adopted"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rewritten => Self::LABELS[0],
+            Self::Adopted => Self::LABELS[1],
+        }
+    }
+}
+
 /// Every metric's `# HELP` text.
 const HELP: &[(&str, &str)] = &[
     ("rtc_lb_is_leader", "1 while this replica holds the leader lease"),
@@ -38,6 +58,10 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_lb_leader_changes_total", "Times this replica became leader"),
     ("rtc_lb_assignment_epoch", "Epoch of the assignment this replica serves"),
     ("rtc_lb_partitions_moved_total", "Partitions moved to another node by assignments this replica published"),
+    (
+        "rtc_lb_assignment_repairs_total",
+        "Times the leader found the stored assignment missing or different (rewritten) or newer than its own (adopted)",
+    ),
     ("rtc_lb_heartbeats_total", "Heartbeats read from the stream and applied"),
     ("rtc_lb_invalid_heartbeats_total", "Heartbeats skipped, by reason"),
     ("rtc_lb_heartbeat_lag_seconds", "How far behind the stream's newest heartbeat this replica reads"),
@@ -63,6 +87,7 @@ pub struct Metrics {
     nodes: Vec<Gauge>,
     routes: CounterFamily,
     invalid_heartbeats: CounterFamily,
+    assignment_repairs: CounterFamily,
     actuation_errors: CounterFamily,
 }
 
@@ -91,6 +116,11 @@ impl Metrics {
             nodes: NodeState::ALL.iter().map(|s| registry.gauge("rtc_lb_nodes", &[("state", s.as_str())])).collect(),
             routes: registry.family("rtc_lb_route_requests_total", "outcome", RouteOutcome::LABELS.iter().copied()),
             invalid_heartbeats: registry.family("rtc_lb_invalid_heartbeats_total", "reason", invalid),
+            assignment_repairs: registry.family(
+                "rtc_lb_assignment_repairs_total",
+                "outcome",
+                AssignmentRepair::LABELS.iter().copied(),
+            ),
             actuation_errors: registry.family(
                 "rtc_lb_actuation_errors_total",
                 "kind",
@@ -98,6 +128,10 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    pub fn assignment_repaired(&self, repair: AssignmentRepair) {
+        self.assignment_repairs.increment(repair.as_str());
     }
 
     pub fn route(&self, outcome: RouteOutcome) {

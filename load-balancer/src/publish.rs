@@ -6,19 +6,28 @@ use redis::aio::ConnectionLike;
 use rtc_core::{Assignment, Document, Keys};
 
 use crate::assign::{LiveNode, assign};
-use crate::election::{ElectionError, Lease, LeaseStore};
+use crate::election::{ElectionError, ForwardWrite, Lease, LeaseStore};
 
 /// The next assignment for `live` nodes, or `None` when nothing a node or
-/// client would see changes (same nodes, states, URLs and owners).
+/// client would see changes (same nodes, states, URLs and owners) and no
+/// node has applied a newer epoch than `previous`.
+///
+/// Epochs only go forward: the new one is above both `previous` and
+/// `applied_epoch`, the highest epoch any node reports having applied.
+/// Redis may have lost the stored assignment (and a new leader may never
+/// have seen it), but the nodes still remember what they applied, and they
+/// ignore anything older.
 pub fn next_assignment(
     previous: Option<&Assignment>,
     live: &[LiveNode],
     partitions: u32,
     connections: &[u64],
     leader_epoch: u64,
+    applied_epoch: u64,
 ) -> Option<(Assignment, u32)> {
     let placement = assign(previous, live, partitions, connections);
     if let Some(prev) = previous
+        && prev.epoch >= applied_epoch
         && prev.partitions == partitions
         && prev.nodes == placement.nodes
         && prev.owners == placement.owners
@@ -26,21 +35,33 @@ pub fn next_assignment(
         return None;
     }
     let moved = placement.moved;
-    let epoch = previous.map_or(1, |p| p.epoch + 1);
+    let epoch = previous.map_or(0, |p| p.epoch).max(applied_epoch).saturating_add(1);
     Some((placement.into_assignment(epoch, leader_epoch), moved))
 }
 
-/// Writes the assignment only while `lease` leads, and announces its epoch.
+/// Writes the assignment only while `lease` leads and no document with the
+/// same or a newer epoch is stored (see [`ForwardWrite`]), and announces its
+/// epoch when written. Publishing the document already there is a cheap
+/// no-op, so the leader also uses it to put back an assignment that Redis
+/// lost.
 pub async fn publish(
     store: &LeaseStore,
     conn: &mut impl ConnectionLike,
     lease: &Lease,
     keys: &Keys,
     assignment: &Assignment,
-) -> Result<(), ElectionError> {
+) -> Result<ForwardWrite, ElectionError> {
     let epoch = assignment.epoch.to_string();
+    let events = keys.assignment_events();
     store
-        .fenced_set(conn, lease, &keys.assignment(), &assignment.to_json(), Some((&keys.assignment_events(), &epoch)))
+        .fenced_set_forward(
+            conn,
+            lease,
+            &keys.assignment(),
+            &assignment.to_json(),
+            assignment.epoch,
+            Some((&events, &epoch)),
+        )
         .await
 }
 
@@ -76,18 +97,32 @@ mod tests {
     #[test]
     fn epochs_advance_only_on_visible_change() {
         let live = vec![node("a", NodeState::Ready), node("b", NodeState::Ready)];
-        let (first, moved) = next_assignment(None, &live, 8, &[], 3).unwrap();
+        let (first, moved) = next_assignment(None, &live, 8, &[], 3, 0).unwrap();
         assert_eq!((first.epoch, first.leader_epoch, moved), (1, 3, 8));
-        assert_eq!(next_assignment(Some(&first), &live, 8, &[], 3), None, "nothing changed");
+        assert_eq!(next_assignment(Some(&first), &live, 8, &[], 3, 1), None, "nothing changed");
         // A starting node is listed (clients never see it, but its state is).
         let mut more = live.clone();
         more.push(node("c", NodeState::Starting));
-        let (second, moved) = next_assignment(Some(&first), &more, 8, &[], 4).unwrap();
+        let (second, moved) = next_assignment(Some(&first), &more, 8, &[], 4, 1).unwrap();
         assert_eq!((second.epoch, second.leader_epoch, moved), (2, 4, 0));
         more[2].state = NodeState::Ready;
-        let (third, moved) = next_assignment(Some(&second), &more, 8, &[], 4).unwrap();
+        let (third, moved) = next_assignment(Some(&second), &more, 8, &[], 4, 2).unwrap();
         assert_eq!(third.epoch, 3);
         assert!(moved > 0 && moved <= 3, "{moved}");
         third.validate().unwrap();
+    }
+
+    #[test]
+    fn epochs_go_past_what_nodes_applied_even_without_a_previous_assignment() {
+        let live = vec![node("a", NodeState::Ready)];
+        // Redis lost the assignment and this leader never saw it: the nodes'
+        // acknowledged epoch 41 is the floor.
+        let (first, _) = next_assignment(None, &live, 4, &[], 1, 41).unwrap();
+        assert_eq!(first.epoch, 42);
+        // Same placement, but a node applied a newer epoch than this leader
+        // knows (written by a leader whose document was lost): publish anew.
+        let (again, moved) = next_assignment(Some(&first), &live, 4, &[], 1, 50).unwrap();
+        assert_eq!((again.epoch, moved, again.owners.clone()), (51, 0, first.owners.clone()));
+        assert_eq!(next_assignment(Some(&again), &live, 4, &[], 1, 51), None);
     }
 }

@@ -2,6 +2,7 @@
 //! publication, followers' loading, and the HTTP servers.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,10 +19,10 @@ use crate::actuate::{Actuator, WorkloadKind};
 use crate::auth::Auth;
 use crate::config::{KindArg, ServeArgs};
 use crate::decide::{Actuation, History};
-use crate::election::{ElectionError, Elector, LeaseStore, Role};
+use crate::election::{ElectionError, Elector, ForwardWrite, LeaseStore, Role};
 use crate::fleet::Fleet;
 use crate::ingest::{Ingest, Membership, block_for};
-use crate::metrics::Metrics;
+use crate::metrics::{AssignmentRepair, Metrics};
 use crate::publish::{load, load_document, next_assignment, publish};
 use crate::scale::Engine;
 
@@ -36,6 +37,8 @@ pub struct Shared {
     pub limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     pub decisions: History,
     assignment: RwLock<Option<Arc<Assignment>>>,
+    /// The highest leader (fencing) epoch seen; shared with the elector.
+    highest_epoch_seen: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -45,6 +48,7 @@ impl Shared {
     }
 
     fn serve_assignment(&self, a: Assignment) {
+        self.highest_epoch_seen.fetch_max(a.leader_epoch, Ordering::Relaxed);
         let mut current = self.assignment.write().unwrap_or_else(|p| p.into_inner());
         if current.as_ref().is_none_or(|c| a.epoch > c.epoch) {
             self.metrics.assignment_epoch.set(a.epoch as f64);
@@ -101,6 +105,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         limiter: governor::RateLimiter::keyed(quota),
         decisions: History::new(args.decision_history),
         assignment: RwLock::new(None),
+        highest_epoch_seen: Arc::new(AtomicU64::new(0)),
         args: args.clone(),
     });
 
@@ -115,6 +120,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         store: store.clone(),
         conn: rtc_core::redis_io::connection_manager(&client, args.lease_ttl() / 3)?,
         holder: replica.clone(),
+        highest_epoch_seen: shared.highest_epoch_seen.clone(),
     };
     tasks.spawn(elector.run(role_tx, shutdown.clone()));
 
@@ -207,13 +213,13 @@ async fn coordinate(
     let mut led_before: Option<u64> = None;
     let mut engine: Option<Engine> = None;
     loop {
-        let mut decide_now = false;
+        let (mut decide_now, mut verify) = (false, false);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = role.changed() => {}
             _ = membership.changed() => {}
             _ = fetch_now.notified() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick() => verify = true,
             _ = decision_tick.tick() => decide_now = true,
         }
         let current = role.borrow().clone();
@@ -242,7 +248,7 @@ async fn coordinate(
                         fresh.resume_from(&last, draining);
                     }
                     engine = Some(fresh);
-                    decide_now = true;
+                    (decide_now, verify) = (true, true);
                 }
                 let engine = engine.get_or_insert_with(|| Engine::new(args.scale.clone(), actuation.kind));
                 if decide_now {
@@ -263,7 +269,7 @@ async fn coordinate(
                         Err(e) => tracing::warn!(error = %e, "decision write failed"),
                     }
                 }
-                publish_assignment(&shared, &store, &mut conn, &lease, &engine.excluded(), now).await;
+                publish_assignment(&shared, &store, &mut conn, &lease, &engine.excluded(), now, verify).await;
             }
             Role::Follower => {
                 if led_before.take().is_some() {
@@ -284,7 +290,9 @@ async fn coordinate(
 }
 
 /// The leader's assignment step: nodes the scaling engine is draining or
-/// removing own nothing.
+/// removing own nothing. With `verify` (each tick, and on taking the lead)
+/// an unchanged assignment is written again if Redis lost it or holds a
+/// different one; the fenced write makes that a no-op otherwise.
 async fn publish_assignment(
     shared: &Shared,
     store: &LeaseStore,
@@ -292,26 +300,57 @@ async fn publish_assignment(
     lease: &crate::election::Lease,
     excluded: &std::collections::BTreeSet<String>,
     now: u64,
+    verify: bool,
 ) {
     let args = &shared.args;
-    let (mut live, connections) = {
+    let (mut live, connections, applied_epoch) = {
         let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
-        (fleet.live(now), fleet.partition_connections(args.topic.partitions, now))
+        (fleet.live(now), fleet.partition_connections(args.topic.partitions, now), fleet.highest_applied_epoch())
     };
     for node in live.iter_mut().filter(|n| excluded.contains(&n.id)) {
         node.state = rtc_core::NodeState::Draining;
     }
     let previous = shared.assignment();
-    let Some((next, moved)) =
-        next_assignment(previous.as_deref(), &live, args.topic.partitions, &connections, lease.epoch)
-    else {
-        return;
+    let (document, moved) = match next_assignment(
+        previous.as_deref(),
+        &live,
+        args.topic.partitions,
+        &connections,
+        lease.epoch,
+        applied_epoch,
+    ) {
+        Some((next, moved)) => (Arc::new(next), Some(moved)),
+        None => match previous {
+            Some(previous) if verify => (previous, None),
+            _ => return,
+        },
     };
-    match publish(store, conn, lease, &shared.keys, &next).await {
-        Ok(()) => {
-            tracing::info!(epoch = next.epoch, moved, nodes = next.nodes.len(), "assignment published");
-            shared.metrics.partitions_moved.increment(u64::from(moved));
-            shared.serve_assignment(next);
+    match publish(store, conn, lease, &shared.keys, &document).await {
+        Ok(ForwardWrite::Written) => {
+            if let Some(moved) = moved {
+                tracing::info!(epoch = document.epoch, moved, nodes = document.nodes.len(), "assignment published");
+                shared.metrics.partitions_moved.increment(u64::from(moved));
+            } else {
+                tracing::warn!(
+                    epoch = document.epoch,
+                    "the assignment in Redis was missing or different: written again"
+                );
+                shared.metrics.assignment_repaired(AssignmentRepair::Rewritten);
+            }
+            shared.serve_assignment(Arc::unwrap_or_clone(document));
+        }
+        Ok(ForwardWrite::Unchanged) => shared.serve_assignment(Arc::unwrap_or_clone(document)),
+        Ok(ForwardWrite::Stale) => {
+            // A document with this epoch or a newer one is stored (a write
+            // that timed out but landed, or a previous leader's): serve it,
+            // and the next step goes on from its epoch.
+            tracing::warn!(epoch = document.epoch, "a newer assignment is stored: continuing from it");
+            shared.metrics.assignment_repaired(AssignmentRepair::Adopted);
+            match load(conn, &shared.keys).await {
+                Ok(Some(stored)) => shared.serve_assignment(stored),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "assignment load failed"),
+            }
         }
         Err(ElectionError::Fenced) => tracing::warn!("assignment write fenced: no longer the leader"),
         Err(e) => tracing::warn!(error = %e, "assignment write failed"),

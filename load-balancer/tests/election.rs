@@ -34,8 +34,8 @@ async fn the_lease_fences_an_ex_leader() {
     let store = LeaseStore::new(&keys, Duration::from_secs(10));
     let (mut a, mut b) = (conn().await, conn().await);
 
-    let first = store.try_acquire(&mut a, "lb-a").await.unwrap().expect("free lease");
-    assert_eq!(store.try_acquire(&mut b, "lb-b").await.unwrap(), None, "held");
+    let first = store.try_acquire(&mut a, "lb-a", 1).await.unwrap().expect("free lease");
+    assert_eq!(store.try_acquire(&mut b, "lb-b", 1).await.unwrap(), None, "held");
     assert_eq!(store.current(&mut b).await.unwrap(), Some(first.clone()));
     assert!(store.renew(&mut a, &first).await.unwrap());
     let ttl: i64 = b.pttl(keys.leader()).await.unwrap();
@@ -56,7 +56,7 @@ async fn the_lease_fences_an_ex_leader() {
 
     // The lease runs out while A is paused; B takes over with a higher epoch.
     let _: () = b.del(keys.leader()).await.unwrap();
-    let second = store.try_acquire(&mut b, "lb-b").await.unwrap().expect("free again");
+    let second = store.try_acquire(&mut b, "lb-b", 1).await.unwrap().expect("free again");
     assert!(second.epoch > first.epoch);
     // Everything A still tries is refused, and nothing of B's is touched.
     let refused = store.fenced_set(&mut a, &first, &keys.assignment(), "stale", None).await;
@@ -69,7 +69,53 @@ async fn the_lease_fences_an_ex_leader() {
     store.fenced_set(&mut b, &second, &keys.assignment(), "doc-2", None).await.unwrap();
     assert!(store.release(&mut b, &second).await.unwrap());
     assert_eq!(store.current(&mut a).await.unwrap(), None);
-    assert!(store.try_acquire(&mut a, "bad id!").await.is_err());
+    assert!(store.try_acquire(&mut a, "bad id!", 1).await.is_err());
+}
+
+#[tokio::test]
+async fn epochs_only_go_forward_after_redis_loses_the_counter() {
+    let keys = keys();
+    let store = LeaseStore::new(&keys, Duration::from_secs(10));
+    let mut a = conn().await;
+    let first = store.try_acquire(&mut a, "lb-a", 1).await.unwrap().unwrap();
+    // Redis loses everything; the replica remembers it saw `first`.
+    let _: () = a.del(&[keys.leader(), keys.leader_epoch()]).await.unwrap();
+    let second = store.try_acquire(&mut a, "lb-a", first.epoch + 1).await.unwrap().unwrap();
+    assert_eq!(second.epoch, first.epoch + 1);
+    let _: () = a.del(keys.leader()).await.unwrap();
+    let third = store.try_acquire(&mut a, "lb-b", 1).await.unwrap().unwrap();
+    assert_eq!(third.epoch, second.epoch + 1, "the counter continues from the floor");
+}
+
+#[tokio::test]
+async fn a_forward_write_never_puts_another_document_under_a_stored_epoch() {
+    use rtc_load_balancer::election::ForwardWrite;
+    let keys = keys();
+    let store = LeaseStore::new(&keys, Duration::from_secs(10));
+    let mut a = conn().await;
+    let lease = store.try_acquire(&mut a, "lb-a", 1).await.unwrap().unwrap();
+    let key = keys.assignment();
+    let doc = |epoch: u64, body: &str| format!(r#"{{"epoch":{epoch},"body":"{body}"}}"#);
+    let write = async |conn: &mut MultiplexedConnection, epoch: u64, body: &str| {
+        store.fenced_set_forward(conn, &lease, &key, &doc(epoch, body), epoch, None).await.unwrap()
+    };
+    assert_eq!(write(&mut a, 5, "x").await, ForwardWrite::Written);
+    assert_eq!(write(&mut a, 5, "x").await, ForwardWrite::Unchanged, "a retry of the same write");
+    // A write that timed out but landed, then recomputed differently.
+    assert_eq!(write(&mut a, 5, "y").await, ForwardWrite::Stale);
+    assert_eq!(write(&mut a, 4, "z").await, ForwardWrite::Stale);
+    let stored: String = a.get(&key).await.unwrap();
+    assert_eq!(stored, doc(5, "x"));
+    assert_eq!(write(&mut a, 6, "y").await, ForwardWrite::Written);
+    // Lost (FLUSHALL) or garbage: written again.
+    let _: () = a.del(&key).await.unwrap();
+    assert_eq!(write(&mut a, 6, "y").await, ForwardWrite::Written);
+    let _: () = a.set(&key, "not json").await.unwrap();
+    assert_eq!(write(&mut a, 6, "y").await, ForwardWrite::Written);
+    // Only the lease holder writes.
+    let _: () = a.del(keys.leader()).await.unwrap();
+    let fenced = store.fenced_set_forward(&mut a, &lease, &key, &doc(7, "w"), 7, None).await;
+    assert!(matches!(fenced, Err(ElectionError::Fenced)), "{fenced:?}");
 }
 
 struct Replica {
@@ -81,7 +127,8 @@ struct Replica {
 async fn replica<C: ConnectionLike + Send + 'static>(store: &LeaseStore, conn: C, holder: &str) -> Replica {
     let (tx, role) = watch::channel(Role::Follower);
     let stop = CancellationToken::new();
-    let elector = Elector { store: store.clone(), conn, holder: holder.to_owned() };
+    let elector =
+        Elector { store: store.clone(), conn, holder: holder.to_owned(), highest_epoch_seen: Default::default() };
     let task = tokio::spawn(elector.run(tx, stop.clone()));
     Replica { role, stop, task }
 }

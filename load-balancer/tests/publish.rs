@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use rtc_core::{Keys, NodeState};
 use rtc_load_balancer::assign::LiveNode;
-use rtc_load_balancer::election::{ElectionError, LeaseStore};
+use rtc_load_balancer::election::{ElectionError, ForwardWrite, LeaseStore};
 use rtc_load_balancer::publish::{load, next_assignment, publish};
 
 #[tokio::test]
@@ -21,24 +21,24 @@ async fn only_the_lease_holder_publishes_and_followers_load_it() {
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(keys.assignment_events()).await.unwrap();
 
-    let leader = store.try_acquire(&mut conn, "lb-a").await.unwrap().unwrap();
+    let leader = store.try_acquire(&mut conn, "lb-a", 1).await.unwrap().unwrap();
     let live: Vec<LiveNode> =
         (0..3).map(|i| LiveNode::new(format!("socket-{i}"), format!("ws://n{i}/ws"), NodeState::Ready)).collect();
-    let (a1, _) = next_assignment(None, &live, 12, &[], leader.epoch).unwrap();
-    publish(&store, &mut conn, &leader, &keys, &a1).await.unwrap();
+    let (a1, _) = next_assignment(None, &live, 12, &[], leader.epoch, 0).unwrap();
+    assert_eq!(publish(&store, &mut conn, &leader, &keys, &a1).await.unwrap(), ForwardWrite::Written);
     let announced: String = pubsub.on_message().next().await.unwrap().get_payload().unwrap();
     assert_eq!(announced, "1");
     assert_eq!(load(&mut conn, &keys).await.unwrap(), Some(a1.clone()));
 
     // A new leader continues the epochs; the old one is fenced off.
     let _: () = conn.del(keys.leader()).await.unwrap();
-    let next_leader = store.try_acquire(&mut conn, "lb-b").await.unwrap().unwrap();
+    let next_leader = store.try_acquire(&mut conn, "lb-b", 1).await.unwrap().unwrap();
     let current = load(&mut conn, &keys).await.unwrap();
-    let (a2, _) = next_assignment(current.as_ref(), &live[..2], 12, &[], next_leader.epoch).unwrap();
+    let (a2, _) = next_assignment(current.as_ref(), &live[..2], 12, &[], next_leader.epoch, 1).unwrap();
     assert_eq!((a2.epoch, a2.leader_epoch), (2, next_leader.epoch));
-    let (stale, _) = next_assignment(Some(&a1), &live[1..], 12, &[], leader.epoch).unwrap();
+    let (stale, _) = next_assignment(Some(&a1), &live[1..], 12, &[], leader.epoch, 1).unwrap();
     assert!(matches!(publish(&store, &mut conn, &leader, &keys, &stale).await, Err(ElectionError::Fenced)));
-    publish(&store, &mut conn, &next_leader, &keys, &a2).await.unwrap();
+    assert_eq!(publish(&store, &mut conn, &next_leader, &keys, &a2).await.unwrap(), ForwardWrite::Written);
     assert_eq!(load(&mut conn, &keys).await.unwrap(), Some(a2));
 
     // Garbage in Redis is reported, not served.

@@ -27,9 +27,17 @@ pub fn prefix() -> String {
     format!("rt{}-{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+pub fn redis_url() -> String {
+    std::env::var("RTC_TEST_REDIS_URL").expect("run through scripts/test")
+}
+
 pub async fn lb(prefix: &str, id: &str, extra: &[&str]) -> LbHandle {
-    let url = std::env::var("RTC_TEST_REDIS_URL").expect("run through scripts/test");
-    TestLb::new(&url, prefix, id).partitions(P).args(extra).start().await.expect("starts")
+    lb_on(&redis_url(), prefix, id, extra).await
+}
+
+/// A load balancer on the Redis at `url`.
+pub async fn lb_on(url: &str, prefix: &str, id: &str, extra: &[&str]) -> LbHandle {
+    TestLb::new(url, prefix, id).partitions(P).args(extra).start().await.expect("starts")
 }
 
 /// Fake socket nodes: a heartbeat every 100 ms each until stopped.
@@ -39,39 +47,60 @@ pub fn beat(prefix: &str, nodes: &[&str], stop: CancellationToken) {
 
 /// Fake socket nodes reporting the connections in `load`.
 pub fn beat_with(prefix: &str, nodes: &[&str], stop: CancellationToken, load: Load) {
-    let key = rtc_core::Keys::new(prefix).heartbeats();
-    let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-    tokio::spawn(async move {
-        let url = std::env::var("RTC_TEST_REDIS_URL").unwrap();
-        let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-        for seq in 1.. {
-            for node in &nodes {
-                let hb = Heartbeat {
-                    v: 1,
-                    node_id: node.clone(),
-                    url: format!("ws://{node}:8080/ws"),
-                    state: NodeState::Ready,
-                    seq,
-                    sent_at_ms: 0,
-                    assignment_epoch: 0,
-                    connections: load.lock().unwrap().get(node).copied().unwrap_or(0),
-                    capacity: 100,
-                    cpu: 0.1,
-                    memory: 0.1,
-                    mps_in: 0.0,
-                    mps_out: 0.0,
-                    p95_latency_ms: 0.0,
-                    kafka_lag: 0,
-                    partition_connections: None,
-                };
-                let _: String = conn.xadd(&key, "*", &[("hb", hb.to_json())]).await.unwrap();
+    FakeNodes { url: redis_url(), prefix: prefix.to_owned(), load, ..FakeNodes::default() }.start(nodes, stop);
+}
+
+/// Fake socket nodes writing heartbeats to the stream every 100 ms: ready,
+/// with the connections in `load` and the assignment epoch in
+/// `applied_epoch`. Write errors (Redis down) are skipped, as a node would.
+#[derive(Default)]
+pub struct FakeNodes {
+    pub url: String,
+    pub prefix: String,
+    pub load: Load,
+    pub applied_epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FakeNodes {
+    pub fn start(self, nodes: &[&str], stop: CancellationToken) {
+        let key = rtc_core::Keys::new(&self.prefix).heartbeats();
+        let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+        tokio::spawn(async move {
+            let client = redis::Client::open(self.url.as_str()).unwrap();
+            let mut conn = rtc_core::redis_io::connection_manager(&client, Duration::from_secs(1)).unwrap();
+            for seq in 1.. {
+                self.beat_once(&mut conn, &key, &nodes, seq).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
+        });
+    }
+
+    async fn beat_once(&self, conn: &mut redis::aio::ConnectionManager, key: &str, nodes: &[String], seq: u64) {
+        for node in nodes {
+            let hb = Heartbeat {
+                v: 1,
+                node_id: node.clone(),
+                url: format!("ws://{node}:8080/ws"),
+                state: NodeState::Ready,
+                seq,
+                sent_at_ms: 0,
+                assignment_epoch: self.applied_epoch.load(Ordering::Relaxed),
+                connections: self.load.lock().unwrap().get(node).copied().unwrap_or(0),
+                capacity: 100,
+                cpu: 0.1,
+                memory: 0.1,
+                mps_in: 0.0,
+                mps_out: 0.0,
+                p95_latency_ms: 0.0,
+                kafka_lag: 0,
+                partition_connections: None,
+            };
+            let _: Result<String, _> = conn.xadd(key, "*", &[("hb", hb.to_json())]).await;
         }
-    });
+    }
 }
 
 pub async fn get_text(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
