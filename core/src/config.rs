@@ -2,6 +2,8 @@
 //! `RTC_<NAME>` environment variable; services `#[command(flatten)]` the
 //! groups they need so names and defaults agree everywhere.
 
+use std::time::Duration;
+
 use clap::Args;
 
 pub const DEFAULT_KEY_PREFIX: &str = "rtc:";
@@ -35,6 +37,68 @@ pub struct TopicArgs {
     #[arg(long, env = "RTC_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub partitions: u32,
+}
+
+/// Heartbeats and the node lease: the socket nodes and the load balancer
+/// must agree on these, so both flatten this one group.
+///
+/// A node's lease lasts `dead_after - margin` from the start of its last
+/// successful heartbeat write; once it runs out the node fences itself
+/// (stops consuming, disconnects its users). The leader takes a node's
+/// partitions away only after `dead_after + margin` without a heartbeat, so
+/// a node cut off from Redis has stopped before anyone else starts.
+#[derive(Debug, Clone, Args)]
+pub struct LivenessArgs {
+    /// Socket nodes' heartbeat period.
+    #[arg(long, env = "RTC_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// A node is dead this long after its last heartbeat (default: 6
+    /// intervals, so a Redis stall of 3.5 s fences nobody).
+    #[arg(long, env = "RTC_DEAD_AFTER_MS")]
+    pub dead_after_ms: Option<u64>,
+    /// Safety margin either side of `dead_after` (default: a twelfth of it):
+    /// covers a node's release and the clocks' rate difference.
+    #[arg(long, env = "RTC_FENCE_MARGIN_MS")]
+    pub fence_margin_ms: Option<u64>,
+}
+
+impl LivenessArgs {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+
+    pub fn dead_after(&self) -> Duration {
+        self.dead_after_ms.map_or(6 * self.heartbeat_interval(), Duration::from_millis)
+    }
+
+    pub fn margin(&self) -> Duration {
+        self.fence_margin_ms.map_or(self.dead_after() / 12, Duration::from_millis)
+    }
+
+    /// How long a node's lease lasts after a successful heartbeat write.
+    pub fn node_lease(&self) -> Duration {
+        self.dead_after().saturating_sub(self.margin())
+    }
+
+    /// How long without a heartbeat before the leader reassigns a node's
+    /// partitions.
+    pub fn reassign_after(&self) -> Duration {
+        self.dead_after() + self.margin()
+    }
+
+    /// The lease must outlast a heartbeat interval, or a healthy node would
+    /// fence itself between two heartbeats.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_lease() <= 2 * self.heartbeat_interval() {
+            return Err(format!(
+                "dead-after ({} ms) minus the fence margin ({} ms) must exceed two heartbeat intervals ({} ms)",
+                self.dead_after().as_millis(),
+                self.margin().as_millis(),
+                self.heartbeat_interval().as_millis()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Checks, for tests, that every flag of a command reads an `RTC_*`
@@ -85,6 +149,25 @@ mod tests {
         assert_eq!(c.redis.keys().heartbeats(), "rtc:heartbeats");
         assert_eq!(c.topic.topic, "rtc.messages");
         assert_eq!(c.topic.partitions, 360);
+    }
+
+    #[derive(Parser)]
+    struct Live {
+        #[command(flatten)]
+        liveness: LivenessArgs,
+    }
+
+    #[test]
+    fn liveness_defaults_and_bounds() {
+        let l = Live::try_parse_from(["x"]).unwrap().liveness;
+        assert_eq!(l.dead_after(), Duration::from_secs(6));
+        assert_eq!(l.margin(), Duration::from_millis(500));
+        assert_eq!((l.node_lease(), l.reassign_after()), (Duration::from_millis(5500), Duration::from_millis(6500)));
+        assert!(l.validate().is_ok());
+        let fast = Live::try_parse_from(["x", "--heartbeat-interval-ms", "100"]).unwrap().liveness;
+        assert_eq!((fast.dead_after(), fast.margin()), (Duration::from_millis(600), Duration::from_millis(50)));
+        let bad = Live::try_parse_from(["x", "--dead-after-ms", "2500", "--fence-margin-ms", "600"]).unwrap().liveness;
+        assert!(bad.validate().is_err(), "a 1.9 s lease with 1 s heartbeats");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use rtc_core::config::{RedisArgs, TopicArgs};
+use rtc_core::config::{LivenessArgs, RedisArgs, TopicArgs};
 
 use crate::scale::ScaleConfig;
 
@@ -48,9 +48,8 @@ pub struct ServeArgs {
     /// Leader lease; renewed every third of it.
     #[arg(long, env = "RTC_LEASE_TTL_MS", default_value_t = 5_000)]
     pub lease_ttl_ms: u64,
-    /// The socket nodes' heartbeat period (a node is dead after 3 missed).
-    #[arg(long, env = "RTC_HEARTBEAT_INTERVAL_MS", default_value_t = 1_000)]
-    pub heartbeat_interval_ms: u64,
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
     /// Heartbeat history kept per node (covers the scale-in window).
     #[arg(long, env = "RTC_HISTORY_WINDOW_MS", default_value_t = 300_000)]
     pub history_window_ms: u64,
@@ -107,6 +106,6 @@ impl ServeArgs {
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+        self.liveness.heartbeat_interval()
     }
 }

@@ -76,21 +76,27 @@ pub enum Rejected {
 
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    interval_ms: u64,
+    dead_after_ms: u64,
     window_ms: u64,
     nodes: BTreeMap<String, NodeRecord>,
 }
 
 impl Fleet {
-    /// `interval_ms`: the nodes' heartbeat period (dead after 3 missed);
-    /// `window_ms`: how much history to keep per node.
+    /// `interval_ms`: the nodes' heartbeat period (dead after 3 missed,
+    /// unless [`Self::with_dead_after`] says otherwise); `window_ms`: how
+    /// much history to keep per node.
     pub fn new(interval_ms: u64, window_ms: u64) -> Self {
-        Self { interval_ms: interval_ms.max(1), window_ms, nodes: BTreeMap::new() }
+        Self { dead_after_ms: 3 * interval_ms.max(1), window_ms, nodes: BTreeMap::new() }
     }
 
-    /// A node is dead once 3 intervals passed without a heartbeat.
+    /// A node is dead once `dead_after_ms` passed without a heartbeat.
+    pub fn with_dead_after(mut self, dead_after_ms: u64) -> Self {
+        self.dead_after_ms = dead_after_ms.max(1);
+        self
+    }
+
     pub fn dead_after_ms(&self) -> u64 {
-        3 * self.interval_ms
+        self.dead_after_ms
     }
 
     /// Takes one validated heartbeat received at `now_ms`. A node that

@@ -88,6 +88,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     let replica = args.replica_id();
     rtc_core::ids::validate_node_id(&replica)?;
     args.scale.validate().map_err(|e| anyhow::anyhow!("scaling settings: {e}"))?;
+    args.liveness.validate().map_err(|e| anyhow::anyhow!("liveness settings: {e}"))?;
     let actuation = actuation(&args).await?;
     let keys = args.redis.keys();
     let client = redis::Client::open(args.redis.redis_url.as_str())?;
@@ -100,7 +101,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         signer: TokenSigner::new(args.token_secret.as_bytes()),
         auth: Auth::from_args(&args)?,
         metrics: Arc::new(Metrics::new()),
-        fleet: Arc::new(Mutex::new(Fleet::new(args.heartbeat_interval_ms, args.history_window_ms))),
+        // The leader takes a node's partitions only after `reassign_after`,
+        // by when a node cut off from Redis has fenced itself.
+        fleet: Arc::new(Mutex::new(
+            Fleet::new(args.liveness.heartbeat_interval_ms, args.history_window_ms)
+                .with_dead_after(args.liveness.reassign_after().as_millis() as u64),
+        )),
         role: role_rx,
         limiter: governor::RateLimiter::keyed(quota),
         decisions: History::new(args.decision_history),
@@ -125,7 +131,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     tasks.spawn(elector.run(role_tx, shutdown.clone()));
 
     let (membership_tx, membership_rx) = watch::channel(Membership::new());
-    let since = now_ms().saturating_sub(3 * args.heartbeat_interval_ms);
+    let since = now_ms().saturating_sub(args.liveness.reassign_after().as_millis() as u64);
     let ingest = Ingest {
         conn: rtc_core::redis_io::connection_manager(&client, Duration::from_secs(2) + block_for(interval))?,
         cursor: HeartbeatCursor::since(keys.heartbeats(), since, 2000, block_for(interval)),

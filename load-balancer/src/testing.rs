@@ -26,6 +26,9 @@ impl TestLb {
             ("--key-prefix", key_prefix),
             ("--replica-id", replica_id),
             ("--heartbeat-interval-ms", "100"),
+            // Fence and reassign after 1.4 s / 1.6 s: quick, yet far from
+            // what a loaded test machine delays a heartbeat by.
+            ("--dead-after-ms", "1500"),
             ("--lease-ttl-ms", "600"),
             ("--assignment-poll-ms", "100"),
         ]);

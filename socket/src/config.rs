@@ -2,10 +2,8 @@
 //! with an `RTC_<NAME>` environment variable and a default that works on one
 //! machine.
 
-use std::time::Duration;
-
 use clap::Parser;
-use rtc_core::config::{RedisArgs, TopicArgs};
+use rtc_core::config::{LivenessArgs, RedisArgs, TopicArgs};
 
 /// rtc socket node: WebSocket sessions for the users of the Kafka partitions
 /// this node owns.
@@ -36,6 +34,8 @@ pub struct Config {
     pub topic: TopicArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
     #[command(flatten)]
     pub timing: Timing,
     #[command(flatten)]
@@ -70,9 +70,6 @@ impl KafkaArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Timing {
-    /// Heartbeat period; a node is dead after 3 missed intervals.
-    #[arg(long, env = "RTC_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
-    pub heartbeat_interval_ms: u64,
     /// Polling period of the assignment (pub/sub is the fast path).
     #[arg(long, env = "RTC_ASSIGNMENT_POLL_MS", default_value_t = 1000)]
     pub assignment_poll_ms: u64,
@@ -132,12 +129,6 @@ pub struct Timing {
     pub resume_stall_timeout_ms: u64,
 }
 
-impl Timing {
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.max(10))
-    }
-}
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Largest client frame accepted; larger ones get `error{too_large}`.
@@ -187,6 +178,7 @@ impl Config {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::time::Duration;
 
     #[test]
     fn every_flag_has_an_env_var() {
@@ -198,7 +190,7 @@ mod tests {
         let c = Config::try_parse_from(["socket"]).unwrap();
         assert!(c.kafka.embedded());
         assert_eq!(c.topic.partitions, 360);
-        assert_eq!(c.timing.heartbeat_interval(), Duration::from_secs(1));
+        assert_eq!(c.liveness.heartbeat_interval(), Duration::from_secs(1));
         let c = Config::try_parse_from(["socket", "--kafka-brokers", "127.0.0.1:9092"]).unwrap();
         assert!(!c.kafka.embedded());
     }

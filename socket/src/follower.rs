@@ -1,6 +1,8 @@
 //! Follows the assignment in Redis: pub/sub on `rtc:assignment:events` is
 //! the fast path, polling `rtc:assignment` the fallback (and the whole story
-//! while pub/sub is down). Only newer epochs are passed on.
+//! while pub/sub is down). Every read of the newest epoch so far is passed
+//! on: a fenced node serves again on the first one after its lease is
+//! renewed, whatever its epoch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +45,7 @@ impl Follower {
                 _ = self.fetch_now.notified() => {}
             }
             match fetch(&mut conn, &self.assignment_key).await {
-                Ok(Some(a)) if a.epoch > newest => {
+                Ok(Some(a)) if a.epoch >= newest => {
                     newest = a.epoch;
                     if events.send(Event::Assignment(Arc::new(a))).await.is_err() {
                         break;

@@ -13,6 +13,14 @@
 //!   Starting from the offset read before any user arrived means a user who
 //!   reaches this node while the old owner still consumes gets what the old
 //!   owner consumed meanwhile; resumers replay the rest from the log.
+//!
+//! When the node's lease runs out (`crate::lease`: no heartbeat written for
+//! `dead_after - margin`) the node is **fenced**: every partition is
+//! released at once, as if the assignment had given it none, except that
+//! its users are disconnected without pacing (told to retry once the leader
+//! will have moved the partition) and nothing is committed: another node
+//! may own the partition by then. The node serves again on the first
+//! assignment it reads while its lease is valid, whatever its epoch.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,8 +31,9 @@ use rtc_core::{Assignment, NodeState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Pacing};
+use crate::hub::{CloseCmd, Hub, Pacing};
 use crate::kafka::{Command, PartitionConsumer, commit_sync};
+use crate::lease::NodeLease;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Direction, KafkaFailure, Metrics};
 use crate::ownership::{Ownership, OwnershipView};
@@ -47,6 +56,10 @@ pub struct HandoffContext {
     pub handoff_timeout: Duration,
     /// See `Timing::peer_ack_timeout_ms`.
     pub peer_ack_timeout: Duration,
+    pub lease: Arc<NodeLease>,
+    /// How long after this node fenced itself the leader may move its
+    /// partitions: the retry hint its users get.
+    pub fenced_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +89,17 @@ pub enum Event {
         epoch: u64,
     },
     Released(u32),
+    /// The node's lease ran out: fence.
+    LeaseExpired,
+}
+
+/// Why a partition is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// The assignment moved it: paced disconnects, then a commit.
+    HandOff,
+    /// The lease ran out: disconnect now, commit nothing.
+    Fence,
 }
 
 /// Partitions `node_id` should serve under `assignment`: none unless it is
@@ -94,11 +118,26 @@ pub struct Reconciler {
     epoch: u64,
     /// The last assignment applied: who owned a gained partition before.
     previous: Option<Arc<Assignment>>,
+    /// True until the first assignment read with a valid lease, and from
+    /// the lease's expiry until the next one: the node owns nothing.
+    fenced: bool,
+    /// The newest assignment read while fenced.
+    pending: Option<Arc<Assignment>>,
 }
 
 impl Reconciler {
     pub fn new(node: Arc<HandoffContext>, consumer: mpsc::Sender<Command>, events: mpsc::Sender<Event>) -> Self {
-        Self { node, consumer, events, state: HashMap::new(), target: BTreeSet::new(), epoch: 0, previous: None }
+        Self {
+            node,
+            consumer,
+            events,
+            state: HashMap::new(),
+            target: BTreeSet::new(),
+            epoch: 0,
+            previous: None,
+            fenced: true,
+            pending: None,
+        }
     }
 
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
@@ -108,8 +147,23 @@ impl Reconciler {
                 e = events.recv() => match e { Some(e) => e, None => return },
             };
             match event {
+                Event::Assignment(a) if self.fenced => {
+                    if self.pending.as_ref().is_none_or(|p| a.epoch >= p.epoch) {
+                        self.pending = Some(a);
+                    }
+                    if !self.node.lease.is_valid(tokio::time::Instant::now()) {
+                        continue;
+                    }
+                    self.unfence();
+                }
                 Event::Assignment(a) if a.epoch > self.epoch => self.apply(a),
                 Event::Assignment(_) => continue,
+                Event::LeaseExpired => {
+                    if self.fenced || self.node.lease.is_valid(tokio::time::Instant::now()) {
+                        continue;
+                    }
+                    self.fence();
+                }
                 Event::StartKnown { partition, epoch, offset } => {
                     if self.state.get(&partition) == Some(&PartitionState::Acquiring { epoch, start: None }) {
                         self.state.insert(partition, PartitionState::Acquiring { epoch, start: Some(offset) });
@@ -138,6 +192,39 @@ impl Reconciler {
         }
     }
 
+    /// Lets every partition go now: the leader may give them to others once
+    /// the margin has passed.
+    fn fence(&mut self) {
+        self.fenced = true;
+        self.target.clear();
+        self.node.metrics.fenced.set(1.0);
+        self.node.metrics.fences.increment(1);
+        let partitions: Vec<u32> =
+            self.state.iter().filter(|(_, s)| **s != PartitionState::Releasing).map(|(p, _)| *p).collect();
+        tracing::warn!(
+            partitions = partitions.len(),
+            lease_ms = self.node.lease.valid_for().as_millis() as u64,
+            "no heartbeat written for the lease time: fenced, releasing every partition"
+        );
+        for p in partitions {
+            self.node.hub.stop_accepting(p);
+            self.state.insert(p, PartitionState::Releasing);
+            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p, Release::Fence));
+        }
+    }
+
+    /// The lease is valid again and an assignment was read since: serve
+    /// what it says, even at an epoch applied before.
+    fn unfence(&mut self) {
+        let Some(assignment) = self.pending.take() else { return };
+        if self.previous.is_some() {
+            tracing::info!(epoch = assignment.epoch, "lease renewed: serving the assignment again");
+        }
+        self.fenced = false;
+        self.node.metrics.fenced.set(0.0);
+        self.apply(assignment);
+    }
+
     fn apply(&mut self, assignment: Arc<Assignment>) {
         let applied_at = Instant::now();
         self.epoch = assignment.epoch;
@@ -153,7 +240,7 @@ impl Reconciler {
             // every one that did.
             self.node.hub.stop_accepting(p);
             self.state.insert(p, PartitionState::Releasing);
-            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p));
+            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p, Release::HandOff));
         }
         let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
         for p in &gained {
@@ -251,11 +338,13 @@ impl Reconciler {
 /// jitter; each flushes what it was queued first), wait for them to go, and
 /// commit the consumer's position: where the next owner starts live. The
 /// order keeps redelivery low; the log, not the commit, makes it lossless.
+/// A fenced node disconnects at once and commits nothing.
 async fn release(
     node: Arc<HandoffContext>,
     consumer: mpsc::Sender<Command>,
     events: mpsc::Sender<Event>,
     partition: u32,
+    why: Release,
 ) {
     let (done, stopped) = oneshot::channel();
     if consumer.send(Command::Release(partition, done)).await.is_ok() {
@@ -263,8 +352,17 @@ async fn release(
     }
     let reason = if node.lifecycle.is_draining() { CloseReason::Drain } else { CloseReason::Rebalance };
     let sessions = node.hub.sessions_on(Some(partition));
-    tracing::debug!(partition, sessions = sessions.len(), "fetching stopped; disconnecting");
-    node.pacing.disconnect(sessions, reason).await;
+    tracing::debug!(partition, sessions = sessions.len(), ?why, "fetching stopped; disconnecting");
+    match why {
+        Release::HandOff => node.pacing.disconnect(sessions, reason).await,
+        Release::Fence => {
+            let retry = node.fenced_retry_after.as_millis() as u64;
+            for session in sessions {
+                let jitter = rand::random_range(0..=node.pacing.jitter_ms);
+                session.close(CloseCmd { reason, retry_after_ms: retry + jitter });
+            }
+        }
+    }
 
     let deadline = tokio::time::Instant::now() + node.handoff_timeout;
     while node.hub.connections_on(partition) > 0 && tokio::time::Instant::now() < deadline {
@@ -274,7 +372,7 @@ async fn release(
         node.metrics.handoff_timeouts.increment(Direction::Release);
         tracing::warn!(partition, "sessions still open at the hand-off deadline");
     }
-    if let Some(offset) = node.hub.position(partition) {
+    if let Some(offset) = node.hub.position(partition).filter(|_| why == Release::HandOff) {
         let topic = &node.topic;
         let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
         if result.is_err() {

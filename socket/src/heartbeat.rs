@@ -32,6 +32,8 @@ pub struct HeartbeatSource {
     pub hub: Arc<Hub>,
     pub consumer: Arc<PartitionConsumer>,
     pub metrics: Arc<Metrics>,
+    /// Renewed by every heartbeat written.
+    pub lease: Arc<crate::lease::NodeLease>,
     /// Wakes the loop for an immediate heartbeat.
     pub now: Arc<tokio::sync::Notify>,
 }
@@ -90,9 +92,11 @@ pub async fn run(node: Arc<HeartbeatSource>, mut conn: ConnectionManager, key: S
         node.metrics.memory.set(hb.memory);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key).arg("MAXLEN").arg("~").arg(STREAM_MAXLEN).arg("*").arg("hb").arg(hb.to_json());
+        let sent_at = tokio::time::Instant::now();
         let add = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(interval, add).await {
             Ok(Ok(_)) => {
+                node.lease.renew(sent_at);
                 node.metrics.redis_up.set(1.0);
                 node.metrics.heartbeats.increment(HeartbeatOutcome::Ok);
             }

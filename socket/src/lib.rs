@@ -15,7 +15,9 @@
 //!   acknowledgement; [`handoff`]: applying assignment epochs;
 //! - [`lifecycle`]: starting, ready, draining;
 //! - [`takeover`]: the server's view of hand-off reconnect time;
-//! - [`follower`], [`peers`], [`heartbeat`]: the Redis side;
+//! - [`follower`], [`peers`], [`heartbeat`]: the Redis side; [`lease`]:
+//!   the node's lease, renewed by heartbeats, that fences it when it runs
+//!   out;
 //! - [`admin`], [`metrics`], [`sysstat`]: operations;
 //! - [`testing`]: socket nodes for integration tests ([`testing::TestNode`]).
 
@@ -27,6 +29,7 @@ pub mod handoff;
 pub mod heartbeat;
 pub mod hub;
 pub mod kafka;
+pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ownership;

@@ -120,6 +120,8 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_socket_invalid_peer_heartbeats_total", "Other nodes' heartbeats ignored, by reason"),
     ("rtc_socket_heartbeats_total", "Heartbeats written to Redis, by outcome"),
     ("rtc_socket_redis_up", "1 when the last Redis write succeeded"),
+    ("rtc_socket_fenced", "1 while this node's lease has run out and it serves no partition"),
+    ("rtc_socket_fences_total", "Times this node fenced itself: no heartbeat written for the lease time"),
 ];
 
 pub struct Metrics {
@@ -152,6 +154,8 @@ pub struct Metrics {
     pub owned_partitions: Gauge,
     pub draining: Gauge,
     pub redis_up: Gauge,
+    pub fenced: Gauge,
+    pub fences: Counter,
     pub assignment_epoch: Gauge,
     pub acked_epoch: Gauge,
     disconnects: CounterFamily,
@@ -227,6 +231,8 @@ impl Metrics {
             owned_partitions: gauge("rtc_socket_owned_partitions"),
             draining: gauge("rtc_socket_draining"),
             redis_up: gauge("rtc_socket_redis_up"),
+            fenced: gauge("rtc_socket_fenced"),
+            fences: counter("rtc_socket_fences_total"),
             assignment_epoch: gauge("rtc_socket_assignment_epoch"),
             acked_epoch: gauge("rtc_socket_acked_epoch"),
             disconnects: registry.family("rtc_socket_disconnects_total", "reason", close_reasons),

@@ -20,6 +20,7 @@ use crate::handoff::{HandoffContext, Reconciler};
 use crate::heartbeat::HeartbeatSource;
 use crate::hub::{Budget, Hub, HubLimits, Pacing};
 use crate::kafka::{ConsumerTask, EmbeddedKafka};
+use crate::lease::NodeLease;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
@@ -66,6 +67,7 @@ impl NodeHandle {
 /// and every background task. Returns once it is ready.
 pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     rtc_core::ids::validate_node_id(&config.node_id)?;
+    config.liveness.validate().map_err(|e| anyhow::anyhow!("liveness settings: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     metrics.capacity.set(config.capacity as f64);
     let timing = &config.timing;
@@ -95,7 +97,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         &brokers,
         &config.kafka.kafka_group,
         fetch_wait,
-        timing.heartbeat_interval(),
+        config.liveness.heartbeat_interval(),
     )?);
     crate::kafka::check_topic(consumer.clone(), &config.topic.topic, config.topic.partitions).await?;
     let producer = crate::kafka::create_producer(&brokers)?;
@@ -113,7 +115,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
 
     let redis = redis::Client::open(config.redis.redis_url.as_str())?;
     let keys = config.redis.keys();
-    let interval = timing.heartbeat_interval();
+    let interval = config.liveness.heartbeat_interval();
+    let lease = Arc::new(NodeLease::new(config.liveness.node_lease()));
 
     let ws_listener = TcpListener::bind(&config.listen).await?;
     let admin_listener = TcpListener::bind(&config.admin_listen).await?;
@@ -135,7 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         Duration::from_millis(timing.drain_window_ms),
         pacing,
     ));
-    let peers = Arc::new(Peers::new(config.node_id.clone(), interval * 3));
+    let peers = Arc::new(Peers::new(config.node_id.clone(), config.liveness.dead_after()));
     let takeovers = Arc::new(Takeovers::default());
     let session = Arc::new(SessionContext {
         node_id: config.node_id.clone(),
@@ -161,6 +164,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         pacing,
         handoff_timeout: Duration::from_millis(timing.handoff_timeout_ms),
         peer_ack_timeout: Duration::from_millis(timing.peer_ack_timeout_ms),
+        lease: lease.clone(),
+        fenced_retry_after: config.liveness.reassign_after().saturating_sub(config.liveness.node_lease()),
     });
     let heartbeat = Arc::new(HeartbeatSource {
         node_id: config.node_id.clone(),
@@ -172,6 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         hub: hub.clone(),
         consumer: consumer.clone(),
         metrics: metrics.clone(),
+        lease: lease.clone(),
         now: heartbeat_now,
     });
     let ws_app = crate::ws::router(Arc::new(WsContext {
@@ -204,6 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     tasks.spawn(consumer_task.run(commands_rx, shutdown.clone()));
     tasks.spawn(catchup_task.run(shutdown.clone()));
     tasks.spawn(Reconciler::new(handoff, commands_tx, events_tx.clone()).run(events_rx, shutdown.clone()));
+    tasks.spawn(crate::lease::watch(lease, events_tx.clone(), shutdown.clone()));
     let follower = crate::follower::Follower {
         client: redis.clone(),
         conn: rtc_core::redis_io::connection_manager(&redis, Duration::from_secs(1))?,

@@ -26,6 +26,9 @@ impl TestNode {
             ("--key-prefix", key_prefix),
             ("--kafka-brokers", kafka_brokers),
             ("--heartbeat-interval-ms", "100"),
+            // Fence and reassign after 1.4 s / 1.6 s: quick, yet far from
+            // what a loaded test machine delays a heartbeat by.
+            ("--dead-after-ms", "1500"),
             ("--assignment-poll-ms", "200"),
             ("--commit-interval-ms", "100"),
             ("--peer-ack-timeout-ms", "3000"),

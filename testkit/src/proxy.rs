@@ -4,6 +4,10 @@
 //! - **Black hole**: bytes from either side are read and dropped. Writes on
 //!   both ends still succeed, as they do into a half-open mobile connection
 //!   whose peer vanished: the sender cannot tell that nothing arrives.
+//! - **Partition**: nothing flows, and nothing is lost: bytes wait (in the
+//!   proxy and the kernel's buffers) until the mode is pass again, as when
+//!   a network partition heals and TCP retransmits. New connections are
+//!   accepted and wait too.
 //! - **Cut** ([`FaultProxy::cut`]): every open connection is closed with a
 //!   reset, as when a NAT forgets the flow; new ones are still accepted.
 
@@ -17,6 +21,7 @@ use tokio::sync::watch;
 pub enum ProxyMode {
     Pass,
     BlackHole,
+    Partition,
 }
 
 pub struct FaultProxy {
@@ -88,14 +93,22 @@ async fn relay(client: TcpStream, server: TcpStream, mode: watch::Receiver<Proxy
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mode: watch::Receiver<ProxyMode>,
+    mut mode: watch::Receiver<ProxyMode>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        if mode.wait_for(|m| *m != ProxyMode::Partition).await.is_err() {
+            break;
+        }
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Read during a pass, then the partition began: hold it until it
+        // heals.
+        if mode.wait_for(|m| *m != ProxyMode::Partition).await.is_err() {
+            break;
+        }
         if *mode.borrow() == ProxyMode::BlackHole {
             continue;
         }

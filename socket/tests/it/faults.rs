@@ -213,3 +213,93 @@ async fn connects_racing_a_partition_move_leave_no_session_on_the_old_owner() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Milliseconds since `node`'s newest heartbeat entry, by Redis's clock:
+/// what the leader judges a node's liveness by.
+async fn silent_for_ms(world: &World, node: &str) -> u64 {
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let key = rtc_core::Keys::new(world.prefix.clone()).heartbeats();
+    let mut conn = world.redis.clone();
+    let newest: Vec<Entry> =
+        redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(500).query_async(&mut conn).await.unwrap();
+    let last_ms = newest
+        .iter()
+        .find(|(_, fields)| {
+            fields.iter().any(|(k, v)| {
+                k == "hb"
+                    && <rtc_core::Heartbeat as rtc_core::Document>::from_json(v).is_ok_and(|hb| hb.node_id == node)
+            })
+        })
+        .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    (secs * 1000 + micros / 1000).saturating_sub(last_ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_lets_go_before_its_partitions_can_move() {
+    let mut world = World::tansu(P).await;
+    let redis_addr: std::net::SocketAddr = redis_url().trim_start_matches("redis://").parse().unwrap();
+    let proxy = FaultProxy::start(redis_addr).await.unwrap();
+    let a = world.node("socket-a", &["--redis-url", &format!("redis://{}", proxy.addr())]).await;
+    let b = world.node("socket-b", &[]).await;
+    world.publish(1, &[&a, &b], |_| 0).await;
+    wait_serving(&a, 1).await;
+    wait_serving(&b, 1).await;
+    let mut client = Client::join(&a, &world.token("iris", &a, 1)).await;
+    produce_n(&world, "iris", 3, "before").await;
+    let mut last_seen = read_n(&mut client, 3).await;
+
+    // A loses Redis, not Kafka nor its users: it could go on consuming.
+    proxy.set_mode(ProxyMode::Partition);
+    let mut sent = produce_n(&world, "iris", 5, "cut").await;
+    // The leader's rule (TestLb's flags): a node's partitions move only once
+    // its newest heartbeat is dead-after + margin old (1 500 + 125 ms).
+    eventually("A looks dead to the leader", Duration::from_secs(10), async || {
+        silent_for_ms(&world, "socket-a").await >= 1625
+    })
+    .await;
+    // By then A has let go of everything and told its user to come back
+    // once the partition has moved.
+    assert!(a.ownership.view().accepting.is_empty(), "A still serves partitions the leader may now move");
+    assert_eq!(metric(&a, "rtc_socket_fenced").await, 1.0, "A fenced itself");
+    let bye = loop {
+        let frame = client.next_json_within(Duration::from_secs(1)).await.expect("a disconnect");
+        match frame["type"].as_str() {
+            Some("message") => last_seen = frame["id"].as_str().unwrap().to_owned(),
+            _ => break frame,
+        }
+    };
+    assert_eq!((bye["type"].as_str(), bye["reason"].as_str()), (Some("disconnect"), Some("rebalance")), "{bye}");
+    assert!(bye["retry_after_ms"].as_u64().unwrap() >= 250, "retry once the partition moved: {bye}");
+    let delivered_by_a = metric(&a, "rtc_socket_messages_delivered_total").await;
+
+    // The leader moves everything to B; the user resumes there.
+    world.publish(2, &[&a, &b], |_| 1).await;
+    wait_serving(&b, 2).await;
+    sent.extend(produce_n(&world, "iris", 5, "moved").await);
+    let (mut on_b, replayed, resumed) = Client::resume(&b, &world.token("iris", &b, 2), &last_seen).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let mut got = ids_of(&replayed);
+    let want: Vec<String> =
+        sent.iter().filter(|id| id.parse::<MessageId>().unwrap() > last_seen.parse().unwrap()).cloned().collect();
+    while got.len() < want.len() {
+        let m = on_b.next_json().await.expect("the rest, live");
+        got.push(m["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, want, "every message after {last_seen}, in order");
+    assert_eq!(metric(&a, "rtc_socket_messages_delivered_total").await, delivered_by_a, "A consumed nothing more");
+
+    // Redis is back: A's lease is renewed and it serves again when given
+    // partitions.
+    proxy.set_mode(ProxyMode::Pass);
+    eventually("A is no longer fenced", Duration::from_secs(10), async || metric(&a, "rtc_socket_fenced").await == 0.0)
+        .await;
+    world.publish(3, &[&a, &b], |_| 0).await;
+    wait_serving(&a, 3).await;
+    let ownership = a.ownership.clone();
+    eventually("A serves again", Duration::from_secs(10), async || !ownership.view().accepting.is_empty()).await;
+    assert_eq!(metric(&a, "rtc_socket_fences_total").await, 1.0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
