@@ -101,7 +101,7 @@ pub async fn follow_heartbeats(
         }
     };
     let cursor = HeartbeatCursor::since(key, since_ms, 1_000, block);
-    let on_batch = |_: &str, entries: HeartbeatBatch| {
+    let on_batch = |entries: HeartbeatBatch| {
         let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             match entry {

@@ -41,41 +41,82 @@ impl HeartbeatCursor {
         &self.last_id
     }
 
-    /// The next batch (empty after `block` without news).
+    /// The next batch (no entries after `block` without news), with
+    /// Redis's clock when the read returned.
     pub async fn next_batch(&mut self, conn: &mut impl ConnectionLike) -> redis::RedisResult<HeartbeatBatch> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        // TIME right behind XREAD in one pipeline: the clock the entry ids
+        // are stamped with, read when the (blocking) read returned.
+        let (reply, (secs, micros)): (Option<StreamReadReply>, (u64, u64)) = redis::pipe()
+            .cmd("XREAD")
             .arg(&self.options)
             .arg("STREAMS")
             .arg(&self.key)
             .arg(&self.last_id)
+            .cmd("TIME")
             .query_async(conn)
             .await?;
-        let mut out = Vec::new();
+        let mut entries = Vec::new();
         for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
             self.last_id = entry.id.clone();
-            out.push(match entry.map.get(HEARTBEAT_FIELD) {
+            let heartbeat = match entry.map.get(HEARTBEAT_FIELD) {
                 Some(redis::Value::BulkString(raw)) => Heartbeat::from_json(raw),
                 _ => Err(ContractError::MissingField(HEARTBEAT_FIELD.into())),
-            });
+            };
+            entries.push(StreamHeartbeat { at_ms: entry_ms(&entry.id), heartbeat });
         }
-        Ok(out)
+        Ok(HeartbeatBatch {
+            entries,
+            redis_now_ms: secs.saturating_mul(1000).saturating_add(micros / 1000),
+            position: self.last_id.clone(),
+        })
     }
 }
 
-/// What [`HeartbeatCursor::next_batch`] yields: each entry parsed, or the
-/// reason it is invalid.
-pub type HeartbeatBatch = Vec<Result<Heartbeat, ContractError>>;
+/// The milliseconds of a stream id (`<ms>-<seq>`): when Redis added it.
+pub fn entry_ms(id: &str) -> u64 {
+    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}
+
+/// One entry of the heartbeat stream.
+#[derive(Debug)]
+pub struct StreamHeartbeat {
+    /// When Redis added it (its id), on Redis's clock.
+    pub at_ms: u64,
+    /// The heartbeat, or the reason it is invalid.
+    pub heartbeat: Result<Heartbeat, ContractError>,
+}
+
+/// What [`HeartbeatCursor::next_batch`] yields. Iterating it gives each
+/// entry's heartbeat (or the reason it is invalid).
+#[derive(Debug)]
+pub struct HeartbeatBatch {
+    pub entries: Vec<StreamHeartbeat>,
+    /// Redis's clock (`TIME`, ms) when the read returned: every entry added
+    /// before then has been read.
+    pub redis_now_ms: u64,
+    /// Id of the newest entry read so far.
+    pub position: String,
+}
+
+impl IntoIterator for HeartbeatBatch {
+    type Item = Result<Heartbeat, ContractError>;
+    type IntoIter = std::iter::Map<std::vec::IntoIter<StreamHeartbeat>, fn(StreamHeartbeat) -> Self::Item>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter().map(|e| e.heartbeat)
+    }
+}
 
 impl HeartbeatCursor {
     /// Tails the stream until `stop` resolves. Each batch (empty after
     /// `block` without news, so a quiet stream still ticks) goes to
-    /// `on_batch` with the id of the newest entry read so far; a failed read
-    /// goes to `on_error` and is retried after a growing backoff.
+    /// `on_batch`; a failed read goes to `on_error` and is retried after a
+    /// growing backoff.
     pub async fn follow(
         mut self,
         conn: &mut impl ConnectionLike,
         stop: impl std::future::Future<Output = ()>,
-        mut on_batch: impl FnMut(&str, HeartbeatBatch),
+        mut on_batch: impl FnMut(HeartbeatBatch),
         mut on_error: impl FnMut(&redis::RedisError),
     ) {
         let mut stop = std::pin::pin!(stop);
@@ -88,7 +129,7 @@ impl HeartbeatCursor {
             match batch {
                 Ok(batch) => {
                     backoff.reset();
-                    on_batch(&self.last_id, batch);
+                    on_batch(batch);
                 }
                 Err(e) => {
                     on_error(&e);
@@ -187,6 +228,12 @@ mod tests {
         assert_eq!(seq, vec![100, 200, 400, 800, 1600, 1600, 1600]);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn entry_ids_carry_milliseconds() {
+        assert_eq!(entry_ms("1763800000123-4"), 1_763_800_000_123);
+        assert_eq!(entry_ms("garbage"), 0);
     }
 
     #[test]

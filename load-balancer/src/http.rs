@@ -97,8 +97,8 @@ async fn route(
 }
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Response {
+    let now = shared.clock.now_ms().unwrap_or(0);
     let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let nodes: Vec<_> = fleet
         .records()
         .map(|(id, r)| json!({"id": id, "alive": fleet.is_alive(id, now), "last_seen_ms": r.last_seen_ms(), "heartbeat": r.latest()}))

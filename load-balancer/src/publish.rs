@@ -39,6 +39,30 @@ pub fn next_assignment(
     Some((placement.into_assignment(epoch, leader_epoch), moved))
 }
 
+/// Caps how many of `previous`'s ready nodes one epoch may drop: half of
+/// them, at least one. Any more that are missing from `live` are put back
+/// as `previous` listed them (the most recently seen are kept, the
+/// longest silent dropped first) and dropped by later epochs, if they are
+/// still missing then. Returns how many were put back.
+///
+/// Real crashes of many nodes at once take a few more steps; a fault that
+/// makes live nodes look dead (ingestion, clocks) can no longer empty the
+/// fleet in one epoch and disconnect every user.
+pub fn cap_dropped(previous: Option<&Assignment>, live: &mut Vec<LiveNode>, last_seen: impl Fn(&str) -> u64) -> usize {
+    let Some(previous) = previous else { return 0 };
+    let ready: Vec<_> = previous.nodes.iter().filter(|n| n.state == rtc_core::NodeState::Ready).collect();
+    let mut missing: Vec<_> = ready.iter().filter(|n| !live.iter().any(|l| l.id == n.id)).copied().collect();
+    let cap = (ready.len() / 2).max(1);
+    if missing.len() <= cap {
+        return 0;
+    }
+    missing.sort_by_key(|n| (last_seen(&n.id), n.id.clone()));
+    let kept = &missing[cap..];
+    live.extend(kept.iter().map(|n| LiveNode::new(n.id.clone(), n.url.clone(), n.state)));
+    live.sort_by(|a, b| a.id.cmp(&b.id));
+    kept.len()
+}
+
 /// Writes the assignment only while `lease` leads and no document with the
 /// same or a newer epoch is stored (see [`ForwardWrite`]), and announces its
 /// epoch when written. Publishing the document already there is a cheap
@@ -110,6 +134,26 @@ mod tests {
         assert_eq!(third.epoch, 3);
         assert!(moved > 0 && moved <= 3, "{moved}");
         third.validate().unwrap();
+    }
+
+    #[test]
+    fn one_epoch_drops_at_most_half_the_ready_nodes() {
+        let all: Vec<LiveNode> = (0..6).map(|i| node(&format!("n{i}"), NodeState::Ready)).collect();
+        let (previous, _) = next_assignment(None, &all, 12, &[], 1, 0).unwrap();
+        let last_seen = |id: &str| id[1..].parse::<u64>().unwrap() * 100;
+        // Every node looks dead: 3 are dropped (the longest silent), 3 kept.
+        let mut live = Vec::new();
+        assert_eq!(cap_dropped(Some(&previous), &mut live, last_seen), 3);
+        assert_eq!(live.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["n3", "n4", "n5"]);
+        // Within the cap, nothing is put back.
+        let mut live = all[..3].to_vec();
+        assert_eq!(cap_dropped(Some(&previous), &mut live, last_seen), 0);
+        assert_eq!(live.len(), 3);
+        // One ready node of one: it may go.
+        let (alone, _) = next_assignment(None, &all[..1], 4, &[], 1, 0).unwrap();
+        let mut live = Vec::new();
+        assert_eq!(cap_dropped(Some(&alone), &mut live, last_seen), 0);
+        assert_eq!(cap_dropped(None, &mut live, last_seen), 0);
     }
 
     #[test]

@@ -21,9 +21,9 @@ use crate::config::{KindArg, ServeArgs};
 use crate::decide::{Actuation, History};
 use crate::election::{ElectionError, Elector, ForwardWrite, LeaseStore, Role};
 use crate::fleet::Fleet;
-use crate::ingest::{Ingest, Membership, block_for};
+use crate::ingest::{Ingest, IngestClock, Membership, block_for};
 use crate::metrics::{AssignmentRepair, Metrics};
-use crate::publish::{load, load_document, next_assignment, publish};
+use crate::publish::{cap_dropped, load, load_document, next_assignment, publish};
 use crate::scale::Engine;
 
 pub struct Shared {
@@ -36,6 +36,9 @@ pub struct Shared {
     pub role: watch::Receiver<Role>,
     pub limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     pub decisions: History,
+    /// Redis's clock as ingestion reads it: the time every fleet question
+    /// is asked at.
+    pub clock: Arc<IngestClock>,
     assignment: RwLock<Option<Arc<Assignment>>>,
     /// The highest leader (fencing) epoch seen; shared with the elector.
     highest_epoch_seen: Arc<AtomicU64>,
@@ -110,6 +113,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         role: role_rx,
         limiter: governor::RateLimiter::keyed(quota),
         decisions: History::new(args.decision_history),
+        clock: Arc::new(IngestClock::default()),
         assignment: RwLock::new(None),
         highest_epoch_seen: Arc::new(AtomicU64::new(0)),
         args: args.clone(),
@@ -138,7 +142,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         fleet: shared.fleet.clone(),
         partitions: args.topic.partitions,
         observer: shared.metrics.clone(),
-        clock: now_ms,
+        clock: shared.clock.clone(),
     };
     tasks.spawn(ingest.run(membership_tx, shutdown.clone()));
 
@@ -229,10 +233,12 @@ async fn coordinate(
             _ = decision_tick.tick() => decide_now = true,
         }
         let current = role.borrow().clone();
-        let now = now_ms();
+        // Nothing is judged before the first heartbeat read.
+        let Some(now) = shared.clock.now_ms() else { continue };
         count_nodes(&shared, now);
         match current {
             Role::Leader(lease) => {
+                let hold = publishing_held(&shared);
                 if led_before != Some(lease.epoch) {
                     // New leadership: continue from what is in Redis.
                     led_before = Some(lease.epoch);
@@ -257,7 +263,7 @@ async fn coordinate(
                     (decide_now, verify) = (true, true);
                 }
                 let engine = engine.get_or_insert_with(|| Engine::new(args.scale.clone(), actuation.kind));
-                if decide_now {
+                if decide_now && !hold {
                     let publisher = (&store, &mut conn, &lease, &shared.keys);
                     match crate::decide::tick(
                         engine,
@@ -275,7 +281,8 @@ async fn coordinate(
                         Err(e) => tracing::warn!(error = %e, "decision write failed"),
                     }
                 }
-                publish_assignment(&shared, &store, &mut conn, &lease, &engine.excluded(), now, verify).await;
+                let step = AssignmentStep { excluded: engine.excluded(), now, verify, hold };
+                publish_assignment(&shared, &store, &mut conn, &lease, step).await;
             }
             Role::Follower => {
                 if led_before.take().is_some() {
@@ -295,36 +302,62 @@ async fn coordinate(
     }
 }
 
-/// The leader's assignment step: nodes the scaling engine is draining or
-/// removing own nothing. With `verify` (each tick, and on taking the lead)
-/// an unchanged assignment is written again if Redis lost it or holds a
-/// different one; the fenced write makes that a no-op otherwise.
+/// True while the leader must publish nothing new: until heartbeat reads
+/// have kept succeeding for the dead-after time. Only then has every live
+/// node had the time to show up in this replica's fleet (after its start,
+/// an election, or a failed read), so a node missing from it is dead and
+/// not merely unread.
+fn publishing_held(shared: &Shared) -> bool {
+    let dead_after = shared.args.liveness.dead_after().as_millis() as u64;
+    let held = shared.clock.healthy_for_ms() < dead_after;
+    shared.metrics.publishing_held.set(if held { 1.0 } else { 0.0 });
+    held
+}
+
+/// What one assignment step works from.
+struct AssignmentStep {
+    /// Nodes the scaling engine is draining or removing: they own nothing.
+    excluded: std::collections::BTreeSet<String>,
+    /// Redis's clock, as ingestion last read it.
+    now: u64,
+    /// Each tick, and on taking the lead: write an unchanged assignment
+    /// again if Redis lost it or holds a different one (the fenced write
+    /// makes that a no-op otherwise).
+    verify: bool,
+    /// See [`publishing_held`]: only `verify` may write.
+    hold: bool,
+}
+
+/// The leader's assignment step.
 async fn publish_assignment(
     shared: &Shared,
     store: &LeaseStore,
     conn: &mut ConnectionManager,
     lease: &crate::election::Lease,
-    excluded: &std::collections::BTreeSet<String>,
-    now: u64,
-    verify: bool,
+    step: AssignmentStep,
 ) {
     let args = &shared.args;
-    let (mut live, connections, applied_epoch) = {
-        let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
-        (fleet.live(now), fleet.partition_connections(args.topic.partitions, now), fleet.highest_applied_epoch())
-    };
-    for node in live.iter_mut().filter(|n| excluded.contains(&n.id)) {
-        node.state = rtc_core::NodeState::Draining;
-    }
+    let AssignmentStep { excluded, now, verify, hold } = step;
     let previous = shared.assignment();
-    let (document, moved) = match next_assignment(
-        previous.as_deref(),
-        &live,
-        args.topic.partitions,
-        &connections,
-        lease.epoch,
-        applied_epoch,
-    ) {
+    let computed = if hold {
+        None
+    } else {
+        let (mut live, connections, applied_epoch) = {
+            let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
+            let mut live = fleet.live(now);
+            let kept =
+                cap_dropped(previous.as_deref(), &mut live, |id| fleet.record(id).map_or(0, |r| r.last_seen_ms()));
+            if kept > 0 {
+                tracing::warn!(kept, "more ready nodes look dead than one epoch may drop: keeping some for the next");
+            }
+            (live, fleet.partition_connections(args.topic.partitions, now), fleet.highest_applied_epoch())
+        };
+        for node in live.iter_mut().filter(|n| excluded.contains(&n.id)) {
+            node.state = rtc_core::NodeState::Draining;
+        }
+        next_assignment(previous.as_deref(), &live, args.topic.partitions, &connections, lease.epoch, applied_epoch)
+    };
+    let (document, moved) = match computed {
         Some((next, moved)) => (Arc::new(next), Some(moved)),
         None => match previous {
             Some(previous) if verify => (previous, None),

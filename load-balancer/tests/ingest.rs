@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use rtc_core::redis_io::HeartbeatCursor;
 use rtc_core::{Document, Heartbeat, Keys, NodeState};
 use rtc_load_balancer::fleet::Fleet;
-use rtc_load_balancer::ingest::{Ingest, IngestObserver, Membership};
+use rtc_load_balancer::ingest::{Ingest, IngestClock, IngestObserver, Membership};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -57,18 +57,20 @@ async fn ingestion_validates_counts_and_follows_membership() {
     let client = redis::Client::open(url).unwrap();
     let mut writer = client.get_multiplexed_async_connection().await.unwrap();
     let add = async |writer: &mut redis::aio::MultiplexedConnection, value: String| {
-        let _: String = writer.xadd(keys.heartbeats(), "*", &[("hb", value)]).await.unwrap();
+        let id: String = writer.xadd(keys.heartbeats(), "*", &[("hb", value)]).await.unwrap();
+        id
     };
 
     let fleet = Arc::new(Mutex::new(Fleet::new(1000, 30_000)));
     let counts = Arc::new(Counts::default());
+    let clock = Arc::new(IngestClock::default());
     let ingest = Ingest {
         conn: client.get_multiplexed_async_connection().await.unwrap(),
         cursor: HeartbeatCursor::since(keys.heartbeats(), now_ms() - 3000, 500, Duration::from_millis(50)),
         fleet: fleet.clone(),
         partitions: 8,
         observer: counts.clone(),
-        clock: now_ms,
+        clock: clock.clone(),
     };
     let (tx, mut membership) = watch::channel(Membership::new());
     let stop = CancellationToken::new();
@@ -91,8 +93,9 @@ async fn ingestion_validates_counts_and_follows_membership() {
     tokio::time::timeout(Duration::from_secs(5), membership.wait_for(wait)).await.unwrap().unwrap();
 
     // A burst is taken whole.
+    let mut last_id = String::new();
     for seq in 3..2003 {
-        add(&mut writer, hb("socket-1", seq, NodeState::Ready).to_json()).await;
+        last_id = add(&mut writer, hb("socket-1", seq, NodeState::Ready).to_json()).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -103,6 +106,13 @@ async fn ingestion_validates_counts_and_follows_membership() {
         assert!(tokio::time::Instant::now() < deadline, "burst not ingested: {latest:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Received when Redis added it, on Redis's clock; so is "now".
+    let seen = fleet.lock().unwrap().record("socket-1").unwrap().last_seen_ms();
+    assert_eq!(seen, rtc_core::redis_io::entry_ms(&last_id));
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut writer).await.unwrap();
+    let now = clock.now_ms().unwrap();
+    assert!(now >= seen && now / 1000 <= secs, "clock {now} vs entry {seen} and TIME {secs}s");
+    assert!(clock.healthy_for_ms() > 0);
     let counts = counts.0.lock().unwrap().clone();
     assert_eq!(
         counts,

@@ -89,7 +89,7 @@ impl Peers {
     ) {
         let since = crate::kafka::now_ms().saturating_sub(self.dead_after.as_millis() as i64).max(0) as u64;
         let cursor = HeartbeatCursor::since(key, since, 1000, Duration::from_millis(500));
-        let on_batch = |_: &str, entries: HeartbeatBatch| {
+        let on_batch = |entries: HeartbeatBatch| {
             let now = Instant::now();
             for entry in entries {
                 match entry {

@@ -50,6 +50,7 @@ impl RedisServer {
     async fn spawn(&mut self) -> std::io::Result<()> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
