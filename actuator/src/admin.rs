@@ -87,14 +87,22 @@ impl Metrics {
 
 #[derive(Clone)]
 pub struct Admin {
+    /// Whether a critical task ended early: `/livez`.
+    pub liveness: rtc_core::supervisor::Liveness,
     pub metrics: Arc<Metrics>,
     pub status: watch::Receiver<Status>,
+}
+
+/// 503 once a critical task has ended early (the process exits then too).
+async fn livez(State(admin): State<Admin>) -> (axum::http::StatusCode, String) {
+    let (code, body) = admin.liveness.livez();
+    (axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE), body)
 }
 
 pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/metrics", get(|State(a): State<Admin>| async move { a.metrics.render() }))
-        .route("/livez", get(|| async { "ok" }))
+        .route("/livez", get(livez))
         .route("/v1/status", get(|State(a): State<Admin>| async move { axum::Json(a.status.borrow().clone()) }))
         .with_state(admin)
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use rtc_core::Keys;
 use rtc_core::hpa::SpecError;
+use rtc_core::supervisor::{EndedEarly, Supervisor, TaskFailure};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -87,19 +88,27 @@ pub struct Handle {
     pub status: watch::Receiver<Status>,
     stop: CancellationToken,
     task: JoinHandle<Status>,
+    /// The admin server, the heartbeat reader, the activation subscription.
+    tasks: Supervisor,
 }
 
 impl Handle {
-    /// Resolves when the actuator stops, asked to or not (e.g. a panic).
-    pub async fn stopping(&self) {
-        self.stop.cancelled().await;
+    /// Resolves when the actuator stops without being asked to: the control
+    /// loop ended on its own (e.g. a panic) or a critical task did.
+    pub async fn stopping(&self) -> TaskFailure {
+        tokio::select! {
+            _ = self.stop.cancelled() => TaskFailure { task: "control loop", how: EndedEarly::Returned },
+            failure = self.tasks.failed() => failure,
+        }
     }
 
     /// Stops: every pod is terminated (SIGTERM, SIGKILL after the grace) and
     /// waited for. Returns the final status.
-    pub async fn stop(self) -> Result<Status, tokio::task::JoinError> {
+    pub async fn stop(mut self) -> Result<Status, tokio::task::JoinError> {
         self.stop.cancel();
-        self.task.await
+        let status = self.task.await;
+        self.tasks.stop(Duration::from_secs(2)).await;
+        status
     }
 }
 
@@ -138,20 +147,21 @@ pub async fn start(config: Config, template: PodTemplate) -> Result<Handle, Star
         listener.local_addr().map_err(|source| StartError::Listen { addr: config.admin_listen.clone(), source })?;
 
     let stop = CancellationToken::new();
+    let mut tasks = Supervisor::new(stop.clone());
     let metrics = Arc::new(Metrics::new());
     let (status_tx, status) = watch::channel(Status::default());
-    let app = admin::router(Admin { metrics: metrics.clone(), status: status.clone() });
+    let app = admin::router(Admin { liveness: tasks.liveness(), metrics: metrics.clone(), status: status.clone() });
     let token = stop.clone();
-    tokio::spawn(async move {
+    tasks.spawn("admin server", async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
             tracing::error!(error = %e, "admin server failed");
         }
     });
     let view = Arc::new(Mutex::new(FleetView::default()));
     let since = wall_ms().saturating_sub(HEARTBEAT_LOOKBACK_MS);
-    tokio::spawn(fleet::follow_heartbeats(client, keys.heartbeats(), since, view.clone(), stop.clone()));
+    tasks.spawn("heartbeats", fleet::follow_heartbeats(client, keys.heartbeats(), since, view.clone(), stop.clone()));
     let activated = Arc::new(Notify::new());
-    tokio::spawn(keda::watch_activation(scaler.clone(), activated.clone(), stop.clone()));
+    tasks.spawn("activation", keda::watch_activation(scaler.clone(), activated.clone(), stop.clone()));
 
     let pods = Pods::new(template);
     tracing::info!(
@@ -187,7 +197,7 @@ pub async fn start(config: Config, template: PodTemplate) -> Result<Handle, Star
         counts: Status::default(),
     };
     let task = tokio::spawn(controller.run(activated, stop.clone()));
-    Ok(Handle { admin_addr, status, stop, task })
+    Ok(Handle { admin_addr, status, stop, task, tasks })
 }
 
 struct Controller {

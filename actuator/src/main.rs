@@ -20,11 +20,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let template = config.pod_template();
     let actuator = rtc_actuator::controller::start(config, template).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping every node"),
-        _ = term.recv() => tracing::info!("SIGTERM: stopping every node"),
-        _ = actuator.stopping() => tracing::error!("the control loop ended on its own"),
-    }
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted: stopping every node"); None }
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping every node"); None }
+        failure = actuator.stopping() => { tracing::error!(%failure, "stopping every node"); Some(failure) }
+    };
     let status = actuator.stop().await?;
     tracing::info!(
         spawned = status.spawned,
@@ -33,5 +33,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         unexpected_exits = status.unexpected_exits,
         "stopped"
     );
-    Ok(())
+    match failed {
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
+    }
 }

@@ -21,6 +21,8 @@ pub mod partitioner;
 pub mod protocol;
 pub mod redis_io;
 pub mod route;
+/// Critical tasks: one that ends before shutdown makes the process exit non-zero.
+pub mod supervisor;
 pub mod token;
 mod wire;
 

@@ -20,16 +20,24 @@ use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct Admin {
+    /// Whether a critical task ended early: `/livez`.
+    pub liveness: rtc_core::supervisor::Liveness,
     pub cache: watch::Receiver<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub max_age: Duration,
     pub clock: fn() -> u64,
 }
 
+/// 503 once a critical task has ended early (the process exits then too).
+async fn livez(State(admin): State<Admin>) -> (StatusCode, String) {
+    let (code, body) = admin.liveness.livez();
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), body)
+}
+
 pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/livez", get(|| async { "ok" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/v1/decision", get(decision))
         .with_state(admin)

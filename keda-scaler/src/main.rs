@@ -11,11 +11,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let scaler = rtc_keda_scaler::service::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        failure = scaler.failed() => Some(failure),
+    };
     tracing::info!("stopping");
     scaler.shutdown().await;
-    Ok(())
+    match failed {
+        // Exit non-zero so the orchestrator restarts this replica.
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
+    }
 }

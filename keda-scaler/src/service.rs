@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use rtc_core::supervisor::{Supervisor, TaskFailure};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -44,8 +44,7 @@ pub struct ScalerHandle {
     pub metrics: Arc<Metrics>,
     /// The decision cache every RPC answers from.
     pub cache: watch::Receiver<Snapshot>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Supervisor,
     grace: Duration,
 }
 
@@ -53,12 +52,19 @@ impl ScalerHandle {
     /// Stops accepting, ends open `StreamIsActive` streams cleanly, lets
     /// requests in flight finish (up to the grace period), then stops.
     pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        let drained = tokio::time::timeout(self.grace, async { while self.tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(grace = ?self.grace, "shutdown grace period over: aborting");
-        }
-        self.tasks.abort_all();
+        self.tasks.stop(self.grace).await;
+    }
+
+    /// Waits until a critical task ends early (the process must exit).
+    pub async fn failed(&self) -> TaskFailure {
+        self.tasks.failed().await
+    }
+
+    /// Aborts one critical task, as if it had ended on its own (fault
+    /// tests of the supervision).
+    #[doc(hidden)]
+    pub fn abort_task_for_test(&self, name: &'static str) -> bool {
+        self.tasks.abort_for_test(name)
     }
 }
 
@@ -82,7 +88,7 @@ pub async fn start(config: Config) -> Result<ScalerHandle, StartError> {
         .map_err(|source| StartError::Listen { addr: config.admin_listen.clone(), source })?;
 
     let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let mut tasks = Supervisor::new(shutdown.clone());
     let metrics = Arc::new(Metrics::new());
     let max_age = config.max_age();
     let (cache_tx, cache) = watch::channel(Snapshot::not_loaded());
@@ -95,7 +101,7 @@ pub async fn start(config: Config) -> Result<ScalerHandle, StartError> {
     let watcher =
         Watcher { conn, key: config.redis.keys().scale_decision(), poll: config.poll_interval(), clock: now_ms };
     let observer = Observer { reporter, metrics: metrics.clone(), max_age, serving: AtomicU8::new(UNKNOWN) };
-    tasks.spawn(watcher.run(cache_tx, observer, shutdown.clone()));
+    tasks.spawn("decision watcher", watcher.run(cache_tx, observer, shutdown.clone()));
 
     let scaler = Scaler {
         cache: cache.clone(),
@@ -113,22 +119,28 @@ pub async fn start(config: Config) -> Result<ScalerHandle, StartError> {
     let router = server.add_service(health_service).add_service(ExternalScalerServer::new(scaler));
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let token = shutdown.clone();
-    tasks.spawn(async move {
+    tasks.spawn("grpc server", async move {
         if let Err(e) = router.serve_with_incoming_shutdown(incoming, token.cancelled_owned()).await {
             tracing::error!(error = %e, "grpc server failed");
         }
     });
 
-    let app = admin::router(Admin { cache: cache.clone(), metrics: metrics.clone(), max_age, clock: now_ms });
+    let app = admin::router(Admin {
+        liveness: tasks.liveness(),
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        max_age,
+        clock: now_ms,
+    });
     let token = shutdown.clone();
-    tasks.spawn(async move {
+    tasks.spawn("admin http", async move {
         if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
             tracing::error!(error = %e, "admin http server failed");
         }
     });
     tracing::info!(%addr, %admin_addr, tls = secure, mtls = config.tls_client_ca.is_some(), ?max_age,
         key = %config.redis.keys().scale_decision(), "keda scaler started");
-    Ok(ScalerHandle { addr, admin_addr, metrics, cache, shutdown, tasks, grace: config.shutdown_grace() })
+    Ok(ScalerHandle { addr, admin_addr, metrics, cache, tasks, grace: config.shutdown_grace() })
 }
 
 const UNKNOWN: u8 = 0;

@@ -118,6 +118,13 @@ async fn each_rpc_answers_from_the_leaders_decision() {
         assert!(text.contains(expected), "{expected} missing from\n{text}");
     }
     drop(stream);
+
+    // A critical task that ends early is reported (the binary exits
+    // non-zero on it) and turns /livez to 503.
+    assert!(scaler.abort_task_for_test("decision watcher"));
+    let failure = tokio::time::timeout(Duration::from_secs(5), scaler.failed()).await.unwrap();
+    assert_eq!(failure.to_string(), "critical task `decision watcher` was cancelled");
+    assert_eq!(http_get(scaler.admin_addr, "/livez").await, (503, failure.to_string()));
     scaler.shutdown().await;
 }
 

@@ -26,9 +26,15 @@ pub fn admin(shared: Arc<Shared>) -> Router {
         .route("/v1/assignment", get(assignment))
         .route("/v1/decisions", get(decisions))
         .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { s.metrics.render() }))
-        .route("/livez", get(|| async { "ok" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(shared)
+}
+
+/// 503 once a critical task has ended early (the process exits then too).
+async fn livez(State(shared): State<Arc<Shared>>) -> Response {
+    let (code, body) = shared.liveness.livez();
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), body).into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

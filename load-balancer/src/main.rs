@@ -42,13 +42,18 @@ async fn serve(args: rtc_load_balancer::config::ServeArgs) -> anyhow::Result<()>
         .init();
     let lb = rtc_load_balancer::service::start(args).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        failure = lb.failed() => Some(failure),
+    };
     tracing::info!("stopping");
     lb.shutdown().await;
-    Ok(())
+    match failed {
+        // Exit non-zero so the orchestrator restarts this replica.
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use redis::aio::ConnectionManager;
 use rtc_core::redis_io::HeartbeatCursor;
+use rtc_core::supervisor::{Liveness, Supervisor, TaskFailure};
 use rtc_core::{Assignment, Keys, TokenSigner};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::actuate::{Actuator, WorkloadKind};
@@ -39,6 +39,8 @@ pub struct Shared {
     /// Redis's clock as ingestion reads it: the time every fleet question
     /// is asked at.
     pub clock: Arc<IngestClock>,
+    /// For `/livez`: whether a critical task ended early.
+    pub liveness: Liveness,
     assignment: RwLock<Option<Arc<Assignment>>>,
     /// The highest leader (fencing) epoch seen; shared with the elector.
     highest_epoch_seen: Arc<AtomicU64>,
@@ -64,22 +66,30 @@ pub struct LbHandle {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Supervisor,
 }
 
 impl LbHandle {
+    /// Waits until a critical task ends early (the process must exit).
+    pub async fn failed(&self) -> TaskFailure {
+        self.tasks.failed().await
+    }
+
     /// Stops every task; a leader releases its lease.
     pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(3), async { while self.tasks.join_next().await.is_some() {} })
-            .await;
-        self.tasks.abort_all();
+        self.tasks.stop(Duration::from_secs(3)).await;
     }
 
     /// Stops without releasing anything, as a crash would.
     pub fn kill(mut self) {
         self.tasks.abort_all();
+    }
+
+    /// Aborts one critical task, as if it had ended on its own (fault
+    /// tests of the supervision).
+    #[doc(hidden)]
+    pub fn abort_task_for_test(&self, name: &'static str) -> bool {
+        self.tasks.abort_for_test(name)
     }
 }
 
@@ -99,7 +109,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     let (role_tx, role_rx) = watch::channel(Role::Follower);
     let quota = governor::Quota::per_second(std::num::NonZeroU32::new(args.rate_limit.max(1)).expect("at least 1"))
         .allow_burst(std::num::NonZeroU32::new(args.rate_burst.max(1)).expect("at least 1"));
+    let shutdown = CancellationToken::new();
+    let mut tasks = Supervisor::new(shutdown.clone());
     let shared = Arc::new(Shared {
+        liveness: tasks.liveness(),
         keys: keys.clone(),
         signer: TokenSigner::new(args.token_secret.as_bytes()),
         auth: Auth::from_args(&args)?,
@@ -123,8 +136,6 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     let admin_listener = TcpListener::bind(&args.admin_listen).await?;
     let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
 
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
     let store = LeaseStore::new(&keys, args.lease_ttl());
     let elector = Elector {
         store: store.clone(),
@@ -132,7 +143,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         holder: replica.clone(),
         highest_epoch_seen: shared.highest_epoch_seen.clone(),
     };
-    tasks.spawn(elector.run(role_tx, shutdown.clone()));
+    tasks.spawn("election", elector.run(role_tx, shutdown.clone()));
 
     let (membership_tx, membership_rx) = watch::channel(Membership::new());
     let since = now_ms().saturating_sub(args.liveness.reassign_after().as_millis() as u64);
@@ -144,30 +155,37 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         observer: shared.metrics.clone(),
         clock: shared.clock.clone(),
     };
-    tasks.spawn(ingest.run(membership_tx, shutdown.clone()));
+    tasks.spawn("heartbeat ingestion", ingest.run(membership_tx, shutdown.clone()));
 
     let fetch_now = Arc::new(Notify::new());
-    tasks.spawn(rtc_core::redis_io::notify_on_publish(
-        client.clone(),
-        keys.assignment_events(),
-        fetch_now.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tasks.spawn(coordinate(
-        shared.clone(),
-        store,
-        rtc_core::redis_io::connection_manager(&client, Duration::from_secs(1))?,
-        membership_rx,
-        fetch_now,
-        actuation,
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "assignment events",
+        rtc_core::redis_io::notify_on_publish(
+            client.clone(),
+            keys.assignment_events(),
+            fetch_now.clone(),
+            shutdown.clone().cancelled_owned(),
+        ),
+    );
+    tasks.spawn(
+        "coordinator",
+        coordinate(
+            shared.clone(),
+            store,
+            rtc_core::redis_io::connection_manager(&client, Duration::from_secs(1))?,
+            membership_rx,
+            fetch_now,
+            actuation,
+            shutdown.clone(),
+        ),
+    );
 
-    for (listener, app) in
-        [(listener, crate::http::public(shared.clone())), (admin_listener, crate::http::admin(shared.clone()))]
-    {
+    for (name, listener, app) in [
+        ("public http", listener, crate::http::public(shared.clone())),
+        ("admin http", admin_listener, crate::http::admin(shared.clone())),
+    ] {
         let token = shutdown.clone();
-        tasks.spawn(async move {
+        tasks.spawn(name, async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             // Answers are small and written at once: do not let Nagle hold one
             // back waiting for the client's ACK.
@@ -180,7 +198,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         });
     }
     tracing::info!(%replica, %addr, %admin_addr, "load balancer started");
-    Ok(LbHandle { addr, admin_addr, shared, shutdown, tasks })
+    Ok(LbHandle { addr, admin_addr, shared, tasks })
 }
 
 /// How scale-ins are actuated, and the socket workload's kind.

@@ -16,16 +16,24 @@ use crate::ownership::Ownership;
 
 /// What the admin endpoints read and do.
 pub struct AdminContext {
+    /// Whether a critical task ended early: `/livez`.
+    pub liveness: rtc_core::supervisor::Liveness,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     pub hub: Arc<Hub>,
     pub ownership: Arc<Ownership>,
 }
 
+/// 503 once a critical task has ended early (the process exits then too).
+async fn livez(State(node): State<Arc<AdminContext>>) -> (StatusCode, String) {
+    let (code, body) = node.liveness.livez();
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), body)
+}
+
 pub fn router(node: Arc<AdminContext>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/livez", get(|| async { "ok" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/drain", get(drain).post(drain))
         .route("/drain/status", get(drain_status))

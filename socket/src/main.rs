@@ -13,7 +13,17 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Duration::from_millis(config.timing.shutdown_deadline_ms);
     let node = rtc_socket::server::start(config).await?;
 
-    wait_for_signal().await;
+    let failed = tokio::select! {
+        _ = wait_for_signal() => None,
+        failure = node.failed() => Some(failure),
+    };
+    if let Some(failure) = failed {
+        // Broken: no drain (its users resume elsewhere from the log); exit
+        // non-zero so the orchestrator restarts it.
+        exit_after(SHUTDOWN_SLACK);
+        node.shutdown().await;
+        return Err(failure.into());
+    }
     tracing::info!("stop requested: draining");
     exit_after(deadline + SHUTDOWN_SLACK);
     node.lifecycle.begin_drain();

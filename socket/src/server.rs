@@ -8,9 +8,9 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use rtc_core::TokenSigner;
 use rtc_core::protocol::CloseReason;
+use rtc_core::supervisor::{Supervisor, TaskFailure};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminContext;
@@ -40,8 +40,7 @@ pub struct NodeHandle {
     pub lifecycle: Arc<Lifecycle>,
     /// Bootstrap servers in use (the embedded cluster's when embedded).
     pub kafka_brokers: String,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Supervisor,
     _embedded: Option<EmbeddedKafka>,
 }
 
@@ -56,10 +55,19 @@ impl NodeHandle {
         while self.hub.connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while self.tasks.join_next().await.is_some() {} })
-            .await;
-        self.tasks.abort_all();
+        self.tasks.stop(Duration::from_secs(5)).await;
+    }
+
+    /// Waits until a critical task ends early (the process must exit).
+    pub async fn failed(&self) -> TaskFailure {
+        self.tasks.failed().await
+    }
+
+    /// Aborts one critical task, as if it had ended on its own (fault
+    /// tests of the supervision).
+    #[doc(hidden)]
+    pub fn abort_task_for_test(&self, name: &'static str) -> bool {
+        self.tasks.abort_for_test(name)
     }
 }
 
@@ -188,15 +196,16 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         capacity: config.capacity,
         partitions: config.topic.partitions,
     }));
+    let shutdown = CancellationToken::new();
+    let mut tasks = Supervisor::new(shutdown.clone());
     let admin_app = crate::admin::router(Arc::new(AdminContext {
+        liveness: tasks.liveness(),
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         hub: hub.clone(),
         ownership: ownership.clone(),
     }));
 
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
     let (commands_tx, commands_rx) = mpsc::channel(1024);
     let (events_tx, events_rx) = mpsc::channel(1024);
 
@@ -207,10 +216,10 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         topic: config.topic.topic.clone(),
         commit_interval: Duration::from_millis(timing.commit_interval_ms.max(10)),
     };
-    tasks.spawn(consumer_task.run(commands_rx, shutdown.clone()));
-    tasks.spawn(catchup_task.run(shutdown.clone()));
-    tasks.spawn(Reconciler::new(handoff, commands_tx, events_tx.clone()).run(events_rx, shutdown.clone()));
-    tasks.spawn(crate::lease::watch(lease, events_tx.clone(), shutdown.clone()));
+    tasks.spawn("consumer", consumer_task.run(commands_rx, shutdown.clone()));
+    tasks.spawn("catch-up", catchup_task.run(shutdown.clone()));
+    tasks.spawn("hand-off", Reconciler::new(handoff, commands_tx, events_tx.clone()).run(events_rx, shutdown.clone()));
+    tasks.spawn("lease", crate::lease::watch(lease, events_tx.clone(), shutdown.clone()));
     let follower = crate::follower::Follower {
         client: redis.clone(),
         conn: rtc_core::redis_io::connection_manager(&redis, Duration::from_secs(1))?,
@@ -220,7 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         metrics: metrics.clone(),
         fetch_now,
     };
-    tasks.spawn(follower.run(events_tx, shutdown.clone()));
+    tasks.spawn("assignment follower", follower.run(events_tx, shutdown.clone()));
     {
         let (peers, metrics, conn, key, token) = (
             peers,
@@ -229,17 +238,20 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             keys.heartbeats(),
             shutdown.clone(),
         );
-        tasks.spawn(async move { peers.follow(conn, key, &metrics, token).await });
+        tasks.spawn("peer heartbeats", async move { peers.follow(conn, key, &metrics, token).await });
     }
-    tasks.spawn(crate::heartbeat::run(
-        heartbeat,
-        rtc_core::redis_io::connection_manager(&redis, interval)?,
-        keys.heartbeats(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "heartbeat",
+        crate::heartbeat::run(
+            heartbeat,
+            rtc_core::redis_io::connection_manager(&redis, interval)?,
+            keys.heartbeats(),
+            shutdown.clone(),
+        ),
+    );
     {
         let (hub, token) = (hub.clone(), shutdown.clone());
-        tasks.spawn(async move {
+        tasks.spawn("hub sweep", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             while !token.is_cancelled() {
                 tokio::select! { _ = token.cancelled() => {}, _ = tick.tick() => hub.sweep() }
@@ -248,7 +260,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     }
     {
         let (app, token) = (ws_app, shutdown.clone());
-        tasks.spawn(async move {
+        tasks.spawn("websocket server", async move {
             // Frames are small and often written back to back: Nagle would
             // hold each one until the client acknowledged the previous.
             let listener = ws_listener.tap_io(|tcp| {
@@ -262,7 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     }
     {
         let (app, token) = (admin_app, shutdown.clone());
-        tasks.spawn(async move {
+        tasks.spawn("admin server", async move {
             let serve = axum::serve(admin_listener, app).with_graceful_shutdown(token.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "admin server failed");
@@ -281,7 +293,6 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         ownership,
         lifecycle,
         kafka_brokers: brokers,
-        shutdown,
         tasks,
         _embedded: embedded,
     })

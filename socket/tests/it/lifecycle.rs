@@ -1,5 +1,6 @@
 //! The binary's lifecycle, and keepalive: SIGTERM drains then exits 0; a
-//! silent client is closed as idle.
+//! silent client is closed as idle; a critical task that ends fails the
+//! node.
 
 use std::time::Duration;
 
@@ -69,5 +70,19 @@ async fn a_client_that_never_answers_is_closed_as_idle() {
     let mut lively = Client::join(&node, &world.token("u2", &node, 1)).await;
     assert_eq!(lively.next_json_within(Duration::from_millis(600)).await, None);
     assert_eq!(node.hub.connections(), 1);
+    node.shutdown().await;
+}
+
+/// A critical task that ends early is reported (the binary exits non-zero
+/// on it) and turns `/livez` to 503, instead of a node that looks alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_task_that_ends_fails_the_node() {
+    let world = World::new(4).await;
+    let node = world.node("socket-sup", &[]).await;
+    assert_eq!(admin_get(&node, "/livez").await, (200, "ok".to_owned()));
+    assert!(node.abort_task_for_test("hand-off"));
+    let failure = tokio::time::timeout(Duration::from_secs(5), node.failed()).await.expect("reported");
+    assert_eq!(failure.to_string(), "critical task `hand-off` was cancelled");
+    assert_eq!(admin_get(&node, "/livez").await, (503, failure.to_string()));
     node.shutdown().await;
 }
