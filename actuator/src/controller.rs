@@ -138,7 +138,7 @@ pub async fn start(config: Config, template: PodTemplate) -> Result<Handle, Star
     )?;
     let events = Events::open(config.events_file.as_deref())?;
     let keys = config.redis.keys();
-    let client = redis::Client::open(config.redis.redis_url.as_str())?;
+    let client = config.redis.client()?;
     let redis = rtc_core::redis_io::connection_manager(&client, REDIS_TIMEOUT)?;
     let listener = TcpListener::bind(&config.admin_listen)
         .await

@@ -10,20 +10,43 @@ pub const DEFAULT_KEY_PREFIX: &str = "rtc:";
 pub const DEFAULT_PARTITIONS: u32 = 360;
 pub const DEFAULT_TOPIC: &str = "rtc.messages";
 
-/// Where the shared state lives.
+/// Where the shared state lives, and how to log in to it.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (`redis://host:port/db`).
+    /// Redis URL: `redis://host:port/db`, or `rediss://…` for TLS.
     #[arg(long, env = "RTC_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every Redis key, so installations can share a Redis.
     #[arg(long, env = "RTC_KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
     pub key_prefix: String,
+    /// Redis ACL user (kept out of the URL so the URL can live in a
+    /// ConfigMap and this in a Secret).
+    #[arg(long, env = "RTC_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Redis password (ACL user's, or `requirepass`).
+    #[arg(long, env = "RTC_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
 }
 
 impl RedisArgs {
     pub fn keys(&self) -> crate::Keys {
         crate::Keys::new(self.key_prefix.clone())
+    }
+
+    /// A client for the URL, logging in with the username and password
+    /// when set (they take precedence over any in the URL).
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        use redis::IntoConnectionInfo;
+        let mut info = self.redis_url.as_str().into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = self.redis_username.as_deref().filter(|u| !u.is_empty()) {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = self.redis_password.as_deref().filter(|p| !p.is_empty()) {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        redis::Client::open(info)
     }
 }
 
@@ -168,6 +191,21 @@ mod tests {
         assert_eq!((fast.dead_after(), fast.margin()), (Duration::from_millis(600), Duration::from_millis(50)));
         let bad = Live::try_parse_from(["x", "--dead-after-ms", "2500", "--fence-margin-ms", "600"]).unwrap().liveness;
         assert!(bad.validate().is_err(), "a 1.9 s lease with 1 s heartbeats");
+    }
+
+    #[test]
+    fn redis_credentials_come_from_their_own_settings() {
+        let parse = |args: &[&str]| Both::try_parse_from([&["x"], args].concat()).unwrap().redis.client().unwrap();
+        let plain = parse(&[]);
+        assert_eq!(plain.get_connection_info().redis_settings().password(), None);
+        let login = parse(&["--redis-username", "rtc", "--redis-password", "s3cret"]);
+        let settings = login.get_connection_info().redis_settings();
+        assert_eq!((settings.username(), settings.password()), (Some("rtc"), Some("s3cret")));
+        // They take precedence over the URL's; empty ones count as unset.
+        let url = parse(&["--redis-url", "redis://u:p@h:1", "--redis-password", "new", "--redis-username", ""]);
+        let settings = url.get_connection_info().redis_settings();
+        assert_eq!((settings.username(), settings.password()), (Some("u"), Some("new")));
+        assert!(Both::try_parse_from(["x", "--redis-url", "rediss://h:6380"]).unwrap().redis.client().is_ok(), "TLS");
     }
 
     #[test]

@@ -71,7 +71,7 @@ async fn decision(State(admin): State<Admin>) -> Response {
         Err(why) => (None, Some(why.to_string())),
     };
     let decision = match &snapshot.reading {
-        Reading::Decision(d) => Some(json!({"decision": d.as_ref(), "age_ms": d.age_ms(now)})),
+        Reading::Decision(d) => Some(json!({"decision": d.as_ref(), "age_ms": snapshot.decision_age_ms(now)})),
         _ => None,
     };
     axum::Json(json!({

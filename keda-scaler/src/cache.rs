@@ -6,7 +6,9 @@
 //!
 //! Staleness is judged when a request is answered, from the decision's own
 //! `decided_at_ms`, so a decision that stops being rewritten goes stale on
-//! time even between two polls.
+//! time even between two polls. The leader stamps decisions on Redis's
+//! clock, and each read also takes Redis's `TIME`: the age is measured on
+//! Redis's clock too, whatever this host's clock says.
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,11 +38,26 @@ pub enum Reading {
 pub struct Snapshot {
     pub reading: Reading,
     pub read_at_ms: u64,
+    /// Redis's clock minus this host's, at the read (0 until known).
+    pub redis_offset_ms: i64,
 }
 
 impl Snapshot {
     pub fn not_loaded() -> Self {
-        Self { reading: Reading::NotLoaded, read_at_ms: 0 }
+        Self { reading: Reading::NotLoaded, read_at_ms: 0, redis_offset_ms: 0 }
+    }
+
+    /// This host's `now_ms` on Redis's clock.
+    pub fn redis_now(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.redis_offset_ms)
+    }
+
+    /// The decision's age at `now_ms` (this host's clock), on Redis's clock.
+    pub fn decision_age_ms(&self, now_ms: u64) -> Option<u64> {
+        match &self.reading {
+            Reading::Decision(d) => Some(d.age_ms(self.redis_now(now_ms))),
+            _ => None,
+        }
     }
 
     /// Whether the last read reached Redis (whatever the key held).
@@ -56,7 +73,7 @@ impl Snapshot {
             Reading::Missing => Err(Unavailable::Missing),
             Reading::Malformed(error) => Err(Unavailable::Malformed(error.clone())),
             Reading::Decision(d) => {
-                let age_ms = d.age_ms(now_ms);
+                let age_ms = d.age_ms(self.redis_now(now_ms));
                 let max_age_ms = max_age.as_millis() as u64;
                 if age_ms > max_age_ms { Err(Unavailable::Stale { age_ms, max_age_ms }) } else { Ok(d) }
             }
@@ -93,15 +110,23 @@ impl Unavailable {
     }
 }
 
-/// Reads the decision key once.
-pub async fn read(conn: &mut impl ConnectionLike, key: &str) -> Reading {
-    match redis::cmd("GET").arg(key).query_async::<Option<Vec<u8>>>(conn).await {
-        Ok(None) => Reading::Missing,
-        Ok(Some(raw)) => match Decision::from_json(&raw) {
-            Ok(d) => Reading::Decision(Arc::new(d)),
-            Err(e) => Reading::Malformed(e),
-        },
-        Err(e) => Reading::RedisUnreachable(e.to_string()),
+/// Reads the decision key once, with Redis's clock (`TIME`, ms) when it
+/// could be read.
+pub async fn read(conn: &mut impl ConnectionLike, key: &str) -> (Reading, Option<u64>) {
+    let read = redis::pipe().cmd("GET").arg(key).cmd("TIME").query_async::<(Option<Vec<u8>>, (u64, u64))>(conn).await;
+    match read {
+        Ok((raw, (secs, micros))) => {
+            let redis_now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+            let reading = match raw {
+                None => Reading::Missing,
+                Some(raw) => match Decision::from_json(&raw) {
+                    Ok(d) => Reading::Decision(Arc::new(d)),
+                    Err(e) => Reading::Malformed(e),
+                },
+            };
+            (reading, Some(redis_now))
+        }
+        Err(e) => (Reading::RedisUnreachable(e.to_string()), None),
     }
 }
 
@@ -123,21 +148,26 @@ impl<C: ConnectionLike + Send> Watcher<C> {
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_kind = None;
+        let mut redis_offset_ms = 0i64;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let reading = tokio::select! {
+            let (reading, redis_now) = tokio::select! {
                 _ = stop.cancelled() => return,
                 r = read(&mut self.conn, &self.key) => r,
             };
+            let read_at_ms = (self.clock)();
+            if let Some(redis_now) = redis_now {
+                redis_offset_ms = redis_now as i64 - read_at_ms as i64;
+            }
             let kind = std::mem::discriminant(&reading);
             if last_kind != Some(kind) {
                 log_transition(&reading, &self.key);
                 last_kind = Some(kind);
             }
-            let snapshot = Snapshot { reading, read_at_ms: (self.clock)() };
+            let snapshot = Snapshot { reading, read_at_ms, redis_offset_ms };
             // Subscribers (StreamIsActive) wake only when the content
             // changes; the reading time alone is no news.
             let changed = tx.send_if_modified(|current| {
@@ -193,15 +223,37 @@ mod tests {
         })
     }
 
+    fn snapshot(reading: Reading, read_at_ms: u64) -> Snapshot {
+        Snapshot { reading, read_at_ms, redis_offset_ms: 0 }
+    }
+
     #[test]
     fn staleness_is_judged_at_answer_time() {
         let max = Duration::from_millis(6_000);
-        let s = Snapshot { reading: Reading::Decision(decision(4, 10_000)), read_at_ms: 10_000 };
+        let s = snapshot(Reading::Decision(decision(4, 10_000)), 10_000);
         assert_eq!(s.fresh(16_000, max).unwrap().desired_replicas, 4);
         assert_eq!(s.fresh(16_001, max), Err(Unavailable::Stale { age_ms: 6_001, max_age_ms: 6_000 }));
-        // Clock skew: a decision from the future is fresh.
+        // A decision from the future is fresh.
         assert!(s.fresh(9_000, max).is_ok());
         assert!(s.redis_reachable());
+    }
+
+    #[test]
+    fn staleness_is_measured_on_redis_clock_whatever_this_hosts_clock_says() {
+        let max = Duration::from_millis(6_000);
+        // Decided at 10 000 on Redis's clock; this host's clock is 10 s behind.
+        let behind =
+            Snapshot { reading: Reading::Decision(decision(4, 10_000)), read_at_ms: 0, redis_offset_ms: 10_000 };
+        assert!(behind.fresh(6_000, max).is_ok());
+        assert_eq!(behind.decision_age_ms(6_000), Some(6_000));
+        assert_eq!(behind.fresh(6_001, max), Err(Unavailable::Stale { age_ms: 6_001, max_age_ms: 6_000 }));
+        // Compared with this host's clock it would have looked fresh 10 s longer.
+        assert!(snapshot(behind.reading.clone(), 0).fresh(6_001, max).is_ok());
+        // This host's clock an hour ahead: not stale at once.
+        let ahead = Snapshot { redis_offset_ms: -3_600_000, ..behind };
+        assert!(ahead.fresh(3_615_000, max).is_ok());
+        assert!(ahead.fresh(3_616_001, max).is_err());
+        assert!(snapshot(ahead.reading.clone(), 0).fresh(3_615_000, max).is_err());
     }
 
     #[test]
@@ -215,12 +267,12 @@ mod tests {
             (Reading::Decision(decision(1, 0)), "stale", "stale"),
         ];
         for (reading, kind, words) in cases {
-            let err = Snapshot { reading, read_at_ms: 0 }.fresh(60_000, max).unwrap_err();
+            let err = snapshot(reading, 0).fresh(60_000, max).unwrap_err();
             assert_eq!(err.kind(), kind);
             assert!(err.to_string().contains(words), "{err}");
         }
         assert!(!Snapshot::not_loaded().redis_reachable());
-        let down = Snapshot { reading: Reading::RedisUnreachable("x".into()), read_at_ms: 1 };
+        let down = snapshot(Reading::RedisUnreachable("x".into()), 1);
         assert!(!down.redis_reachable());
     }
 }

@@ -210,7 +210,7 @@ mod tests {
             decided_at_ms,
             leader_epoch: 1,
         };
-        Snapshot { reading: Reading::Decision(Arc::new(d)), read_at_ms: decided_at_ms }
+        Snapshot { reading: Reading::Decision(Arc::new(d)), read_at_ms: decided_at_ms, redis_offset_ms: 0 }
     }
 
     fn scaler(initial: Snapshot) -> (Scaler, watch::Sender<Snapshot>) {

@@ -138,7 +138,7 @@ impl Metrics {
         self.decision_fresh.set(if snapshot.fresh(now_ms, max_age).is_ok() { 1.0 } else { 0.0 });
         if let Reading::Decision(d) = &snapshot.reading {
             self.desired_replicas.set(f64::from(d.desired_replicas));
-            self.decision_age.set(d.age_ms(now_ms) as f64 / 1000.0);
+            self.decision_age.set(d.age_ms(snapshot.redis_now(now_ms)) as f64 / 1000.0);
         }
     }
 

@@ -75,7 +75,7 @@ pub fn now_ms() -> u64 {
 
 pub async fn start(config: Config) -> Result<ScalerHandle, StartError> {
     let tls = tls::server_config(&config)?;
-    let client = redis::Client::open(config.redis.redis_url.as_str())?;
+    let client = config.redis.client()?;
     let conn = rtc_core::redis_io::connection_manager(&client, config.redis_timeout())?;
     let bind = |addr: String| async move {
         TcpListener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })

@@ -191,8 +191,27 @@ impl Actuator {
         if kind == WorkloadKind::StatefulSet {
             return Ok(());
         }
+        self.patch_deletion_cost(pod, serde_json::json!(LOWEST_DELETION_COST)).await
+    }
+
+    /// Removes a victim's mark once it serves again (its removal was given
+    /// up): otherwise the ReplicaSet controller would delete it first on the
+    /// next scale-in, drained or not. A pod already gone needs nothing.
+    pub async fn clear_mark(&self, kind: WorkloadKind, pod: &str) -> Result<(), ActuateError> {
+        if kind == WorkloadKind::StatefulSet {
+            return Ok(());
+        }
+        match self.patch_deletion_cost(pod, serde_json::Value::Null).await {
+            Err(ActuateError::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sets (or, with `null`, removes) the pod's deletion-cost annotation,
+    /// retrying a conflict once.
+    async fn patch_deletion_cost(&self, pod: &str, cost: serde_json::Value) -> Result<(), ActuateError> {
         let patch = Patch::Merge(serde_json::json!({
-            "metadata": { "annotations": { POD_DELETION_COST: LOWEST_DELETION_COST } }
+            "metadata": { "annotations": { POD_DELETION_COST: cost } }
         }));
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
         let call = self.call("patch", "pods", pod);

@@ -1,5 +1,6 @@
 //! Who may ask for a route: a bearer JWT (HS256 secret or RS256 public key)
-//! whose `sub` is the user, or nobody checks (`--auth none`).
+//! whose `sub` is the user, or nobody checks (`--auth none`). `exp` is
+//! always checked; `iss` and `aud` when configured.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
@@ -38,26 +39,49 @@ impl Auth {
                 tracing::warn!("RTC_AUTH=none: any client may get any user's route; never use this in production");
                 Ok(Auth::None)
             }
-            AuthMode::Jwt => match (&args.jwt_secret, &args.jwt_public_key) {
-                (Some(secret), None) => Ok(Self::hs256(secret.as_bytes())),
-                (None, Some(path)) => Self::rs256_pem(&std::fs::read(path)?),
-                _ => anyhow::bail!("--auth jwt needs exactly one of RTC_JWT_SECRET and RTC_JWT_PUBLIC_KEY"),
-            },
+            AuthMode::Jwt => {
+                let auth = match (&args.jwt_secret, &args.jwt_public_key) {
+                    (Some(secret), None) => Self::hs256(secret.as_bytes()),
+                    (None, Some(path)) => Self::rs256_pem(&std::fs::read(path)?)?,
+                    _ => anyhow::bail!("--auth jwt needs exactly one of RTC_JWT_SECRET and RTC_JWT_PUBLIC_KEY"),
+                };
+                if args.jwt_issuer.is_none() || args.jwt_audience.is_none() {
+                    tracing::warn!(
+                        "RTC_JWT_ISSUER or RTC_JWT_AUDIENCE unset: tokens of any issuer or audience sharing the key are taken"
+                    );
+                }
+                Ok(auth.expecting(args.jwt_issuer.as_deref(), args.jwt_audience.as_deref()))
+            }
         }
     }
 
+    /// Requires `iss` to be `issuer` and `aud` to include `audience`, each
+    /// when given.
+    pub fn expecting(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        if let Auth::Jwt(jwt) = &mut self {
+            if let Some(issuer) = issuer {
+                jwt.validation.set_issuer(&[issuer]);
+                jwt.validation.required_spec_claims.insert("iss".to_owned());
+            }
+            if let Some(audience) = audience {
+                jwt.validation.set_audience(&[audience]);
+                jwt.validation.validate_aud = true;
+                jwt.validation.required_spec_claims.insert("aud".to_owned());
+            }
+        }
+        self
+    }
+
     pub fn hs256(secret: &[u8]) -> Self {
-        Auth::Jwt(Box::new(Jwt {
-            key: DecodingKey::from_secret(secret),
-            validation: Validation::new(Algorithm::HS256),
-        }))
+        Auth::Jwt(Box::new(Jwt { key: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) }))
     }
 
     pub fn rs256_pem(pem: &[u8]) -> anyhow::Result<Self> {
-        Ok(Auth::Jwt(Box::new(Jwt {
-            key: DecodingKey::from_rsa_pem(pem)?,
-            validation: Validation::new(Algorithm::RS256),
-        })))
+        Ok(Auth::Jwt(Box::new(Jwt { key: DecodingKey::from_rsa_pem(pem)?, validation: validation(Algorithm::RS256) })))
+    }
+
+    pub fn is_on(&self) -> bool {
+        matches!(self, Auth::Jwt(_))
     }
 
     /// The user the request may route: the JWT's `sub`, which must equal
@@ -76,6 +100,14 @@ impl Auth {
             }
         }
     }
+}
+
+/// `exp` required and checked; no audience check unless configured
+/// (jsonwebtoken otherwise refuses every token that carries an `aud`).
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut v = Validation::new(algorithm);
+    v.validate_aud = false;
+    v
 }
 
 #[cfg(test)]
@@ -107,5 +139,37 @@ mod tests {
         let expired = format!("Bearer {}", jwt(b"s3cret", "alice", 1));
         assert!(matches!(auth.user(Some(&expired), Some("alice")), Err(AuthError::Invalid(_))));
         assert_eq!(Auth::None.user(None, Some("x")), Ok(Some("x".into())));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        #[derive(serde::Serialize)]
+        struct C<'a> {
+            sub: &'a str,
+            exp: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+        }
+        let token = |iss, aud| {
+            let claims = C { sub: "alice", exp: 4_000_000_000, iss, aud };
+            format!(
+                "Bearer {}",
+                encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k")).unwrap()
+            )
+        };
+        let open = Auth::hs256(b"k");
+        assert!(open.user(Some(&token(Some("other"), Some("chat"))), None).is_ok(), "unchecked unless configured");
+        let strict = Auth::hs256(b"k").expecting(Some("https://id.example"), Some("rtc"));
+        assert_eq!(strict.user(Some(&token(Some("https://id.example"), Some("rtc"))), None), Ok(Some("alice".into())));
+        for (iss, aud) in [
+            (Some("https://evil.example"), Some("rtc")),
+            (Some("https://id.example"), Some("chat")),
+            (None, Some("rtc")),
+            (Some("https://id.example"), None),
+        ] {
+            assert!(matches!(strict.user(Some(&token(iss, aud)), None), Err(AuthError::Invalid(_))), "{iss:?} {aud:?}");
+        }
     }
 }

@@ -39,6 +39,14 @@ pub struct ServeArgs {
     /// RS256 public key (PEM file) for `--auth jwt`.
     #[arg(long, env = "RTC_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<std::path::PathBuf>,
+    /// When set, a JWT's `iss` must be this (a token of another issuer
+    /// sharing the key is refused).
+    #[arg(long, env = "RTC_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, a JWT's `aud` must include this (a token minted for another
+    /// service is refused).
+    #[arg(long, env = "RTC_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Shared secret of the connect tokens (the socket nodes verify them).
     #[arg(long, env = "RTC_TOKEN_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
     pub token_secret: String,
@@ -56,9 +64,15 @@ pub struct ServeArgs {
     /// Followers poll the assignment this often (pub/sub is the fast path).
     #[arg(long, env = "RTC_ASSIGNMENT_POLL_MS", default_value_t = 1_000)]
     pub assignment_poll_ms: u64,
-    /// Route requests per second allowed per client address.
+    /// Route requests per second allowed per client: per user (the JWT's
+    /// subject) with `--auth jwt`, else per client address.
     #[arg(long, env = "RTC_RATE_LIMIT", default_value_t = 50)]
     pub rate_limit: u32,
+    /// Proxies (addresses or CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` names the client, e.g. the ingress controller's
+    /// pods. Unset: the header is ignored (anyone could forge it).
+    #[arg(long, env = "RTC_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Burst above the rate a client may use.
     #[arg(long, env = "RTC_RATE_BURST", default_value_t = 100)]
     pub rate_burst: u32,
@@ -94,6 +108,14 @@ pub struct KubeArgs {
     /// Kind of the socket workload.
     #[arg(long, env = "RTC_KUBE_WORKLOAD_KIND", value_enum, default_value_t = KindArg::Auto)]
     pub kind: KindArg,
+}
+
+/// A CIDR, or one address (a /32 or /128).
+fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
 }
 
 impl ServeArgs {

@@ -77,8 +77,21 @@ pub async fn tick(
     metrics: &Metrics,
 ) -> Result<Outcome, ElectionError> {
     let decide = |engine: &mut Engine| engine.decide(&fleet.lock().unwrap_or_else(|p| p.into_inner()), now_ms);
+    let (store, conn, lease, keys) = publisher;
     let mut outcome = decide(engine);
-    if let Err(e) = mark(actuation, &outcome.mark).await {
+    let patched =
+        match patch_fenced((store, &mut *conn, lease), actuation, &outcome.mark, &outcome.unmark, metrics).await {
+            Ok(patched) => patched,
+            Err(e) => {
+                // Nothing was patched: if this replica still leads, its next
+                // tick starts over, with no victim left unmarked.
+                engine.abandon_scale_in(now_ms);
+                engine.unmark_failed(outcome.unmark);
+                return Err(e);
+            }
+        };
+    engine.unmark_failed(patched.unmark_failed);
+    if let Some(e) = patched.mark_error {
         // The wrong pod could go: keep every node and try again later.
         tracing::warn!(error = %e, victims = ?outcome.mark, "scale-in victim not marked; scale-in given up");
         metrics.actuation_error(error_kind(&e));
@@ -88,7 +101,6 @@ pub async fn tick(
         outcome.decision.reason = format!("{text}; {}", outcome.decision.reason);
         outcome.findings.insert(0, Finding { urgency: rtc_core::Urgency::None, code: "actuation_failed", text });
     }
-    let (store, conn, lease, keys) = publisher;
     outcome.decision.leader_epoch = lease.epoch;
     store.fenced_set(conn, lease, &keys.scale_decision(), &outcome.decision.to_json(), None).await?;
     let d = &outcome.decision;
@@ -114,16 +126,65 @@ pub async fn tick(
     Ok(outcome)
 }
 
+/// What [`patch_fenced`] did.
+#[derive(Debug, Default)]
+pub struct Patched {
+    /// The first victim that could not be marked: the scale-in is given up.
+    pub mark_error: Option<ActuateError>,
+    /// Marks that could not be cleared: tried again next tick.
+    pub unmark_failed: Vec<String>,
+}
+
+/// Clears the marks of `unmark` and marks `mark`, only while `lease` is
+/// the lease in Redis with a third of its time left, checked right before
+/// the patches: a leader paused past its lease (SIGSTOP, a stall) runs one
+/// more tick before it learns it was deposed, and fencing by script cannot
+/// cover a Kubernetes call.
+pub async fn patch_fenced(
+    fence: (&LeaseStore, &mut impl ConnectionLike, &Lease),
+    actuation: &Actuation,
+    mark: &[String],
+    unmark: &[String],
+    metrics: &Metrics,
+) -> Result<Patched, ElectionError> {
+    let Some(actuator) = actuation.kube.as_deref() else { return Ok(Patched::default()) };
+    if mark.is_empty() && unmark.is_empty() {
+        return Ok(Patched::default());
+    }
+    let (store, conn, lease) = fence;
+    if !store.holds(conn, lease, store.ttl() / 3).await? {
+        return Err(ElectionError::Fenced);
+    }
+    let unmark_failed = clear_marks(actuator, actuation.kind, unmark, metrics).await;
+    let mark_error = mark_victims(actuator, actuation.kind, mark).await.err();
+    Ok(Patched { mark_error, unmark_failed })
+}
+
 /// Marks every victim; a pod already gone needs no mark.
-async fn mark(actuation: &Actuation, victims: &[String]) -> Result<(), ActuateError> {
-    let Some(actuator) = &actuation.kube else { return Ok(()) };
+async fn mark_victims(actuator: &Actuator, kind: WorkloadKind, victims: &[String]) -> Result<(), ActuateError> {
     for victim in victims {
-        match actuator.mark_victim(actuation.kind, victim).await {
+        match actuator.mark_victim(kind, victim).await {
             Ok(()) | Err(ActuateError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Clears the marks of victims that serve again; returns those it could not.
+async fn clear_marks(actuator: &Actuator, kind: WorkloadKind, pods: &[String], metrics: &Metrics) -> Vec<String> {
+    let mut failed = Vec::new();
+    for pod in pods {
+        match actuator.clear_mark(kind, pod).await {
+            Ok(()) => tracing::info!(pod, "scale-in victim serves again: deletion-cost mark cleared"),
+            Err(e) => {
+                tracing::warn!(pod, error = %e, "deletion-cost mark not cleared; trying again next tick");
+                metrics.actuation_error(error_kind(&e));
+                failed.push(pod.clone());
+            }
+        }
+    }
+    failed
 }
 
 fn error_kind(e: &ActuateError) -> ActuationFailure {

@@ -83,6 +83,12 @@ end
 return 0
 ";
 
+/// The lease's remaining milliseconds if it holds `ARGV[1]`, else -1.
+const HOLDS: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PTTL', KEYS[1]) end
+return -1
+";
+
 /// `KEYS[1]` lease, `KEYS[2]` target; `ARGV[1]` lease value, `ARGV[2]` the
 /// document, `ARGV[3]` optional channel and `ARGV[4]` its message, `ARGV[5]`
 /// optional: the document's epoch, for documents whose `epoch` only goes
@@ -181,6 +187,19 @@ impl LeaseStore {
     pub async fn release(&self, conn: &mut impl ConnectionLike, lease: &Lease) -> Result<bool, ElectionError> {
         let released: u64 = Script::new(RELEASE).key(&self.lease_key).arg(lease.value()).invoke_async(conn).await?;
         Ok(released == 1)
+    }
+
+    /// True when `lease` is the lease in Redis with at least `margin` left:
+    /// checked right before an action that fencing by script cannot cover
+    /// (a Kubernetes patch).
+    pub async fn holds(
+        &self,
+        conn: &mut impl ConnectionLike,
+        lease: &Lease,
+        margin: Duration,
+    ) -> Result<bool, ElectionError> {
+        let left: i64 = Script::new(HOLDS).key(&self.lease_key).arg(lease.value()).invoke_async(conn).await?;
+        Ok(u64::try_from(left).is_ok_and(|ms| ms >= margin.as_millis() as u64))
     }
 
     /// How long until the current lease runs out, if one is held.

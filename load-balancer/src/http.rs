@@ -1,7 +1,7 @@
 //! HTTP: `GET /v1/route` on the public port; reads and probes on the admin
 //! port. Errors are JSON `{"error": …}`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -37,6 +37,37 @@ async fn livez(State(shared): State<Arc<Shared>>) -> Response {
     (StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), body).into_response()
 }
 
+/// Whose bucket a route request draws from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The JWT's subject (`--auth jwt`).
+    User(String),
+    /// The client's address (`--auth none`).
+    Client(IpAddr),
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy;
+/// then the nearest address in `X-Forwarded-For` (read from the right)
+/// that is not a trusted proxy itself. Addresses a client wrote further
+/// left are never believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+    let hops: Vec<&str> = hops.collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
@@ -53,7 +84,10 @@ async fn route(
     Query(query): Query<RouteQuery>,
 ) -> Response {
     let outcome = |o: RouteOutcome| shared.metrics.route(o);
-    if shared.limiter.check_key(&peer.ip()).is_err() {
+    // Without authentication, the client's address is all there is; it is
+    // checked first, before any work.
+    let client = RateKey::Client(client_ip(peer.ip(), &headers, &shared.args.trusted_proxies));
+    if !shared.auth.is_on() && shared.limiter.check_key(&client).is_err() {
         outcome(RouteOutcome::RateLimited);
         return error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
     }
@@ -68,6 +102,11 @@ async fn route(
             outcome(RouteOutcome::Unauthorized);
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
+    };
+    // Authenticated: one bucket per user, whatever proxy they come through.
+    if shared.auth.is_on() && shared.limiter.check_key(&RateKey::User(user.clone())).is_err() {
+        outcome(RouteOutcome::RateLimited);
+        return error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
     };
     if let Err(e) = rtc_core::ids::validate_user_id(&user) {
         outcome(RouteOutcome::BadUser);
@@ -138,4 +177,35 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let leader = shared.role.borrow().lease().is_some();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"serving": ready, "leader": leader}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // A direct client: its header is its own writing.
+        assert_eq!(client_ip(ip("198.51.100.7"), &headers(&["1.2.3.4"]), &trusted), ip("198.51.100.7"));
+        // Through the ingress: the address the ingress saw.
+        assert_eq!(client_ip(ip("10.1.2.3"), &headers(&["203.0.113.9"]), &trusted), ip("203.0.113.9"));
+        // A forged hop on the left is skipped; proxies on the right too.
+        let chain = headers(&["6.6.6.6, 203.0.113.9", "10.9.9.9"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &chain, &trusted), ip("203.0.113.9"));
+        // No header, or garbage: the proxy itself.
+        assert_eq!(client_ip(ip("10.1.2.3"), &headers(&[]), &trusted), ip("10.1.2.3"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &headers(&["junk"]), &trusted), ip("10.1.2.3"));
+        // Nothing trusted: the header is ignored.
+        assert_eq!(client_ip(ip("10.1.2.3"), &headers(&["203.0.113.9"]), &[]), ip("10.1.2.3"));
+    }
 }

@@ -75,6 +75,7 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_lb_scale_signals_total", "Scale decisions made as leader, by direction and reason code"),
     ("rtc_lb_actuation_errors_total", "Kubernetes calls for a scale-in victim that failed, by kind"),
     ("rtc_lb_route_requests_total", "GET /v1/route answers, by outcome"),
+    ("rtc_lb_rate_limiter_clients", "Clients (users or addresses) the route rate limiter holds state for"),
 ];
 
 pub struct Metrics {
@@ -87,6 +88,7 @@ pub struct Metrics {
     pub heartbeats: Counter,
     pub heartbeat_lag: Gauge,
     pub publishing_held: Gauge,
+    pub rate_limited_clients: Gauge,
     pub desired_replicas: Gauge,
     pub current_replicas: Gauge,
     nodes: Vec<Gauge>,
@@ -117,6 +119,7 @@ impl Metrics {
             heartbeats: counter("rtc_lb_heartbeats_total"),
             heartbeat_lag: gauge("rtc_lb_heartbeat_lag_seconds"),
             publishing_held: gauge("rtc_lb_publishing_held"),
+            rate_limited_clients: gauge("rtc_lb_rate_limiter_clients"),
             desired_replicas: gauge("rtc_lb_desired_replicas"),
             current_replicas: gauge("rtc_lb_current_replicas"),
             nodes: NodeState::ALL.iter().map(|s| registry.gauge("rtc_lb_nodes", &[("state", s.as_str())])).collect(),

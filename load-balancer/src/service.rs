@@ -34,7 +34,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub fleet: Arc<Mutex<Fleet>>,
     pub role: watch::Receiver<Role>,
-    pub limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    pub limiter: governor::DefaultKeyedRateLimiter<crate::http::RateKey>,
     pub decisions: History,
     /// Redis's clock as ingestion reads it: the time every fleet question
     /// is asked at.
@@ -104,7 +104,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
     args.liveness.validate().map_err(|e| anyhow::anyhow!("liveness settings: {e}"))?;
     let actuation = actuation(&args).await?;
     let keys = args.redis.keys();
-    let client = redis::Client::open(args.redis.redis_url.as_str())?;
+    let client = args.redis.client()?;
     let interval = args.heartbeat_interval();
     let (role_tx, role_rx) = watch::channel(Role::Follower);
     let quota = governor::Quota::per_second(std::num::NonZeroU32::new(args.rate_limit.max(1)).expect("at least 1"))

@@ -157,11 +157,17 @@ fn victim_pod() -> Value {
 
 /// The next request must be the one merge patch of the victim's deletion cost.
 async fn expect_victim_patch(server: &mut ApiServer) -> SendResponse<Response<Body>> {
-    let (request, respond) = expect(server, Method::PATCH, VICTIM, &[("fieldManager", "rtc-load-balancer")]).await;
+    expect_cost_patch(server, VICTIM, json!("-2147483648")).await
+}
+
+/// A merge patch of the pod at `path` setting its deletion cost to `cost`
+/// (`null`: removing it).
+async fn expect_cost_patch(server: &mut ApiServer, path: &str, cost: Value) -> SendResponse<Response<Body>> {
+    let (request, respond) = expect(server, Method::PATCH, path, &[("fieldManager", "rtc-load-balancer")]).await;
     assert_eq!(request.headers()["content-type"], "application/merge-patch+json");
     let body = request.into_body().collect_bytes().await.unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body, json!({"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"-2147483648"}}}));
+    assert_eq!(body, json!({"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":cost}}}));
     respond
 }
 
@@ -329,4 +335,51 @@ async fn other_failures_surface_as_api_errors() {
         Err(ActuateError::Api(kube::Error::Api(status))) => assert_eq!(status.code, 500),
         other => panic!("expected Api, got {other:?}"),
     }
+}
+
+/// A leader paused past its lease (SIGSTOP) and resumed still runs one tick
+/// before it learns it was deposed: its patches never reach the API server.
+/// The current leader clears the mark of a victim that serves again, then
+/// marks the new one.
+#[tokio::test]
+async fn a_deposed_leader_patches_nothing_and_a_returning_victim_is_unmarked() {
+    use redis::AsyncCommands;
+    use rtc_load_balancer::decide::{Actuation, patch_fenced};
+    use rtc_load_balancer::election::{ElectionError, LeaseStore};
+    let url = std::env::var("RTC_TEST_REDIS_URL").expect("run through scripts/test");
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys = rtc_core::Keys::new(format!("act{}:", std::process::id()));
+    let store = LeaseStore::new(&keys, std::time::Duration::from_secs(10));
+    let deposed = store.try_acquire(&mut conn, "lb-a", 1).await.unwrap().unwrap();
+    let _: () = conn.del(keys.leader()).await.unwrap();
+    let leader = store.try_acquire(&mut conn, "lb-b", 1).await.unwrap().unwrap();
+
+    let (actuator, mut server) = fake();
+    let actuation = Actuation { kind: WorkloadKind::Deployment, kube: Some(Box::new(actuator)) };
+    let metrics = rtc_load_balancer::metrics::Metrics::new();
+    let victims = ["socket-abc".to_owned()];
+    let returning = ["socket-old".to_owned()];
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        patch_fenced((&store, &mut conn, &deposed), &actuation, &victims, &returning, &metrics),
+    )
+    .await
+    .expect("refused without waiting on the API server");
+    assert!(matches!(refused, Err(ElectionError::Fenced)), "{refused:?}");
+
+    // The leader's patches: the first request the API server sees.
+    let call = patch_fenced((&store, &mut conn, &leader), &actuation, &victims, &returning, &metrics);
+    let patched = exchange(&mut server, call, async |server| {
+        let old = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "socket-old", "namespace": "rtc", "uid": "p-0", "resourceVersion": "9"}});
+        expect_cost_patch(server, "/api/v1/namespaces/rtc/pods/socket-old", Value::Null)
+            .await
+            .send_response(object(old));
+        expect_victim_patch(server).await.send_response(object(victim_pod()));
+    })
+    .await
+    .unwrap();
+    assert!(patched.mark_error.is_none() && patched.unmark_failed.is_empty(), "{patched:?}");
+    let Actuation { kube: Some(actuator), .. } = actuation else { unreachable!() };
+    expect_no_more(*actuator, server).await;
 }

@@ -195,3 +195,40 @@ async fn heartbeats_that_cannot_be_read_are_not_taken_for_dead_nodes() {
     steady.assert_unchanged("once reads work again").await;
     steady.stop().await;
 }
+
+/// A Redis with ACLs: the default user off, rtc's user limited to rtc's
+/// work (no admin or dangerous commands). With its credentials the load
+/// balancer leads and publishes; without them it reaches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_is_all_rtc_needs_and_nobody_else_gets_in() {
+    let acl =
+        ["--user", "default", "off", "--user", "rtc", "on", ">s3cret", "~*", "&*", "+@all", "-@admin", "-@dangerous"];
+    let redis = RedisServer::start_with(&acl).await.unwrap();
+    let prefix = prefix();
+    let keys = Keys::new(&prefix);
+    let authed = redis.url().replace("redis://", "redis://rtc:s3cret@");
+    let stop = CancellationToken::new();
+    FakeNodes { url: authed.clone(), prefix: prefix.clone(), ..Default::default() }.start(&["n0"], stop.clone());
+    let outsider = lb_on(&redis.url(), &prefix, "lb-x", &[]).await;
+    let login = ["--redis-username", "rtc", "--redis-password", "s3cret"];
+    let lb = lb_on(&redis.url(), &prefix, "lb-a", &login).await;
+    let client = redis::Client::open(authed).unwrap();
+    let mut conn = rtc_core::redis_io::connection_manager(&client, Duration::from_secs(1)).unwrap();
+    until("the assignment is published", Duration::from_secs(10), async || {
+        stored(&mut conn, &keys).await.is_some_and(|a| a.nodes.len() == 1)
+    })
+    .await;
+    assert!(lb.shared.role.borrow().lease().is_some(), "the logged-in replica leads");
+    assert!(outsider.shared.role.borrow().lease().is_none(), "the other reaches nothing");
+    assert!(outsider.shared.assignment().is_none());
+    // Nor can a client without the password read anything.
+    let anonymous = redis::Client::open(redis.url()).unwrap();
+    let refused = async {
+        let mut conn = anonymous.get_multiplexed_async_connection().await?;
+        redis::cmd("GET").arg(keys.assignment()).query_async::<Option<String>>(&mut conn).await
+    };
+    assert!(refused.await.is_err());
+    stop.cancel();
+    lb.shutdown().await;
+    outsider.shutdown().await;
+}

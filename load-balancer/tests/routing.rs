@@ -132,3 +132,33 @@ async fn each_client_is_rate_limited() {
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3, "{statuses:?}");
     lb.shutdown().await;
 }
+
+/// Behind an ingress every request comes from the ingress's address: with
+/// it trusted, each client (its `X-Forwarded-For`) has its own bucket; a
+/// header from an untrusted peer is ignored, so forging it gains nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_rate_limit_is_per_client_behind_a_trusted_proxy() {
+    let prefix = prefix();
+    let stop = CancellationToken::new();
+    beat(&prefix, &["socket-0"], stop.clone());
+    let limited = ["--rate-limit", "1", "--rate-burst", "2"];
+    let behind_ingress = lb(&prefix, "lb-a", &[&limited[..], &["--trusted-proxies", "127.0.0.0/8"]].concat()).await;
+    let direct = lb(&prefix, "lb-b", &limited).await;
+    let status = async |lb: &rtc_load_balancer::service::LbHandle, client: &str| {
+        get(lb.addr, "/v1/route?user=u1", &[("x-forwarded-for", client)]).await.0
+    };
+    for (n, lb) in [&behind_ingress, &direct].into_iter().enumerate() {
+        let warm = format!("198.51.100.{n}");
+        until("it routes", Duration::from_secs(10), async || status(lb, &warm).await == 200).await;
+    }
+    let statuses = [status(&behind_ingress, "203.0.113.1").await, status(&behind_ingress, "203.0.113.1").await];
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(status(&behind_ingress, "203.0.113.1").await, 429, "that client's burst is spent");
+    assert_eq!(status(&behind_ingress, "203.0.113.2").await, 200, "another client has its own bucket");
+    // Not trusted: every request is the peer's, whatever it claims.
+    let forged: Vec<u16> = [status(&direct, "203.0.113.3").await, status(&direct, "203.0.113.4").await].into();
+    assert!(forged.contains(&429), "{forged:?}");
+    stop.cancel();
+    behind_ingress.shutdown().await;
+    direct.shutdown().await;
+}

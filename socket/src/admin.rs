@@ -1,4 +1,9 @@
 //! The admin port: metrics, probes, and drain control.
+//!
+//! `POST /drain` changes what the node does, so it takes a bearer token
+//! (`RTC_ADMIN_TOKEN`) and nothing else: no GET (a web page could make a
+//! browser send one), and without a configured token it is refused. The
+//! orchestrator does not need it: SIGTERM drains too.
 
 use std::sync::Arc;
 
@@ -22,6 +27,23 @@ pub struct AdminContext {
     pub lifecycle: Arc<Lifecycle>,
     pub hub: Arc<Hub>,
     pub ownership: Arc<Ownership>,
+    /// SHA-256 of the bearer token `/drain` takes; `None`: refused.
+    pub admin_token_digest: Option<[u8; 32]>,
+}
+
+impl AdminContext {
+    pub fn token_digest(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// Whether `authorization` carries the admin token. Digests are
+    /// compared, so the time taken says nothing about the token.
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let Some(expected) = &self.admin_token_digest else { return false };
+        let token = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or_default();
+        Self::token_digest(token) == *expected
+    }
 }
 
 /// 503 once a critical task has ended early (the process exits then too).
@@ -35,7 +57,7 @@ pub fn router(node: Arc<AdminContext>) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/drain", get(drain).post(drain))
+        .route("/drain", axum::routing::post(drain))
         .route("/drain/status", get(drain_status))
         .with_state(node)
 }
@@ -51,9 +73,20 @@ async fn readyz(State(node): State<Arc<AdminContext>>) -> Response {
     (status, axum::Json(json!({"state": state.as_str()}))).into_response()
 }
 
-/// Starts draining; idempotent (a Kubernetes `preStop` `httpGet` may call it
-/// more than once).
-async fn drain(State(node): State<Arc<AdminContext>>) -> Response {
+/// Starts draining; idempotent. 401 without the admin token, 403 when no
+/// token is configured (both counted).
+async fn drain(State(node): State<Arc<AdminContext>>, headers: axum::http::HeaderMap) -> Response {
+    if node.admin_token_digest.is_none() {
+        node.metrics.count("rtc_socket_admin_refused_total", "reason", "no_token_configured");
+        let message = "drain over HTTP is off: set RTC_ADMIN_TOKEN (SIGTERM drains too)";
+        return (StatusCode::FORBIDDEN, axum::Json(json!({"error": message}))).into_response();
+    }
+    let authorization = headers.get("authorization").and_then(|h| h.to_str().ok());
+    if !node.authorized(authorization) {
+        node.metrics.count("rtc_socket_admin_refused_total", "reason", "bad_token");
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "missing or wrong bearer token"})))
+            .into_response();
+    }
     let started = node.lifecycle.begin_drain();
     (StatusCode::ACCEPTED, axum::Json(status_body(&node, Some(started)))).into_response()
 }

@@ -13,7 +13,7 @@ pub struct Config {
     /// WebSocket listen address (`GET /ws?token=…`).
     #[arg(long, env = "RTC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Admin listen address: `/metrics`, `/livez`, `/readyz`, `/drain`.
+    /// Admin listen address: `/metrics`, `/livez`, `/readyz`, `POST /drain`.
     #[arg(long, env = "RTC_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: String,
     /// This node's id (the pod name on Kubernetes).
@@ -25,6 +25,10 @@ pub struct Config {
     /// Sessions this node is sized for; more are refused.
     #[arg(long, env = "RTC_CAPACITY", default_value_t = 20_000)]
     pub capacity: u64,
+    /// Bearer token `POST /drain` on the admin port takes. Unset: draining
+    /// over HTTP is off (SIGTERM drains).
+    #[arg(long, env = "RTC_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Shared secret of the connect tokens (the load balancer signs them).
     #[arg(long, env = "RTC_TOKEN_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
     pub token_secret: String,

@@ -120,6 +120,7 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_socket_invalid_peer_heartbeats_total", "Other nodes' heartbeats ignored, by reason"),
     ("rtc_socket_heartbeats_total", "Heartbeats written to Redis, by outcome"),
     ("rtc_socket_redis_up", "1 when the last Redis write succeeded"),
+    ("rtc_socket_admin_refused_total", "Admin requests refused, by reason (no token configured, bad token)"),
     ("rtc_socket_fenced", "1 while this node's lease has run out and it serves no partition"),
     ("rtc_socket_fences_total", "Times this node fenced itself: no heartbeat written for the lease time"),
 ];

@@ -121,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         },
     );
 
-    let redis = redis::Client::open(config.redis.redis_url.as_str())?;
+    let redis = config.redis.client()?;
     let keys = config.redis.keys();
     let interval = config.liveness.heartbeat_interval();
     let lease = Arc::new(NodeLease::new(config.liveness.node_lease()));
@@ -204,6 +204,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         lifecycle: lifecycle.clone(),
         hub: hub.clone(),
         ownership: ownership.clone(),
+        // An empty token would let an empty bearer in: none.
+        admin_token_digest: config.admin_token.as_deref().filter(|t| !t.is_empty()).map(AdminContext::token_digest),
     }));
 
     let (commands_tx, commands_rx) = mpsc::channel(1024);

@@ -5,6 +5,9 @@
 use clap::Parser;
 use rtc_core::flags::Flags;
 
+/// The admin token test nodes take on `POST /drain`.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
 use crate::config::Config;
 use crate::server::{NodeHandle, start};
 
@@ -29,6 +32,7 @@ impl TestNode {
             // Fence and reassign after 1.4 s / 1.6 s: quick, yet far from
             // what a loaded test machine delays a heartbeat by.
             ("--dead-after-ms", "1500"),
+            ("--admin-token", TEST_ADMIN_TOKEN),
             ("--assignment-poll-ms", "200"),
             ("--commit-interval-ms", "100"),
             ("--peer-ack-timeout-ms", "3000"),

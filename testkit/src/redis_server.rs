@@ -13,14 +13,22 @@ use tokio::process::{Child, Command};
 /// A `redis-server` on a free loopback port, killed when dropped.
 pub struct RedisServer {
     port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts one and waits until it answers `PING`.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one with extra `redis-server` arguments (e.g. ACL users:
+    /// `--user rtc on >secret ~* &* +@all --user default off`). With the
+    /// default user off, readiness is when it answers at all.
+    pub async fn start_with(extra: &[&str]) -> std::io::Result<Self> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-        let mut server = Self { port, child: None };
+        let mut server = Self { port, extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
         server.spawn().await?;
         Ok(server)
     }
@@ -51,6 +59,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
             .args(["--enable-debug-command", "local"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -71,7 +80,8 @@ async fn ping(addr: SocketAddr) -> bool {
     if stream.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
-    let mut reply = [0u8; 7];
+    // `+PONG`, or `-NOAUTH …` when the default user is off: either way up.
+    let mut reply = [0u8; 1];
     matches!(tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut reply)).await, Ok(Ok(_)))
-        && &reply == b"+PONG\r\n"
+        && (reply[0] == b'+' || reply[0] == b'-')
 }

@@ -64,6 +64,10 @@ pub struct Outcome {
     /// Pods to make the cheapest to delete before `decision` is published
     /// (Deployment scale-in only).
     pub mark: Vec<String>,
+    /// Marked pods that serve again (their removal was given up, or never
+    /// came): their mark must go, or Kubernetes would delete them first on
+    /// the next scale-in, drained or not.
+    pub unmark: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +90,9 @@ pub struct Engine {
     drain: Option<Drain>,
     /// Removed nodes still alive, and since when.
     retiring: BTreeMap<String, u64>,
+    /// Pods marked cheapest to delete (Deployment), until they are gone or
+    /// their mark is cleared.
+    marked: BTreeSet<String>,
 }
 
 impl Engine {
@@ -99,6 +106,7 @@ impl Engine {
             calm_since_ms: None,
             drain: None,
             retiring: BTreeMap::new(),
+            marked: BTreeSet::new(),
         }
     }
 
@@ -114,6 +122,11 @@ impl Engine {
         self.desired = Some(last.desired_replicas);
         if last.action == Action::ScaleIn {
             self.retiring.extend(draining.into_iter().map(|id| (id, last.decided_at_ms)));
+            if self.kind == WorkloadKind::Deployment {
+                // The previous leader marked them: if they come back, their
+                // marks must be cleared by this one.
+                self.marked.extend(self.retiring.keys().cloned());
+            }
         }
         if last.action == Action::ScaleOut {
             self.scale_outs.push_back((last.decided_at_ms, last.urgency));
@@ -121,8 +134,14 @@ impl Engine {
         }
     }
 
+    /// Clearing these marks failed: try again on the next decision.
+    pub fn unmark_failed(&mut self, pods: impl IntoIterator<Item = String>) {
+        self.marked.extend(pods);
+    }
+
     /// A Deployment victim could not be marked (the API refused): give the
-    /// drain up so the wrong pod is never removed; the victims serve again.
+    /// drain up so the wrong pod is never removed; the victims serve again
+    /// (and the next decision unmarks any that were marked).
     pub fn abandon_scale_in(&mut self, now_ms: u64) {
         if let Some(prev) = self.desired {
             self.desired = Some(prev + self.retiring.len() as u32);
@@ -164,6 +183,14 @@ impl Engine {
         out.decision.decided_at_ms = now_ms;
         out.inputs = inputs;
         out.excluded = self.excluded();
+        // Marked pods that are gone need nothing; those alive and no longer
+        // on their way out serve again: unmark them.
+        self.marked.retain(|id| fleet.is_alive(id, now_ms));
+        out.unmark = self.marked.iter().filter(|id| !self.retiring.contains_key(*id)).cloned().collect();
+        for id in &out.unmark {
+            self.marked.remove(id);
+        }
+        self.marked.extend(out.mark.iter().cloned());
         self.desired = Some(out.decision.desired_replicas);
         out
     }
@@ -527,6 +554,7 @@ fn decision(
         inputs: inputs(&FleetSignals::default(), 0),
         excluded: BTreeSet::new(),
         mark: Vec::new(),
+        unmark: Vec::new(),
     }
 }
 
@@ -794,10 +822,37 @@ mod tests {
         let started = calm_until_drain(&mut bench, &four(LOW));
         let out = bench.tick(started + 2_000, &four([130, 0, 150, 140]));
         assert_eq!(out.decision.desired_replicas, 3);
+        assert_eq!(out.mark, ["n1"]);
         bench.engine.abandon_scale_in(started + 2_000);
         assert!(bench.engine.excluded().is_empty());
         let out = bench.tick(started + 4_000, &four([130, 0, 150, 140]));
         assert_eq!(summary(&out), (Action::Hold, Urgency::None, "scale_in_window", 4));
+        assert_eq!(out.unmark, ["n1"], "the victim serves again: its mark goes");
+        let out = bench.tick(started + 6_000, &four([130, 0, 150, 140]));
+        assert!(out.unmark.is_empty(), "once");
+        // A clear that failed is tried again next time.
+        bench.engine.unmark_failed(["n1".to_owned()]);
+        assert_eq!(bench.tick(started + 8_000, &four([130, 0, 150, 140])).unmark, ["n1"]);
+    }
+
+    #[test]
+    fn a_victim_that_was_never_removed_is_unmarked_when_it_serves_again() {
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        let out = bench.tick(started + 2_000, &four([130, 0, 150, 140]));
+        assert_eq!((out.decision.action, out.mark.clone()), (Action::ScaleIn, vec!["n1".to_owned()]));
+        // Kubernetes never removed it: past the retire timeout it serves
+        // again (a new drain may pick it, and mark it when it is removed).
+        let later = started + 2_000 + bench.engine.config().retire_timeout_ms;
+        let out = bench.tick(later, &four([130, 0, 150, 140]));
+        assert_eq!(out.unmark, ["n1"]);
+        // A victim that stopped needs nothing.
+        let mut bench = Bench::deployment();
+        let started = calm_until_drain(&mut bench, &four(LOW));
+        bench.tick(started + 2_000, &four([130, 0, 150, 140]));
+        let three = [("n0", 130), ("n2", 150), ("n3", 140)];
+        let out = bench.tick(started + 2_000 + bench.engine.config().retire_timeout_ms, &three);
+        assert!(out.unmark.is_empty());
     }
 
     #[test]

@@ -17,12 +17,26 @@ async fn drain_empties_the_node_within_its_window() {
         clients.push(Client::join(&node, &world.token(&format!("u{i}"), &node, 1)).await);
     }
 
+    // Changing what the node does takes the admin token, and a POST.
+    assert_eq!(http(node.admin_addr, "POST", "/drain").await.0, 401);
+    assert_eq!(http_with(node.admin_addr, "POST", "/drain", &[("authorization", "Bearer guess")]).await.0, 401);
+    let bearer = format!("Bearer {}", rtc_socket::testing::TEST_ADMIN_TOKEN);
+    assert_eq!(http_with(node.admin_addr, "GET", "/drain", &[("authorization", &bearer)]).await.0, 405);
+    assert_eq!(admin_get(&node, "/readyz").await.0, 200, "nothing refused started a drain");
+    assert_eq!(metric(&node, r#"rtc_socket_admin_refused_total{reason="bad_token"}"#).await, 2.0);
+    // Without a token configured (an empty one counts as none), it is off.
+    let closed = world.node("socket-closed", &["--admin-token", ""]).await;
+    let (status, body) = http_with(closed.admin_addr, "POST", "/drain", &[("authorization", "Bearer ")]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("RTC_ADMIN_TOKEN"), "{body}");
+    closed.shutdown().await;
+
     let started = std::time::Instant::now();
-    let (status, body) = http(node.admin_addr, "POST", "/drain").await;
+    let (status, body) = http_with(node.admin_addr, "POST", "/drain", &[("authorization", &bearer)]).await;
     assert_eq!(status, 202);
     assert!(body.contains("\"started_now\":true"), "{body}");
-    // Idempotent, and GET works too (Kubernetes preStop httpGet).
-    let (status, body) = admin_get(&node, "/drain").await;
+    // Idempotent.
+    let (status, body) = http_with(node.admin_addr, "POST", "/drain", &[("authorization", &bearer)]).await;
     assert_eq!(status, 202);
     assert!(body.contains("\"started_now\":false"), "{body}");
     assert_eq!(admin_get(&node, "/readyz").await.0, 503);

@@ -197,9 +197,21 @@ pub async fn admin_get(node: &NodeHandle, path: &str) -> (u16, String) {
 
 /// A minimal HTTP/1.1 request (the tests need nothing more).
 pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, &[]).await
+}
+
+/// [`http`] with extra request headers.
+pub async fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
