@@ -13,6 +13,7 @@
 //!
 //! Every tool is bounded in count and time, and prints its figures as one
 //! JSON line on stdout (progress goes to stderr).
+#![allow(clippy::disallowed_types)] // measures real processes and networks: std's wall-clock Instant on purpose
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@
 //! after the run and reports the Redis calls per request; with
 //! `--seed-desired` it keeps a fresh decision in Redis during the run (for
 //! benchmarking without a load balancer).
+#![allow(clippy::disallowed_types)] // measures real processes and networks: std's wall-clock Instant on purpose
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! 160-point hash ring and jump consistent hash, computed in one run.
 
 use std::hint::black_box;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use clap::Args;
 use rtc_core::{NodeState, partition_for_key};

@@ -10,6 +10,7 @@
 //!   reconnect); [`fleet`]: users following the profile;
 //! - [`producer`]: the paced Kafka producer;
 //! - [`report`]: the per-second timeline and the final report.
+#![allow(clippy::disallowed_types)] // measures real processes and networks: std's wall-clock Instant on purpose
 
 pub mod config;
 pub mod fleet;

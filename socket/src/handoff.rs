@@ -24,7 +24,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rtc_core::protocol::CloseReason;
 use rtc_core::{Assignment, NodeState};

@@ -5,7 +5,9 @@
 //! tries again (the connection manager reconnects with backoff).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use redis::aio::ConnectionManager;
 use rtc_core::{Document, Heartbeat};

@@ -309,7 +309,7 @@ pub fn delivery_of<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>) -> Option<(
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok());
     let frame = render_message(MessageId::new(partition, offset), from, &body, ts_ms);
-    Some((user, Delivery { partition, offset, ts_ms, frame: frame.into(), buffered_at: std::time::Instant::now() }))
+    Some((user, Delivery { partition, offset, ts_ms, frame: frame.into(), buffered_at: tokio::time::Instant::now() }))
 }
 
 /// Where gained partitions start live consumption: the offset each one's

@@ -12,7 +12,9 @@
 use std::fs;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Files a cgroup must expose for its figures to be used. The root cgroup and
 /// cgroups without the cpu or memory controller lack some; no limit of ours

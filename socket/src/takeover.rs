@@ -15,7 +15,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How long after a takeover a welcome still counts as the user's
 /// reconnect (later ones are new visits, not the hand-off).

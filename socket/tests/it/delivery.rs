@@ -145,7 +145,7 @@ async fn resume_with_the_budget_spent(
         offset: 0,
         ts_ms: 0,
         frame: "x".repeat(BUDGET - node.hub.held_bytes() - 10).into(),
-        buffered_at: std::time::Instant::now(),
+        buffered_at: tokio::time::Instant::now(),
     });
     let held = node.hub.budget().hold(&filler).expect("fits");
     let token = world.token("erin", &node, 1);

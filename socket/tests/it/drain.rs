@@ -31,7 +31,7 @@ async fn drain_empties_the_node_within_its_window() {
     assert!(body.contains("RTC_ADMIN_TOKEN"), "{body}");
     closed.shutdown().await;
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (status, body) = http_with(node.admin_addr, "POST", "/drain", &[("authorization", &bearer)]).await;
     assert_eq!(status, 202);
     assert!(body.contains("\"started_now\":true"), "{body}");

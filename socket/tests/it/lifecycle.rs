@@ -47,7 +47,7 @@ async fn sigterm_with_kafka_gone_still_exits_in_time() {
 
     world.stop_kafka();
     signal(&child, "TERM");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     let took = started.elapsed();
     assert!(status.is_ok(), "still running {took:?} after SIGTERM with Kafka gone");
