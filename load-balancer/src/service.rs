@@ -52,12 +52,25 @@ impl Shared {
         self.assignment.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn serve_assignment(&self, a: Assignment) {
+    /// Serves `a` if it is newer than the assignment served now.
+    fn serve_assignment(&self, a: Arc<Assignment>) {
+        self.replace_assignment(a, |new, served| new > served);
+    }
+
+    /// Serves what Redis holds, even at the served epoch: the fenced write
+    /// refused ours, so the stored document is the one nodes apply (a
+    /// previous leader's at the same epoch, say). Without this the leader
+    /// would re-send its own document every tick.
+    fn adopt_stored_assignment(&self, a: Arc<Assignment>) {
+        self.replace_assignment(a, |new, served| new >= served);
+    }
+
+    fn replace_assignment(&self, a: Arc<Assignment>, replaces: impl Fn(u64, u64) -> bool) {
         self.highest_epoch_seen.fetch_max(a.leader_epoch, Ordering::Relaxed);
         let mut current = self.assignment.write().unwrap_or_else(|p| p.into_inner());
-        if current.as_ref().is_none_or(|c| a.epoch > c.epoch) {
+        if current.as_ref().is_none_or(|c| replaces(a.epoch, c.epoch)) {
             self.metrics.assignment_epoch.set(a.epoch as f64);
-            *current = Some(Arc::new(a));
+            *current = Some(a);
         }
     }
 }
@@ -264,7 +277,7 @@ async fn coordinate(
                     shared.metrics.leader_epoch.set(lease.epoch as f64);
                     shared.metrics.leader_changes.increment(1);
                     if let Ok(Some(a)) = load(&mut conn, &shared.keys).await {
-                        shared.serve_assignment(a);
+                        shared.serve_assignment(Arc::new(a));
                     }
                     let mut fresh = Engine::new(args.scale.clone(), actuation.kind);
                     if let Ok(Some(last)) = load_document(&mut conn, &shared.keys.scale_decision()).await {
@@ -308,7 +321,7 @@ async fn coordinate(
                     engine = None;
                 }
                 match load(&mut conn, &shared.keys).await {
-                    Ok(Some(a)) => shared.serve_assignment(a),
+                    Ok(Some(a)) => shared.serve_assignment(Arc::new(a)),
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "assignment load failed"),
                 }
@@ -394,17 +407,17 @@ async fn publish_assignment(
                 );
                 shared.metrics.assignment_repaired(AssignmentRepair::Rewritten);
             }
-            shared.serve_assignment(Arc::unwrap_or_clone(document));
+            shared.serve_assignment(document);
         }
-        Ok(ForwardWrite::Unchanged) => shared.serve_assignment(Arc::unwrap_or_clone(document)),
+        Ok(ForwardWrite::Unchanged) => shared.serve_assignment(document),
         Ok(ForwardWrite::Stale) => {
-            // A document with this epoch or a newer one is stored (a write
-            // that timed out but landed, or a previous leader's): serve it,
-            // and the next step goes on from its epoch.
-            tracing::warn!(epoch = document.epoch, "a newer assignment is stored: continuing from it");
+            // A different document with this epoch or a newer one is stored
+            // (a write that timed out but landed, or a previous leader's):
+            // serve it, and the next step goes on from its epoch.
+            tracing::warn!(epoch = document.epoch, "another assignment is stored at this epoch or later: continuing from it");
             shared.metrics.assignment_repaired(AssignmentRepair::Adopted);
             match load(conn, &shared.keys).await {
-                Ok(Some(stored)) => shared.serve_assignment(stored),
+                Ok(Some(stored)) => shared.adopt_stored_assignment(Arc::new(stored)),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "assignment load failed"),
             }

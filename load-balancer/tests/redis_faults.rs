@@ -82,12 +82,17 @@ async fn after_redis_loses_its_data_the_assignment_is_back_with_a_newer_epoch() 
     b.shutdown().await;
 }
 
-/// `rtc_lb_partitions_moved_total` of a load balancer.
-async fn partitions_moved(lb: &rtc_load_balancer::service::LbHandle) -> f64 {
+/// The value of the sample `series` (name and labels) of a load balancer.
+async fn metric(lb: &rtc_load_balancer::service::LbHandle, series: &str) -> f64 {
     let (_, text) = get_text(lb.admin_addr, "/metrics", &[]).await;
     text.lines()
-        .find_map(|l| l.strip_prefix("rtc_lb_partitions_moved_total ").map(|v| v.trim().parse().unwrap()))
-        .unwrap()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0.0)
+}
+
+/// `rtc_lb_partitions_moved_total` of a load balancer.
+async fn partitions_moved(lb: &rtc_load_balancer::service::LbHandle) -> f64 {
+    metric(lb, "rtc_lb_partitions_moved_total").await
 }
 
 /// Three fake nodes and a leader (with `extra` flags) on a Redis of the
@@ -134,6 +139,26 @@ impl Steady {
         self.stop.cancel();
         self.lb.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_document_stored_at_the_served_epoch_is_adopted_once() {
+    let mut steady = Steady::start(&[]).await;
+    // Another document at the same epoch lands (a previous leader's write
+    // that was late, say): nodes may have applied it, so the leader keeps
+    // it rather than fight it every tick.
+    let mut other = steady.assignment.clone();
+    other.owners.rotate_left(1);
+    let json = rtc_core::Document::to_json(&other);
+    let _: () = redis::cmd("SET").arg(steady.keys.assignment()).arg(json).query_async(&mut steady.conn).await.unwrap();
+    let adopted = r#"rtc_lb_assignment_repairs_total{outcome="adopted"}"#;
+    until("the leader adopts it", Duration::from_secs(3), async || metric(&steady.lb, adopted).await >= 1.0).await;
+    // Ticks are 100 ms apart in tests: ten more would each adopt again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metric(&steady.lb, adopted).await, 1.0, "adopted once, not every tick");
+    assert_eq!(steady.lb.shared.assignment().as_deref(), Some(&other), "the leader serves the stored document");
+    assert_eq!(stored(&mut steady.conn, &steady.keys).await.as_ref(), Some(&other), "left in place");
+    steady.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

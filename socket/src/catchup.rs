@@ -586,7 +586,7 @@ mod tests {
             let user = if o % 2 == 0 { "a" } else { "b" };
             let delivery = || {
                 let frame = o.to_string().into();
-                Some(Delivery { partition: 0, offset: o, ts_ms: 0, frame, buffered_at: tokio::time::Instant::now() })
+                Some(Delivery { partition: 0, offset: o, ts_ms: 0, frame, buffered_at: Instant::now() })
             };
             task.on_record(0, o, Some(user), delivery);
         }

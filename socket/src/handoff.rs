@@ -33,7 +33,7 @@ use rtc_core::{Assignment, NodeState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{CloseCmd, Hub, Pacing};
+use crate::hub::{Hub, Pacing};
 use crate::kafka::{Command, PartitionConsumer, commit_sync};
 use crate::lease::NodeLease;
 use crate::lifecycle::Lifecycle;
@@ -153,7 +153,7 @@ impl Reconciler {
                     if self.pending.as_ref().is_none_or(|p| a.epoch >= p.epoch) {
                         self.pending = Some(a);
                     }
-                    if !self.node.lease.is_valid(tokio::time::Instant::now()) {
+                    if !self.node.lease.is_valid(Instant::now()) {
                         continue;
                     }
                     self.unfence();
@@ -161,7 +161,7 @@ impl Reconciler {
                 Event::Assignment(a) if a.epoch > self.epoch => self.apply(a),
                 Event::Assignment(_) => continue,
                 Event::LeaseExpired => {
-                    if self.fenced || self.node.lease.is_valid(tokio::time::Instant::now()) {
+                    if self.fenced || self.node.lease.is_valid(Instant::now()) {
                         continue;
                     }
                     self.fence();
@@ -209,9 +209,7 @@ impl Reconciler {
             "no heartbeat written for the lease time: fenced, releasing every partition"
         );
         for p in partitions {
-            self.node.hub.stop_accepting(p);
-            self.state.insert(p, PartitionState::Releasing);
-            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p, Release::Fence));
+            self.release(p, Release::Fence);
         }
     }
 
@@ -238,11 +236,7 @@ impl Reconciler {
             .map(|(p, _)| *p)
             .collect();
         for p in lost {
-            // From here on no session of p registers: the release below sees
-            // every one that did.
-            self.node.hub.stop_accepting(p);
-            self.state.insert(p, PartitionState::Releasing);
-            tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), p, Release::HandOff));
+            self.release(p, Release::HandOff);
         }
         let gained: Vec<u32> = self.target.iter().filter(|p| !self.state.contains_key(p)).copied().collect();
         for p in &gained {
@@ -256,6 +250,14 @@ impl Reconciler {
         self.previous = Some(assignment);
         tracing::info!(epoch = self.epoch, owned = self.target.len(), "assignment applied");
         self.node.metrics.assignment_epoch.set(self.epoch as f64);
+    }
+
+    /// Starts letting `partition` go. From here on none of its sessions
+    /// registers, so the release task sees every one that did.
+    fn release(&mut self, partition: u32, why: Release) {
+        self.node.hub.stop_accepting(partition);
+        self.state.insert(partition, PartitionState::Releasing);
+        tokio::spawn(release(self.node.clone(), self.consumer.clone(), self.events.clone(), partition, why));
     }
 
     /// The previous assignment gave `partition` to another node: gaining
@@ -357,17 +359,11 @@ async fn release(
     tracing::debug!(partition, sessions = sessions.len(), ?why, "fetching stopped; disconnecting");
     match why {
         Release::HandOff => node.pacing.disconnect(sessions, reason).await,
-        Release::Fence => {
-            let retry = node.fenced_retry_after.as_millis() as u64;
-            for session in sessions {
-                let jitter = rand::random_range(0..=node.pacing.jitter_ms);
-                session.close(CloseCmd { reason, retry_after_ms: retry + jitter });
-            }
-        }
+        Release::Fence => node.pacing.disconnect_now(sessions, reason, node.fenced_retry_after),
     }
 
-    let deadline = tokio::time::Instant::now() + node.handoff_timeout;
-    while node.hub.connections_on(partition) > 0 && tokio::time::Instant::now() < deadline {
+    let deadline = Instant::now() + node.handoff_timeout;
+    while node.hub.connections_on(partition) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if node.hub.connections_on(partition) > 0 {

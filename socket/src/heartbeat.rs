@@ -94,7 +94,7 @@ pub async fn run(node: Arc<HeartbeatSource>, mut conn: ConnectionManager, key: S
         node.metrics.memory.set(hb.memory);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key).arg("MAXLEN").arg("~").arg(STREAM_MAXLEN).arg("*").arg("hb").arg(hb.to_json());
-        let sent_at = tokio::time::Instant::now();
+        let sent_at = Instant::now();
         let add = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(interval, add).await {
             Ok(Ok(_)) => {

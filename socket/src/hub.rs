@@ -538,6 +538,17 @@ impl Pacing {
             }
         }
     }
+
+    /// Closes `sessions` at once (a fenced node may not wait: another node
+    /// is about to own their partition), each told to retry after `retry`
+    /// plus the jitter, so they arrive once the partition has moved.
+    pub fn disconnect_now(&self, sessions: Vec<Arc<SessionControl>>, reason: CloseReason, retry: Duration) {
+        let retry = retry.as_millis() as u64;
+        for session in sessions {
+            let jitter = if self.jitter_ms == 0 { 0 } else { rand::random_range(0..=self.jitter_ms) };
+            session.close(CloseCmd { reason, retry_after_ms: retry + jitter });
+        }
+    }
 }
 
 /// A reserved place for one session; given back when dropped (after the
