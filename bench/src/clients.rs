@@ -365,6 +365,7 @@ async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
         partition,
         epoch: args.epoch,
         expires_at_ms: (crate::now_ms() + 600_000) as u64,
+        nonce: rand::random(),
     });
     let url = format!("ws://{}/ws?token={token}", args.ws);
     let (ws, _welcome) = rtc_client::open_session(&url, Some(args.from_ip)).await.map_err(|e| e.kind())?;

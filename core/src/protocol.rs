@@ -260,12 +260,14 @@ impl ClientFrame {
 
 crate::label_values! {
     /// Why a socket node refuses a connection before the upgrade: the
-    /// `error` of its JSON answer (`{"error","message","epoch"}`). Every one
-    /// but `bad_token` is answered by asking the load balancer again.
+    /// `error` of its JSON answer (`{"error","message","epoch"}`). The
+    /// client answers every one by asking the load balancer again (for a
+    /// new token, too).
     pub enum ConnectRefusal {
         Starting => "starting",
         Draining => "draining",
         BadToken => "bad_token",
+        TokenReused => "token_reused",
         WrongNode => "wrong_node",
         NotOwner => "not_owner",
         AtCapacity => "at_capacity",

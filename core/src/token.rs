@@ -32,6 +32,17 @@ pub struct ConnectClaims {
     /// Expiry, Unix milliseconds.
     #[serde(rename = "x")]
     pub expires_at_ms: u64,
+    /// Random, so that two tokens minted for the same user in the same
+    /// millisecond differ: a node admits each token once.
+    #[serde(rename = "i", default)]
+    pub nonce: u64,
+}
+
+/// What identifies a verified token among those a node has admitted: the
+/// first 16 characters (96 bits) of its MAC. `None` for a token without one.
+pub fn fingerprint(token: &str) -> Option<[u8; 16]> {
+    let (_, mac_b64) = token.rsplit_once('.')?;
+    mac_b64.as_bytes().get(..16)?.try_into().ok()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +130,14 @@ mod tests {
     use super::*;
 
     fn claims() -> ConnectClaims {
-        ConnectClaims { user: "u1".into(), node_id: "socket-0".into(), partition: 17, epoch: 42, expires_at_ms: 2_000 }
+        ConnectClaims {
+            user: "u1".into(),
+            node_id: "socket-0".into(),
+            partition: 17,
+            epoch: 42,
+            expires_at_ms: 2_000,
+            nonce: 7,
+        }
     }
 
     #[test]
@@ -157,12 +175,24 @@ mod tests {
             ConnectClaims { partition: 18, ..claims() },
             ConnectClaims { epoch: 43, ..claims() },
             ConnectClaims { expires_at_ms: 9_999, ..claims() },
+            ConnectClaims { nonce: 8, ..claims() },
         ];
         for forged in variants {
             let other = signer.sign(&forged);
             let forged_token = format!("{}.{mac}", other.rsplit_once('.').unwrap().0);
             assert_eq!(signer.verify(&forged_token, 0), Err(TokenError::BadSignature), "{forged:?}");
         }
+    }
+
+    #[test]
+    fn tokens_differing_only_in_nonce_have_different_fingerprints() {
+        let signer = TokenSigner::new(b"secret");
+        let a = signer.sign(&claims());
+        let b = signer.sign(&ConnectClaims { nonce: 8, ..claims() });
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_eq!(fingerprint("no-mac"), None);
+        assert_eq!(fingerprint("v1.abc.short"), None);
     }
 
     #[test]

@@ -50,8 +50,10 @@ pub struct ServeArgs {
     /// Shared secret of the connect tokens (the socket nodes verify them).
     #[arg(long, env = "RTC_TOKEN_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
     pub token_secret: String,
-    /// Lifetime of a connect token.
-    #[arg(long, env = "RTC_TOKEN_TTL_MS", default_value_t = 30_000)]
+    /// Lifetime of a connect token: clients connect right after the route
+    /// answer, and a node remembers each token it admitted until it expires
+    /// (a token opens one session). Short, so a leaked one is soon useless.
+    #[arg(long, env = "RTC_TOKEN_TTL_MS", default_value_t = 10_000)]
     pub token_ttl_ms: u64,
     /// Leader lease; renewed every third of it.
     #[arg(long, env = "RTC_LEASE_TTL_MS", default_value_t = 5_000)]

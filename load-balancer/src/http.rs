@@ -128,6 +128,7 @@ async fn route(
         partition,
         epoch: assignment.epoch,
         expires_at_ms: now + shared.args.token_ttl_ms,
+        nonce: rand::random(),
     });
     outcome(RouteOutcome::Ok);
     axum::Json(RouteAnswer {

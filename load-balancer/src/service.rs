@@ -414,7 +414,10 @@ async fn publish_assignment(
             // A different document with this epoch or a newer one is stored
             // (a write that timed out but landed, or a previous leader's):
             // serve it, and the next step goes on from its epoch.
-            tracing::warn!(epoch = document.epoch, "another assignment is stored at this epoch or later: continuing from it");
+            tracing::warn!(
+                epoch = document.epoch,
+                "another assignment is stored at this epoch or later: continuing from it"
+            );
             shared.metrics.assignment_repaired(AssignmentRepair::Adopted);
             match load(conn, &shared.keys).await {
                 Ok(Some(stored)) => shared.adopt_stored_assignment(Arc::new(stored)),

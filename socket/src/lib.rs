@@ -39,4 +39,5 @@ pub mod session;
 pub mod sysstat;
 pub mod takeover;
 pub mod testing;
+pub mod used_tokens;
 pub mod ws;

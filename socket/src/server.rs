@@ -195,6 +195,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         lifecycle: lifecycle.clone(),
         capacity: config.capacity,
         partitions: config.topic.partitions,
+        used_tokens: Default::default(),
     }));
     let shutdown = CancellationToken::new();
     let mut tasks = Supervisor::new(shutdown.clone());

@@ -16,6 +16,7 @@ use crate::hub::Seat;
 use crate::lifecycle::Lifecycle;
 use crate::ownership::Ownership;
 use crate::session::{self, Admitted, Resume, ResumeFrom, SessionContext};
+use crate::used_tokens::{TokenUse, UsedTokens};
 
 /// What admission checks, and what the sessions it admits get.
 pub struct WsContext {
@@ -25,6 +26,8 @@ pub struct WsContext {
     pub lifecycle: Arc<Lifecycle>,
     pub capacity: u64,
     pub partitions: u32,
+    /// Tokens admitted here, so none opens a second session.
+    pub used_tokens: UsedTokens,
 }
 
 /// How long a token naming a newer epoch waits for this node to catch up.
@@ -120,9 +123,10 @@ pub async fn admit(node: &WsContext, token: Option<&str>) -> Result<(Admitted, S
         }
     }
     let token = token.ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, Refused::BadToken, "no token".into()))?;
+    let now_ms = crate::kafka::now_ms() as u64;
     let claims = node
         .signer
-        .verify(token, crate::kafka::now_ms() as u64)
+        .verify(token, now_ms)
         .map_err(|e| refuse(StatusCode::UNAUTHORIZED, Refused::BadToken, e.to_string()))?;
     if claims.node_id != node.session.node_id {
         return Err(refuse(StatusCode::CONFLICT, Refused::WrongNode, format!("token is for node {}", claims.node_id)));
@@ -157,5 +161,20 @@ pub async fn admit(node: &WsContext, token: Option<&str>) -> Result<(Admitted, S
         message: "node is full".into(),
         epoch: view.epoch,
     })?;
+    // Last, so that only a token that opens a session is used up.
+    let fingerprint = rtc_core::token::fingerprint(token).unwrap_or_default();
+    match node.used_tokens.admit(fingerprint, claims.expires_at_ms, now_ms) {
+        TokenUse::First => {}
+        TokenUse::Reused => {
+            return Err(refuse(StatusCode::UNAUTHORIZED, Refused::TokenReused, "token was used before".into()));
+        }
+        TokenUse::Full => {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Refused::AtCapacity,
+                "too many recent connects".into(),
+            ));
+        }
+    }
     Ok((Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch, resume: None }, seat))
 }

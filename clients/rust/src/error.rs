@@ -79,7 +79,7 @@ pub enum ConnectError {
     #[error("unreachable: {0}")]
     Unreachable(String),
     /// The node answered the upgrade with an error (`ConnectRefusal`:
-    /// `starting`, `draining`, `bad_token`, `wrong_node`, `not_owner`,
+    /// `starting`, `draining`, `bad_token`, `token_reused`, `wrong_node`, `not_owner`,
     /// `at_capacity`…): the client asks the load balancer again.
     #[error("refused ({status}): {error}: {message}")]
     Refused { status: u16, error: String, message: String },

@@ -94,6 +94,7 @@ async fn route_server(table: Arc<Mutex<Table>>) -> String {
             partition,
             epoch: table.epoch,
             expires_at_ms: rtc_socket::kafka::now_ms() as u64 + 60_000,
+            nonce: rand::random(),
         });
         axum::Json(RouteAnswer { user, partition, node_id, url: format!("ws://{addr}/ws"), epoch: table.epoch, token })
     }

@@ -1,6 +1,8 @@
 //! Who gets a session: the token must verify, name this node, and name a
 //! partition served here at the current epoch.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::support::*;
@@ -30,6 +32,7 @@ async fn tokens_are_checked_before_the_upgrade() {
         partition: p,
         epoch: 2,
         expires_at_ms: 1,
+        nonce: 0,
     });
     let foreign = rtc_core::TokenSigner::new(b"other").sign(&rtc_core::ConnectClaims {
         user: user.clone(),
@@ -37,6 +40,7 @@ async fn tokens_are_checked_before_the_upgrade() {
         partition: p,
         epoch: 2,
         expires_at_ms: u64::MAX,
+        nonce: 0,
     });
     let cases = [
         ("garbage".to_owned(), 401, "bad_token"),
@@ -64,6 +68,28 @@ async fn tokens_are_checked_before_the_upgrade() {
         json!({"type":"welcome","node_id":"socket-a","user":user,"partition":p,"epoch":2,"live_from":live_from})
     );
     assert_eq!(metric(&node, "rtc_socket_connections").await, 1.0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_opens_one_session_only() {
+    let mut world = World::new(4).await;
+    let node = world.serving_node("socket-a", &[]).await;
+    let token = world.token("u1", &node, 1);
+    let first = Client::join(&node, &token).await;
+    // While the session lives, and after it ended, the same URL is refused.
+    let (status, body) = Client::connect(&node, &token).await.err().expect("refused while live");
+    assert_eq!((status, body["error"].as_str().unwrap()), (401, "token_reused"), "{body}");
+    drop(first);
+    eventually("the session ended", Duration::from_secs(5), async || {
+        metric(&node, "rtc_socket_connections").await == 0.0
+    })
+    .await;
+    let (status, body) = Client::connect(&node, &token).await.err().expect("refused after the session");
+    assert_eq!((status, body["error"].as_str().unwrap()), (401, "token_reused"), "{body}");
+    assert_eq!(metric(&node, r#"rtc_socket_refused_total{reason="token_reused"}"#).await, 2.0);
+    // A fresh token for the same user is welcome.
+    Client::join(&node, &world.token("u1", &node, 1)).await;
     node.shutdown().await;
 }
 

@@ -235,13 +235,13 @@ async fn resumes_that_cannot_recover_say_why_and_go_live() {
     let mut world = World::new(4).await;
     let node = world.serving_node("socket-a", &["--resume-max-records", "3", "--resume-buffer", "1"]).await;
     let ids = away_for(&world, &node, "gina", 1, 5).await;
-    let token = world.token("gina", &node, 1);
     let other = (rtc_core::partition_for_key(b"gina", 4) + 1) % 4;
     for (last_id, reason) in [
         (ids[0].clone(), "too_far_behind"),
         (format!("{other}:0"), "wrong_partition"),
         ("nonsense".to_owned(), "bad_id"),
     ] {
+        let token = world.token("gina", &node, 1);
         let (mut client, replayed, resumed) = Client::resume(&node, &token, &last_id).await;
         assert!(replayed.is_empty(), "{reason}");
         assert_eq!(resumed, json!({"type":"resumed","last_id":last_id,"recovered":false,"replayed":0,"reason":reason}));

@@ -160,6 +160,7 @@ pub fn token_for(user: &str, node_id: &str, partition: u32, epoch: u64) -> Strin
         partition,
         epoch,
         expires_at_ms: rtc_socket::kafka::now_ms() as u64 + 60_000,
+        nonce: rand::random(),
     })
 }
 
