@@ -35,6 +35,28 @@ impl Rpc {
     }
 }
 
+/// `code` label values of `rtc_scaler_grpc_errors_total`: the gRPC status
+/// codes, indexed by their number.
+const GRPC_CODES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
 /// `outcome` label values: `ok` or why the answer was UNAVAILABLE.
 pub const OUTCOMES: [&str; 6] = ["ok", "not_loaded", "redis_unreachable", "missing", "malformed", "stale"];
 
@@ -64,6 +86,10 @@ const HELP: &[(&str, &str)] = &[
     ("rtc_scaler_redis_up", "1 when the last read of the decision reached Redis"),
     ("rtc_scaler_redis_reads_total", "Reads of the decision key, by outcome"),
     ("rtc_scaler_streams_open", "Open StreamIsActive streams"),
+    (
+        "rtc_scaler_grpc_errors_total",
+        "gRPC calls answered with an error status, by code: undecodable requests are `internal`, unknown methods `unimplemented`",
+    ),
     ("rtc_scaler_stream_messages_total", "Messages sent on StreamIsActive streams"),
 ];
 
@@ -72,6 +98,7 @@ pub struct Metrics {
     requests: Vec<Vec<Counter>>,
     latency: Vec<Histogram>,
     redis_reads: CounterFamily,
+    grpc_errors: CounterFamily,
     pub desired_replicas: Gauge,
     pub decision_age: Gauge,
     pub decision_fresh: Gauge,
@@ -109,6 +136,7 @@ impl Metrics {
             requests,
             latency,
             redis_reads: registry.family("rtc_scaler_redis_reads_total", "outcome", RedisRead::LABELS.iter().copied()),
+            grpc_errors: registry.family("rtc_scaler_grpc_errors_total", "code", GRPC_CODES[1..].iter().copied()),
             desired_replicas: gauge("rtc_scaler_desired_replicas"),
             decision_age: gauge("rtc_scaler_decision_age_seconds"),
             decision_fresh: gauge("rtc_scaler_decision_fresh"),
@@ -125,6 +153,17 @@ impl Metrics {
         let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(0);
         self.requests[index][o].increment(1);
         self.latency[index].record(took.as_secs_f64());
+    }
+
+    /// Counts a call answered with the `grpc-status` header `status` (a
+    /// trailers-only answer: every error of a unary call, including a
+    /// request that did not decode). `0` (OK) and unknown values are not
+    /// errors.
+    pub fn grpc_status(&self, status: &[u8]) {
+        let code = std::str::from_utf8(status).ok().and_then(|s| s.parse::<usize>().ok());
+        if let Some(&name) = code.filter(|c| *c > 0).and_then(|c| GRPC_CODES.get(c)) {
+            self.grpc_errors.increment(name);
+        }
     }
 
     /// Counts one read of the decision key by outcome.

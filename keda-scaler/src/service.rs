@@ -116,6 +116,15 @@ pub async fn start(config: Config) -> Result<ScalerHandle, StartError> {
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
+    // Every error answer is counted, also those tonic gives before a
+    // handler runs (a request that does not decode, an unknown method).
+    let counted = metrics.clone();
+    let mut server = server.layer(tower::util::MapResponseLayer::new(move |response: http::Response<_>| {
+        if let Some(status) = response.headers().get("grpc-status") {
+            counted.grpc_status(status.as_bytes());
+        }
+        response
+    }));
     let router = server.add_service(health_service).add_service(ExternalScalerServer::new(scaler));
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let token = shutdown.clone();

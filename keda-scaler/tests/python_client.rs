@@ -40,6 +40,18 @@ if mode == "serve":
     stream = stub.StreamIsActive(ref, timeout=10)
     out["stream_first"] = next(stream).result
     stream.cancel()
+elif mode == "garbage":
+    # Bytes that are no GetMetricsRequest (a truncated field), and a method
+    # the service does not have.
+    codes = []
+    for method, body in [("GetMetrics", b"\x0a\x05ab"), ("NoSuchMethod", b"")]:
+        call = channel.unary_unary("/externalscaler.ExternalScaler/" + method)
+        try:
+            call(body, timeout=5)
+            codes.append("OK")
+        except grpc.RpcError as e:
+            codes.append(e.code().name)
+    out["codes"] = codes
 else:
     try:
         stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref, metricName="py-metric"), timeout=5)
@@ -113,5 +125,17 @@ async fn a_python_grpcio_client_calls_all_four_rpcs() {
     let answer: Value = serde_json::from_str(&run(&python, &[script, out_dir, &addr, "fail"]).await).unwrap();
     assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
     assert!(answer["details"].as_str().unwrap().contains("missing"), "{answer}");
+
+    // Requests that never reach a handler are answered and counted too.
+    let answer: Value = serde_json::from_str(&run(&python, &[script, out_dir, &addr, "garbage"]).await).unwrap();
+    assert_eq!(answer["codes"], json!(["INTERNAL", "UNIMPLEMENTED"]), "{answer}");
+    let (_, text) = http_get(scaler.admin_addr, "/metrics").await;
+    for series in [
+        r#"rtc_scaler_grpc_errors_total{code="internal"} 1"#,
+        r#"rtc_scaler_grpc_errors_total{code="unimplemented"} 1"#,
+        r#"rtc_scaler_grpc_errors_total{code="unavailable"} 1"#,
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
     scaler.shutdown().await;
 }

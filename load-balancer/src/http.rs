@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, State};
@@ -68,6 +69,40 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
     client
 }
 
+/// When the owner has sent no heartbeat for two intervals (while the
+/// other nodes' heartbeats are read fine), it is likely dead: a route to
+/// it would only fail. Returns how long until the leader moves its
+/// partitions, so clients come back then instead of backing off past it.
+fn owner_silent_for(shared: &Shared, owner: &str) -> Option<Duration> {
+    let liveness = &shared.args.liveness;
+    let silent_after = 2 * liveness.heartbeat_interval().as_millis() as u64;
+    let now = shared.clock.now_ms()?;
+    if shared.clock.healthy_for_ms() < silent_after {
+        return None; // our own reads are what is late
+    }
+    let last_seen = shared.fleet.lock().unwrap_or_else(|p| p.into_inner()).record(owner)?.last_seen_ms();
+    if now.saturating_sub(last_seen) < silent_after {
+        return None;
+    }
+    let moves_at = last_seen.saturating_add(liveness.reassign_after().as_millis() as u64);
+    // Past the reassign time the new assignment is a tick away.
+    Some(Duration::from_millis(moves_at.saturating_sub(now).max(MIN_RETRY_MS)))
+}
+
+/// The shortest wait a `retry_after_ms` asks for.
+const MIN_RETRY_MS: u64 = 100;
+
+/// `503` with `retry_after_ms` in the body (what rtc clients follow) and a
+/// `Retry-After` header in whole seconds (for everyone else).
+fn retry_later(wait: Duration, message: String) -> Response {
+    // Clients follow it exactly: spread them a little.
+    let ms = wait.as_millis() as u64;
+    let ms = ms + rand::random_range(0..=(ms / 4).min(200));
+    let body = axum::Json(json!({"error": message, "retry_after_ms": ms}));
+    let seconds = ms.div_ceil(1000).to_string();
+    (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, seconds)], body).into_response()
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
@@ -121,6 +156,13 @@ async fn route(
         outcome(RouteOutcome::NoNode);
         return error(StatusCode::SERVICE_UNAVAILABLE, "no ready node");
     };
+    if let Some(wait) = owner_silent_for(&shared, &owner.id) {
+        outcome(RouteOutcome::OwnerSilent);
+        return retry_later(
+            wait,
+            format!("node {} is silent; its partitions move in {} ms", owner.id, wait.as_millis()),
+        );
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let token = shared.signer.sign(&ConnectClaims {
         user: user.clone(),

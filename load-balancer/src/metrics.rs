@@ -13,6 +13,7 @@ rtc_core::label_values! {
         BadUser => "bad_user",
         Unauthorized => "unauthorized",
         NoNode => "no_node",
+        OwnerSilent => "owner_silent",
     }
 }
 

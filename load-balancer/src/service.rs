@@ -248,8 +248,11 @@ async fn coordinate(
 ) {
     let args = &shared.args;
     let mut role = shared.role.clone();
-    let mut tick =
-        tokio::time::interval(args.heartbeat_interval().min(Duration::from_millis(args.assignment_poll_ms.max(10))));
+    // A quarter of the heartbeat interval: a dead node's partitions move
+    // within a quarter interval of the reassign time, not a whole one later
+    // (its users wait that long). Each tick costs one small Redis call.
+    let step = (args.heartbeat_interval() / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(step.min(Duration::from_millis(args.assignment_poll_ms.max(10))));
     let mut decision_tick = tokio::time::interval(Duration::from_millis(args.scale.decision_interval_ms));
     let mut led_before: Option<u64> = None;
     let mut engine: Option<Engine> = None;

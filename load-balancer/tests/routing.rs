@@ -90,6 +90,57 @@ async fn routing_follows_the_fleet_and_survives_failover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_a_silent_node_are_told_when_its_partitions_move() {
+    let prefix = prefix();
+    let a = lb(&prefix, "lb-a", &["--rate-limit", "1000000", "--rate-burst", "1000000"]).await;
+    let stop = CancellationToken::new();
+    beat(&prefix, &["socket-0", "socket-1"], stop.clone());
+    let stop_silent = CancellationToken::new();
+    beat(&prefix, &["socket-2"], stop_silent.clone());
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    until("all three own partitions", Duration::from_secs(5), async || {
+        get(a.admin_addr, "/v1/assignment", &[]).await.1["nodes"].as_array().is_some_and(|n| n.len() == 3)
+    })
+    .await;
+    let mut on_silent = None;
+    until("socket-2 owns a user", Duration::from_secs(5), async || {
+        on_silent = routes(&a, &users).await.into_iter().find(|(_, (node, _))| node == "socket-2").map(|(u, _)| u);
+        on_silent.is_some()
+    })
+    .await;
+    let user = on_silent.unwrap();
+    let path = format!("/v1/route?user={user}");
+
+    // socket-2 stops beating (it died). After two heartbeat intervals its
+    // users get 503 and when to come back: when the leader moves its
+    // partitions (TestLb: 100 ms heartbeats, reassigned 1 625 ms after
+    // the last one), not a backoff later.
+    stop_silent.cancel();
+    let silenced = tokio::time::Instant::now();
+    let mut told = None;
+    until("the route says the owner is silent", Duration::from_secs(2), async || {
+        let (status, body) = get(a.addr, &path, &[]).await;
+        told = (status == 503).then_some(body);
+        told.is_some()
+    })
+    .await;
+    let told = told.unwrap();
+    let wait = told["retry_after_ms"].as_u64().unwrap();
+    assert!((100..=1_625 + 200).contains(&wait), "{told}");
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    until("routed to a live node", Duration::from_millis(500), async || {
+        let (status, body) = get(a.addr, &path, &[]).await;
+        status == 200 && body["node_id"] != "socket-2"
+    })
+    .await;
+    assert!(silenced.elapsed() < Duration::from_secs(3));
+    let (_, metrics) = get_text(a.admin_addr, "/metrics", &[]).await;
+    assert!(metrics.contains(r#"rtc_lb_route_requests_total{outcome="owner_silent"}"#), "{metrics}");
+    stop.cancel();
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_auth_binds_the_route_to_the_subject() {
     use jsonwebtoken::{EncodingKey, Header, encode};
     let prefix = prefix();

@@ -307,8 +307,11 @@ impl Task {
             };
             let (mut ws, welcome) = match opened {
                 Ok(open) => open,
-                Err(at_least) => {
-                    wait = self.backoff.next(unit()).max(at_least);
+                Err(retry_after) => {
+                    // The server's wait is followed exactly, as a
+                    // `disconnect`'s is: it knows when things will be ready
+                    // (and jitters it); otherwise back off.
+                    wait = if retry_after.is_zero() { self.backoff.next(unit()) } else { retry_after };
                     tracing::debug!(user = %self.user, ?wait, step = self.backoff.step(), "connect failed; backing off");
                     continue;
                 }

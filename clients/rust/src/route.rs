@@ -112,10 +112,14 @@ pub(crate) fn interpret(
     user: &str,
 ) -> Result<RouteAnswer, RouteError> {
     if status != 200 {
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
+        let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let message = json
+            .as_ref()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        // `retry_after_ms` in the body is precise; `Retry-After` whole seconds.
+        let precise = json.as_ref().and_then(|v| v.get("retry_after_ms")).and_then(|v| v.as_u64());
+        let retry_after = precise.map(Duration::from_millis).or(retry_after);
         return Err(RouteError::Status { status, message, retry_after });
     }
     let answer: RouteAnswer =
@@ -210,5 +214,15 @@ mod tests {
         );
         let plain = interpret(503, None, b"down", "u");
         assert_eq!(plain, Err(RouteError::Status { status: 503, message: "down".into(), retry_after: None }));
+        let silent = interpret(503, Some(Duration::from_secs(6)), br#"{"error":"silent","retry_after_ms":5432}"#, "u");
+        assert_eq!(
+            silent,
+            Err(RouteError::Status {
+                status: 503,
+                message: "silent".into(),
+                retry_after: Some(Duration::from_millis(5432))
+            }),
+            "the body's milliseconds win over the header's seconds"
+        );
     }
 }
