@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from chaos_cluster import (  # noqa: E402
-    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, http, metrics, now_ms, wait_for)
+    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, http, metrics, now_ms, wait_for, wait_live)
 from chaos_ws import Closed, WsSession  # noqa: E402
 
 # name: (full repeats, users, messages/s, description)
@@ -137,7 +137,7 @@ def leader_sigkill(c, repeats, checks, fig):
         lb.kill()
         failovers.append(wait_new_leader(c, lb.name))
         c.restart(lb)
-        wait_for(lb.name, 20, lambda: http("GET", f"http://{lb.admin}/livez")[0] == 200)
+        wait_live(lb)
         time.sleep(0.5)
     fig["failover_max_s"] = round(max(failovers), 2)
     fig["failover_p50_s"] = round(sorted(failovers)[len(failovers) // 2], 2)
@@ -198,7 +198,7 @@ def node_sigkill(c, repeats, checks, fig):
         rec = c.recovered_after(t0, timeout=60)
         recoveries.append(rec if rec is not None else float("inf"))
         node.start()
-        wait_for(node.name, 20, lambda: http("GET", f"http://{node.admin}/livez")[0] == 200)
+        wait_live(node)
         wait_for("steady", 30, c.steady)
         c.recovered_after(now_ms() - 500)
     fig["users_back_max_s"] = max(recoveries)
@@ -221,16 +221,14 @@ def node_cutoff(c, repeats, checks, fig):
 
 
 def broker_restart(c, repeats, checks, fig):
-    recoveries = []
+    reconnects_before = c.timeline()[-1]["reconnects_total"]
     for r in range(repeats):
         c.kafka_proxy.set_mode("reset")
         time.sleep(10)
         c.kafka_proxy.set_mode("pass")
-        t0 = now_ms()
-        rec = c.recovered_after(t0 - 10_000, timeout=60)
-        recoveries.append(rec)
-        time.sleep(5)
-    fig["users_back_max_s"] = max(r or 0 for r in recoveries)
+        time.sleep(8)
+    # Sessions ride out a broker outage: delivery pauses, nobody moves.
+    fig["users_disconnected"] = c.timeline()[-1]["reconnects_total"] - reconnects_before
 
 
 def half_open(c, repeats, checks, fig):

@@ -32,10 +32,26 @@ HEARTBEAT_MS = 1000
 DEAD_AFTER_MS = 6000
 
 
+_TAKEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below the kernel's ephemeral range (32768+), where the many
+    outgoing connections of a run cannot take it between this check and
+    the server's bind, nor while a restarted server binds it again."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
 
 
 def now_ms():
@@ -68,6 +84,17 @@ def metrics(admin):
             except ValueError:
                 pass
     return out
+
+
+def wait_live(p, timeout=20):
+    """Waits for `p`'s admin /livez; fails at once if it exited."""
+
+    def live():
+        if not p.alive():
+            raise RuntimeError(f"{p.name} exited (code {p.popen.returncode}); see {p.log_path}")
+        return http("GET", f"http://{p.admin}/livez")[0] == 200
+
+    wait_for(p.name, timeout, live)
 
 
 def wait_for(what, timeout, check, every=0.1):
@@ -388,7 +415,7 @@ class Cluster:
         p = self._proc(name, self._lb_argv(name, listen, admin))
         p.listen, p.admin = listen, admin
         p.start()
-        wait_for(name, 20, lambda: http("GET", f"http://{admin}/livez")[0] == 200)
+        wait_live(p)
         return p
 
     def restart(self, p):
@@ -412,7 +439,7 @@ class Cluster:
         p = self._proc(name, argv)
         p.listen, p.admin, p.node_id = listen, admin, name
         p.start()
-        wait_for(name, 20, lambda: http("GET", f"http://{admin}/livez")[0] == 200)
+        wait_live(p)
         return p
 
     def start_scaler(self):
@@ -422,7 +449,7 @@ class Cluster:
                                        self.prefix, "--decision-interval-ms", "1000"])
         p.listen, p.admin = listen, admin
         p.start()
-        wait_for("scaler", 20, lambda: http("GET", f"http://{admin}/livez")[0] == 200)
+        wait_live(p)
         self.scaler = p
 
     def start_jwt_lb(self):
@@ -430,7 +457,7 @@ class Cluster:
         p = self._proc("lb-jwt", self._lb_argv("lb-jwt", listen, admin, auth="jwt"))
         p.listen, p.admin = listen, admin
         p.start()
-        wait_for("lb-jwt", 20, lambda: http("GET", f"http://{admin}/livez")[0] == 200)
+        wait_live(p)
         self.jwt = p
 
     def start_loadgen(self, seconds):
