@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// pods. Unset: the header is ignored (anyone could forge it).
     #[arg(long, env = "RTC_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins (comma-separated, e.g. `https://app.example.com`) whose
+    /// browser pages may call `/v1/route`; `*` allows any. Unset: none
+    /// (browsers then refuse cross-origin answers).
+    #[arg(long, env = "RTC_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<axum::http::HeaderValue>,
     /// Burst above the rate a client may use.
     #[arg(long, env = "RTC_RATE_BURST", default_value_t = 100)]
     pub rate_burst: u32,
@@ -120,6 +125,20 @@ fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR"))
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, or `*`.
+fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
+    let s = s.trim().trim_end_matches('/');
+    let ok = s == "*"
+        || (s.starts_with("http://") || s.starts_with("https://"))
+            && s.split_once("://").is_some_and(|(_, host)| {
+                !host.is_empty() && !host.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control())
+            });
+    if !ok {
+        return Err(format!("{s:?} is not an origin (scheme://host[:port], or *)"));
+    }
+    axum::http::HeaderValue::from_str(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
 impl ServeArgs {
     pub fn replica_id(&self) -> String {
         self.replica_id.clone().unwrap_or_else(|| format!("lb-{}", std::process::id()))
@@ -131,5 +150,24 @@ impl ServeArgs {
 
     pub fn heartbeat_interval(&self) -> Duration {
         self.liveness.heartbeat_interval()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        for ok in ["https://chat.example.com", "http://localhost:5173", "https://a.example/", "*"] {
+            assert!(parse_origin(ok).is_ok(), "{ok}");
+        }
+        for bad in ["chat.example.com", "https://", "https://a.example/path", "ftp://a", "https://a b", ""] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_origin("https://a.example/").ok(),
+            Some(axum::http::HeaderValue::from_static("https://a.example"))
+        );
     }
 }

@@ -7,18 +7,42 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rtc_core::{ConnectClaims, NodeState, RouteAnswer};
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::metrics::RouteOutcome;
 use crate::service::Shared;
 
 pub fn public(shared: Arc<Shared>) -> Router {
-    Router::new().route("/v1/route", get(route)).with_state(shared)
+    let cors = cors(&shared.args.cors_origins);
+    let router = Router::new().route("/v1/route", get(route)).with_state(shared);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Browser pages of `origins` may call `/v1/route` (with an
+/// `Authorization` header, and read `Retry-After`); preflights are answered
+/// here, cached for 10 minutes. No origins: no CORS headers at all.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") { AllowOrigin::any() } else { AllowOrigin::list(origins.to_vec()) };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET])
+            .allow_headers([header::AUTHORIZATION])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 pub fn admin(shared: Arc<Shared>) -> Router {
@@ -100,7 +124,7 @@ fn retry_later(wait: Duration, message: String) -> Response {
     let ms = ms + rand::random_range(0..=(ms / 4).min(200));
     let body = axum::Json(json!({"error": message, "retry_after_ms": ms}));
     let seconds = ms.div_ceil(1000).to_string();
-    (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, seconds)], body).into_response()
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, seconds)], body).into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

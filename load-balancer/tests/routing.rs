@@ -213,3 +213,44 @@ async fn the_route_rate_limit_is_per_client_behind_a_trusted_proxy() {
     behind_ingress.shutdown().await;
     direct.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_pages_of_the_configured_origins_may_route() {
+    let prefix = prefix();
+    let app = "https://chat.example.com";
+    let a = lb(&prefix, "lb-a", &["--cors-origins", &format!("{app},http://localhost:5173")]).await;
+    let stop = CancellationToken::new();
+    beat(&prefix, &["socket-0"], stop.clone());
+    until("routes", Duration::from_secs(5), async || get(a.addr, "/v1/route?user=u1", &[]).await.0 == 200).await;
+
+    // The preflight a page sends before a GET with an Authorization header.
+    let preflight = [
+        ("origin", app),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "authorization"),
+    ];
+    let (status, headers, _) = exchange(a.addr, "OPTIONS", "/v1/route?user=u1", &preflight).await;
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(headers.get("access-control-allow-origin").map(String::as_str), Some(app), "{headers:?}");
+    assert!(headers.get("access-control-allow-headers").is_some_and(|h| h.contains("authorization")), "{headers:?}");
+    assert!(headers.get("access-control-allow-methods").is_some_and(|h| h.contains("GET")), "{headers:?}");
+    assert_eq!(headers.get("access-control-max-age").map(String::as_str), Some("600"));
+
+    // The GET itself carries the origin back; another origin gets nothing.
+    let (status, headers, _) = exchange(a.addr, "GET", "/v1/route?user=u1", &[("origin", app)]).await;
+    assert_eq!((status, headers.get("access-control-allow-origin").map(String::as_str)), (200, Some(app)));
+    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "GET")];
+    let (_, headers, _) = exchange(a.addr, "OPTIONS", "/v1/route?user=u1", &evil).await;
+    assert_eq!(headers.get("access-control-allow-origin"), None, "{headers:?}");
+    let (_, headers, _) = exchange(a.addr, "GET", "/v1/route?user=u1", &[("origin", "https://evil.example")]).await;
+    assert_eq!(headers.get("access-control-allow-origin"), None, "{headers:?}");
+
+    // Without the setting (the default) no CORS header is ever sent.
+    let b = lb(&prefix, "lb-b", &[]).await;
+    until("b routes", Duration::from_secs(5), async || get(b.addr, "/v1/route?user=u1", &[]).await.0 == 200).await;
+    let (_, headers, _) = exchange(b.addr, "GET", "/v1/route?user=u1", &[("origin", app)]).await;
+    assert_eq!(headers.get("access-control-allow-origin"), None, "{headers:?}");
+    stop.cancel();
+    a.shutdown().await;
+    b.shutdown().await;
+}
