@@ -116,8 +116,10 @@ pub async fn start(config: Config) -> Result<ScalerHandle, StartError> {
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    // Every error answer is counted, also those tonic gives before a
-    // handler runs (a request that does not decode, an unknown method).
+    // Every error answer of a unary call is counted, also those tonic gives
+    // before a handler runs (a request that does not decode, an unknown
+    // method): they carry grpc-status in their headers (trailers-only). A
+    // stream that ends in an error carries it in trailers: not counted here.
     let counted = metrics.clone();
     let mut server = server.layer(tower::util::MapResponseLayer::new(move |response: http::Response<_>| {
         if let Some(status) = response.headers().get("grpc-status") {

@@ -93,22 +93,31 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
     client
 }
 
-/// When the owner has sent no heartbeat for two intervals (while the
-/// other nodes' heartbeats are read fine), it is likely dead: a route to
-/// it would only fail. Returns how long until the leader moves its
-/// partitions, so clients come back then instead of backing off past it.
+/// When the owner has sent no heartbeat for two intervals while other
+/// nodes' heartbeats keep arriving, it is likely dead: a route to it would
+/// only fail. Returns how long until the leader moves its partitions, so
+/// clients come back then instead of backing off past it. Once that time is
+/// more than two intervals past (the leader cannot move them: no leader,
+/// publishing held), routes go out as usual and clients back off.
 fn owner_silent_for(shared: &Shared, owner: &str) -> Option<Duration> {
     let liveness = &shared.args.liveness;
-    let silent_after = 2 * liveness.heartbeat_interval().as_millis() as u64;
+    let interval = liveness.heartbeat_interval().as_millis() as u64;
     let now = shared.clock.now_ms()?;
-    if shared.clock.healthy_for_ms() < silent_after {
+    if shared.clock.healthy_for_ms() < 2 * interval {
         return None; // our own reads are what is late
     }
-    let last_seen = shared.fleet.lock().unwrap_or_else(|p| p.into_inner()).record(owner)?.last_seen_ms();
-    if now.saturating_sub(last_seen) < silent_after {
-        return None;
+    let (last_seen, newest) = {
+        let fleet = shared.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = fleet.records().map(|(_, r)| r.last_seen_ms()).max().unwrap_or(0);
+        (fleet.record(owner)?.last_seen_ms(), newest)
+    };
+    if newest.saturating_sub(last_seen) < 2 * interval || now.saturating_sub(last_seen) < 2 * interval {
+        return None; // not silent, or everyone is (a stall, not a death)
     }
     let moves_at = last_seen.saturating_add(liveness.reassign_after().as_millis() as u64);
+    if now > moves_at.saturating_add(2 * interval) {
+        return None;
+    }
     // Past the reassign time the new assignment is a tick away.
     Some(Duration::from_millis(moves_at.saturating_sub(now).max(MIN_RETRY_MS)))
 }

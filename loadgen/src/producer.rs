@@ -60,6 +60,9 @@ pub fn create(brokers: &str, ack_timeout_ms: u64) -> anyhow::Result<FutureProduc
         // Java's default partitioner: the partition the load balancer routes to.
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "2")
+        // A produce retried after a lost connection must not write the
+        // message twice: the broker dedupes by producer id and sequence.
+        .set("enable.idempotence", "true")
         .set("message.timeout.ms", ack_timeout_ms.max(1000).to_string())
         .set("queue.buffering.max.messages", "1000000")
         .create()?)

@@ -139,6 +139,9 @@ pub fn create_producer(brokers: &str) -> Result<FutureProducer, KafkaSetupError>
         // partition.
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "1")
+        // A produce retried after a lost broker connection must not write a
+        // user's message twice (under two ids, which no dedupe catches).
+        .set("enable.idempotence", "true")
         .set("message.timeout.ms", "10000")
         .create()?)
 }

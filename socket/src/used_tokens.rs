@@ -40,8 +40,8 @@ struct Record {
     /// Expired entries are dropped when the record reaches this size, so
     /// the sweep costs O(1) per admission on average.
     sweep_at: usize,
-    /// While full, the next sweep waits until then (Unix ms): a full record
-    /// is not swept on every connect.
+    /// At the limit, the next sweep waits until then (Unix ms): a full
+    /// record is not swept on every connect.
     full_until_ms: u64,
 }
 
@@ -68,8 +68,12 @@ impl UsedTokens {
         {
             return TokenUse::Reused;
         }
-        if record.expiry.len() >= record.sweep_at.min(self.limit) {
-            if now_ms < record.full_until_ms {
+        // Sweep when the record doubled since the last sweep, or when it is
+        // at its limit; at the limit at most every FULL_BACKOFF_MS, so a
+        // full record costs one sweep per 100 ms, not one per connect.
+        let at_limit = record.expiry.len() >= self.limit;
+        if record.expiry.len() >= record.sweep_at || at_limit {
+            if at_limit && now_ms < record.full_until_ms {
                 return TokenUse::Full;
             }
             record.expiry.retain(|_, expiry| *expiry > now_ms);
@@ -78,6 +82,7 @@ impl UsedTokens {
                 record.full_until_ms = now_ms.saturating_add(FULL_BACKOFF_MS);
                 return TokenUse::Full;
             }
+            record.full_until_ms = now_ms.saturating_add(FULL_BACKOFF_MS);
         }
         record.expiry.insert(fingerprint, expires_at_ms);
         TokenUse::First

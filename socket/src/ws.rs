@@ -70,7 +70,9 @@ async fn upgrade(
     Query(query): Query<ConnectQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (mut admitted, seat) = match admit(&node, query.token.as_deref()).await {
+    // A request that is no WebSocket upgrade (a link preview, a probe)
+    // gets its answer but does not use the token up.
+    let (mut admitted, seat) = match admit(&node, query.token.as_deref(), upgrade.is_ok()).await {
         Ok(a) => a,
         Err(refusal) => {
             node.session.metrics.refused.increment(refusal.code);
@@ -109,8 +111,9 @@ async fn upgrade(
 }
 
 /// The token is valid, names this node, and its partition is served here at
-/// the current epoch; the node is ready and has room.
-pub async fn admit(node: &WsContext, token: Option<&str>) -> Result<(Admitted, Seat), Refusal> {
+/// the current epoch; the node is ready and has room. With `use_token` the
+/// token is recorded as used (it must not have been before).
+pub async fn admit(node: &WsContext, token: Option<&str>, use_token: bool) -> Result<(Admitted, Seat), Refusal> {
     let view = node.ownership.view();
     let refuse = |status, code, message: String| Refusal { status, code, message, epoch: view.epoch };
     match node.lifecycle.state() {
@@ -162,18 +165,17 @@ pub async fn admit(node: &WsContext, token: Option<&str>) -> Result<(Admitted, S
         epoch: view.epoch,
     })?;
     // Last, so that only a token that opens a session is used up.
-    let fingerprint = rtc_core::token::fingerprint(token).unwrap_or_default();
-    match node.used_tokens.admit(fingerprint, claims.expires_at_ms, now_ms) {
-        TokenUse::First => {}
-        TokenUse::Reused => {
-            return Err(refuse(StatusCode::UNAUTHORIZED, Refused::TokenReused, "token was used before".into()));
-        }
-        TokenUse::Full => {
-            return Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Refused::AtCapacity,
-                "too many recent connects".into(),
-            ));
+    if use_token {
+        let fingerprint = rtc_core::token::fingerprint(token).unwrap_or_default();
+        match node.used_tokens.admit(fingerprint, claims.expires_at_ms, now_ms) {
+            TokenUse::First => {}
+            TokenUse::Reused => {
+                return Err(refuse(StatusCode::UNAUTHORIZED, Refused::TokenReused, "token was used before".into()));
+            }
+            TokenUse::Full => {
+                let message = "too many recent connects".into();
+                return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, Refused::AtCapacity, message));
+            }
         }
     }
     Ok((Admitted { user: claims.user, partition: claims.partition, epoch: view.epoch, resume: None }, seat))

@@ -40,6 +40,11 @@ impl Backoff {
         delay
     }
 
+    /// The longest delay.
+    pub fn cap(&self) -> Duration {
+        self.max
+    }
+
     /// Failures in a row since the last successful connect.
     pub fn step(&self) -> u32 {
         self.step

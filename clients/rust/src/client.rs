@@ -287,6 +287,15 @@ struct Task {
     pending: Pending,
 }
 
+/// The wait a failed attempt asks for.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// The server's `retry_after_ms`: follow it.
+    Exactly(Duration),
+    /// Back off, but at least this long (`Retry-After`, or zero).
+    AtLeast(Duration),
+}
+
 fn unit() -> f64 {
     rand::random::<f64>()
 }
@@ -307,11 +316,15 @@ impl Task {
             };
             let (mut ws, welcome) = match opened {
                 Ok(open) => open,
-                Err(retry_after) => {
-                    // The server's wait is followed exactly, as a
-                    // `disconnect`'s is: it knows when things will be ready
-                    // (and jitters it); otherwise back off.
-                    wait = if retry_after.is_zero() { self.backoff.next(unit()) } else { retry_after };
+                Err(retry) => {
+                    // A server's `retry_after_ms` is followed as is (up to
+                    // the backoff's cap), as a `disconnect`'s is: it knows
+                    // when things will be ready, and jitters it. Otherwise
+                    // back off, at least as long as `Retry-After` says.
+                    wait = match retry {
+                        Retry::Exactly(d) => d.min(self.backoff.cap()),
+                        Retry::AtLeast(d) => self.backoff.next(unit()).max(d),
+                    };
                     tracing::debug!(user = %self.user, ?wait, step = self.backoff.step(), "connect failed; backing off");
                     continue;
                 }
@@ -385,9 +398,9 @@ impl Task {
 
     /// One attempt: a route (each load balancer in turn; an unreachable one
     /// passes to the next at once), then the socket and its welcome. Errors
-    /// are reported as events; `Err` carries the least wait the server
-    /// asked for (Retry-After).
-    async fn attempt(&mut self) -> Result<(Ws, Welcome), Duration> {
+    /// are reported as events; `Err` carries how long the server asked the
+    /// client to wait.
+    async fn attempt(&mut self) -> Result<(Ws, Welcome), Retry> {
         let _permit = match &self.permits {
             Some(permits) => permits.clone().acquire_owned().await.ok(),
             None => None,
@@ -404,22 +417,23 @@ impl Task {
                 Err(error) => error,
             };
             let unreachable = matches!(error, RouteError::Unreachable(_));
-            let retry_after = match &error {
-                RouteError::Status { retry_after, .. } => retry_after.unwrap_or_default(),
-                _ => Duration::ZERO,
+            let retry = match &error {
+                RouteError::Status { retry_after: Some(d), retry_after_exact: true, .. } => Retry::Exactly(*d),
+                RouteError::Status { retry_after, .. } => Retry::AtLeast(retry_after.unwrap_or_default()),
+                _ => Retry::AtLeast(Duration::ZERO),
             };
             let url = self.router.base(index).to_owned();
             if !self.out.emit(Event::Error(ClientError::Route { url, error })).await {
-                return Err(Duration::ZERO);
+                return Err(Retry::AtLeast(Duration::ZERO));
             }
             if !unreachable {
                 // It answered: the others would say the same (they share
                 // the assignment); back off, then ask it again.
                 self.router.stay_with(index);
-                return Err(retry_after);
+                return Err(retry);
             }
         }
-        let Some(route) = route else { return Err(Duration::ZERO) };
+        let Some(route) = route else { return Err(Retry::AtLeast(Duration::ZERO)) };
         let url = format!("{}{}", route.connect_url(), self.cursor.query());
         let error = match tokio::time::timeout(self.connect_timeout, conn::open_session(&url, self.source_ip)).await {
             Ok(Ok(open)) => return Ok(open),
@@ -428,7 +442,7 @@ impl Task {
         };
         let error = ClientError::Connect { node_id: route.node_id, url: route.url, error };
         self.out.emit(Event::Error(error)).await;
-        Err(Duration::ZERO)
+        Err(Retry::AtLeast(Duration::ZERO))
     }
 
     /// Serves an open session until it ends; returns how, and when (for a

@@ -53,7 +53,11 @@ pub enum RouteError {
     /// An error status (`400` bad user, `401` auth, `429` rate limited,
     /// `503` no ready node); the client backs off (at least `retry_after`).
     #[error("status {status}: {message}")]
-    Status { status: u16, message: String, retry_after: Option<Duration> },
+    /// `retry_after_exact`: the wait came from the answer's `retry_after_ms`
+    /// (the server knows when to come back, and jittered it) and is
+    /// followed as is; otherwise it is `Retry-After`, a lower bound on the
+    /// backoff.
+    Status { status: u16, message: String, retry_after: Option<Duration>, retry_after_exact: bool },
     /// `200` with something that is not a route for this user.
     #[error("bad answer: {0}")]
     BadAnswer(String),
@@ -131,7 +135,8 @@ mod tests {
         assert_eq!(refused.kind(), "409:not_owner");
         assert_eq!(ConnectError::Timeout.kind(), "timeout");
         assert_eq!(ConnectError::Unreachable("refused at 10.0.0.1".into()).kind(), "unreachable");
-        let status = RouteError::Status { status: 503, message: "no nodes".into(), retry_after: None };
+        let status =
+            RouteError::Status { status: 503, message: "no nodes".into(), retry_after: None, retry_after_exact: false };
         assert_eq!(status.kind(), "503");
         assert_eq!(RouteError::Unreachable("reset".into()).kind(), "unreachable");
     }

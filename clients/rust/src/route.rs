@@ -119,8 +119,9 @@ pub(crate) fn interpret(
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         // `retry_after_ms` in the body is precise; `Retry-After` whole seconds.
         let precise = json.as_ref().and_then(|v| v.get("retry_after_ms")).and_then(|v| v.as_u64());
+        let retry_after_exact = precise.is_some();
         let retry_after = precise.map(Duration::from_millis).or(retry_after);
-        return Err(RouteError::Status { status, message, retry_after });
+        return Err(RouteError::Status { status, message, retry_after, retry_after_exact });
     }
     let answer: RouteAnswer =
         serde_json::from_slice(body).map_err(|e| RouteError::BadAnswer(format!("not a route: {e}")))?;
@@ -209,18 +210,22 @@ mod tests {
             Err(RouteError::Status {
                 status: 429,
                 message: "too many requests".into(),
-                retry_after: Some(Duration::from_secs(2))
+                retry_after: Some(Duration::from_secs(2)),
+                retry_after_exact: false,
             })
         );
         let plain = interpret(503, None, b"down", "u");
-        assert_eq!(plain, Err(RouteError::Status { status: 503, message: "down".into(), retry_after: None }));
+        let down =
+            RouteError::Status { status: 503, message: "down".into(), retry_after: None, retry_after_exact: false };
+        assert_eq!(plain, Err(down));
         let silent = interpret(503, Some(Duration::from_secs(6)), br#"{"error":"silent","retry_after_ms":5432}"#, "u");
         assert_eq!(
             silent,
             Err(RouteError::Status {
                 status: 503,
                 message: "silent".into(),
-                retry_after: Some(Duration::from_millis(5432))
+                retry_after: Some(Duration::from_millis(5432)),
+                retry_after_exact: true,
             }),
             "the body's milliseconds win over the header's seconds"
         );

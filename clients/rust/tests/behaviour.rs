@@ -89,7 +89,7 @@ async fn when_every_load_balancer_fails_the_client_backs_off_between_rounds() {
 }
 
 #[tokio::test]
-async fn an_error_status_waits_its_retry_after() {
+async fn an_error_status_backs_off_at_least_its_retry_after() {
     let mut node = FakeNode::start().await;
     let lb = FakeLb::start(&node.url).await;
     lb.answer_status(429, 1);
