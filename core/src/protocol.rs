@@ -165,6 +165,12 @@ pub enum ServerFrame<'a> {
         #[serde(borrow)]
         body: Cow<'a, str>,
         ts_ms: i64,
+        /// The sender's `client_msg_id`, when it gave one: a client that
+        /// retries a send after losing its session sends it again under the
+        /// same one, and the recipient's client drops the second copy
+        /// ([`RecentSends`]).
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<Cow<'a, str>>,
     },
     /// The replay is complete; live messages follow.
     Resumed {
@@ -228,8 +234,21 @@ impl ServerFrame<'_> {
 
 /// Renders a `message` frame without building a [`ServerFrame`] (the socket
 /// node renders each record once for every session that gets it).
-pub fn render_message(id: MessageId, from: Option<&str>, body: &str, ts_ms: i64) -> String {
-    ServerFrame::Message { id, from: from.map(Cow::Borrowed), body: Cow::Borrowed(body), ts_ms }.to_json()
+pub fn render_message(
+    id: MessageId,
+    from: Option<&str>,
+    body: &str,
+    ts_ms: i64,
+    client_msg_id: Option<&str>,
+) -> String {
+    ServerFrame::Message {
+        id,
+        from: from.map(Cow::Borrowed),
+        body: Cow::Borrowed(body),
+        ts_ms,
+        client_msg_id: client_msg_id.map(Cow::Borrowed),
+    }
+    .to_json()
 }
 
 /// A frame a client sends.
@@ -323,6 +342,42 @@ pub fn is_new(last: Option<MessageId>, id: MessageId) -> bool {
         // Another partition: the user was repartitioned; the server already
         // said so with `resumed{wrong_partition}`.
         _ => true,
+    }
+}
+
+/// How many `(from, client_msg_id)` pairs a client remembers to drop a
+/// retried send's second copy. A retry follows its first copy within a
+/// send timeout (seconds), so this covers far more than the messages a user
+/// receives in between.
+pub const RECENT_SENDS: usize = 1024;
+
+/// The sends a client delivered lately, by `(from, client_msg_id)`: a send
+/// whose ack was lost with its session is sent again, reaches the log twice
+/// under two ids, and only the first copy is delivered. Bounded: the oldest
+/// pair is forgotten first.
+#[derive(Debug, Clone, Default)]
+pub struct RecentSends {
+    order: std::collections::VecDeque<(String, String)>,
+    seen: std::collections::HashSet<(String, String)>,
+}
+
+impl RecentSends {
+    /// Whether a message is the first copy of its send (messages without a
+    /// sender or `client_msg_id` always are); remembers it.
+    pub fn first_copy(&mut self, from: Option<&str>, client_msg_id: Option<&str>) -> bool {
+        let (Some(from), Some(client_msg_id)) = (from, client_msg_id) else { return true };
+        let key = (from.to_owned(), client_msg_id.to_owned());
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= RECENT_SENDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        self.seen.insert(key.clone());
+        self.order.push_back(key);
+        true
     }
 }
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
 
 use rtc_core::protocol::{
-    ClientFrame, MessageId, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after, resume_point,
+    ClientFrame, MessageId, RecentSends, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after, resume_point,
 };
 use serde_json::{Value, json};
 
@@ -102,13 +102,16 @@ fn session_scripts_deliver_what_they_say_with_one_comparison() {
         let query = |last, from| resume_point(last, from).map(|(k, id)| format!("{k}={id}")).unwrap_or_default();
         assert_eq!(json!(query(last, None)), case["connect_query"], "{}", case["name"]);
         let mut live_from = None;
+        let mut recent_sends = RecentSends::default();
         let (mut delivered, mut events) = (Vec::new(), Vec::new());
         for text in case["frames"].as_array().unwrap() {
             match ServerFrame::parse(text.as_str().unwrap()).unwrap() {
                 ServerFrame::Welcome { live_from: from, .. } => live_from = live_from.or(from),
-                ServerFrame::Message { id, .. } if is_new(last, id) => {
-                    delivered.push(json!(id.to_string()));
+                ServerFrame::Message { id, from, client_msg_id, .. } if is_new(last, id) => {
                     last = Some(id);
+                    if recent_sends.first_copy(from.as_deref(), client_msg_id.as_deref()) {
+                        delivered.push(json!(id.to_string()));
+                    }
                 }
                 ServerFrame::Resumed { recovered, reason, .. } => {
                     events.push(json!({"recovered": recovered, "reason": reason}))
@@ -123,6 +126,20 @@ fn session_scripts_deliver_what_they_say_with_one_comparison() {
             assert_eq!(json!(query(last, live_from)), *next, "{}", case["name"]);
         }
     }
+}
+
+#[test]
+fn recent_sends_forget_the_oldest_pair_beyond_their_bound() {
+    let mut recent = RecentSends::default();
+    for n in 0..rtc_core::protocol::RECENT_SENDS {
+        assert!(recent.first_copy(Some("u2"), Some(&format!("c-{n}"))));
+    }
+    assert!(!recent.first_copy(Some("u2"), Some("c-0")), "still remembered");
+    assert!(recent.first_copy(Some("u2"), Some("c-new")), "a new pair pushes out the oldest");
+    assert!(!recent.first_copy(Some("u2"), Some("c-1")), "c-1 is still remembered");
+    assert!(recent.first_copy(Some("u2"), Some("c-0")), "c-0, the oldest, was forgotten");
+    assert!(!recent.first_copy(Some("u2"), Some("c-new")));
+    assert!(recent.first_copy(None, Some("c-new")) && recent.first_copy(Some("u2"), None), "no pair, no dedupe");
 }
 
 fn id_of(v: &Value) -> Option<MessageId> {

@@ -306,12 +306,14 @@ pub fn delivery_of<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>) -> Option<(
     let (partition, offset) = (m.partition() as u32, m.offset());
     let ts_ms = m.timestamp().to_millis().unwrap_or_else(now_ms);
     let body = String::from_utf8_lossy(m.payload().unwrap_or_default());
-    let from = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "rtc-from"))
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok());
-    let frame = render_message(MessageId::new(partition, offset), from, &body, ts_ms);
+    let header = |key: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == key))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let (from, client_msg_id) = (header("rtc-from"), header("rtc-client-msg-id"));
+    let frame = render_message(MessageId::new(partition, offset), from, &body, ts_ms, client_msg_id);
     Some((user, Delivery { partition, offset, ts_ms, frame: frame.into(), buffered_at: tokio::time::Instant::now() }))
 }
 

@@ -8,13 +8,22 @@ export class Cursor {
   #last: MessageId | null;
   #liveFrom: MessageId | null = null;
 
-  /** Starts after `last` (an id the application processed before), or from nothing. */
-  constructor(last: MessageId | null = null) {
+  /**
+   * Starts after `last` (an id the application processed before), or from
+   * `liveFrom` (a welcome seen before any message, e.g. before a reload),
+   * or from nothing.
+   */
+  constructor(last: MessageId | null = null, liveFrom: MessageId | null = null) {
     this.#last = last;
+    this.#liveFrom = liveFrom;
   }
 
   get lastId(): MessageId | null {
     return this.#last;
+  }
+
+  get liveFrom(): MessageId | null {
+    return this.#liveFrom;
   }
 
   /** Whether `id` is new; a new id becomes the last one. */

@@ -55,7 +55,7 @@ export type CloseReason = "rebalance" | "drain" | "shutdown" | "slow" | "idle";
 
 export type ServerFrame =
   | { type: "welcome"; node_id: string; user: string; partition: number; epoch: number; live_from?: string }
-  | { type: "message"; id: string; from: string | null; body: string; ts_ms: number }
+  | { type: "message"; id: string; from: string | null; body: string; ts_ms: number; client_msg_id?: string }
   | { type: "resumed"; recovered: boolean; replayed: number; last_id?: string; from_id?: string; reason: string | null }
   | { type: "ack"; client_msg_id: string; id: string }
   | { type: "disconnect"; reason: CloseReason; reconnect: boolean; retry_after_ms: number }
@@ -94,7 +94,11 @@ export function parseServerFrame(text: string): ServerFrame | null {
       // rtc-from header.
       if (!isString(f.id) || !isString(f.body) || !isCount(f.ts_ms)) return null;
       if (f.from !== undefined && f.from !== null && !isString(f.from)) return null;
-      return { type: "message", id: f.id, from: isString(f.from) ? f.from : null, body: f.body, ts_ms: f.ts_ms };
+      if (f.client_msg_id !== undefined && !isString(f.client_msg_id)) return null;
+      return {
+        type: "message", id: f.id, from: isString(f.from) ? f.from : null, body: f.body, ts_ms: f.ts_ms,
+        ...(isString(f.client_msg_id) ? { client_msg_id: f.client_msg_id } : {}),
+      };
     case "resumed":
       if (typeof f.recovered !== "boolean" || !isCount(f.replayed)) return null;
       return {

@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import {
-  Backoff, Cursor, formatMessageId, parseMessageId, parseServerFrame, reconnectsAfter, renderClientFrame,
+  Backoff, Cursor, formatMessageId, RecentSends, parseMessageId, parseServerFrame, reconnectsAfter, renderClientFrame,
 } from "../dist/index.js";
 
 const vectors = JSON.parse(readFileSync(new URL("../../../core/protocol-vectors.json", import.meta.url), "utf8"));
@@ -66,6 +66,7 @@ test("session scripts: delivered ids, recovered events and resume points", () =>
   for (const s of vectors.sessions) {
     const cursor = new Cursor(s.last_id === null ? null : parseMessageId(s.last_id));
     assert.equal(cursor.query(), s.connect_query ? `&${s.connect_query}` : "", `${s.name}: connect query`);
+    const recent = new RecentSends();
     const delivered = [];
     const events = [];
     let reconnectAfter = null;
@@ -73,7 +74,9 @@ test("session scripts: delivered ids, recovered events and resume points", () =>
       const frame = parseServerFrame(text);
       assert.ok(frame, `${s.name}: ${text}`);
       if (frame.type === "welcome" && frame.live_from) cursor.welcomed(parseMessageId(frame.live_from));
-      if (frame.type === "message" && cursor.accept(parseMessageId(frame.id))) delivered.push(frame.id);
+      if (frame.type === "message" && cursor.accept(parseMessageId(frame.id))) {
+        if (recent.firstCopy(frame.from, frame.client_msg_id)) delivered.push(frame.id);
+      }
       if (frame.type === "resumed") events.push({ recovered: frame.recovered, reason: frame.reason ?? null });
       if (frame.type === "disconnect" && frame.reconnect) reconnectAfter = frame.retry_after_ms;
     }
@@ -87,6 +90,17 @@ test("session scripts: delivered ids, recovered events and resume points", () =>
       assert.equal(cursor.query(), `&${s.next_connect_query}`, `${s.name}: next connect query`);
     }
   }
+});
+
+test("recent sends forget the oldest pair beyond their bound", () => {
+  const recent = new RecentSends([], 3);
+  for (const c of ["a", "b", "c"]) assert.ok(recent.firstCopy("u2", c));
+  assert.equal(recent.firstCopy("u2", "a"), false);
+  assert.ok(recent.firstCopy("u3", "a"), "another sender's id is another send");
+  assert.ok(recent.firstCopy("u2", "a"), "a, the oldest, was forgotten");
+  assert.ok(recent.firstCopy(null, "a") && recent.firstCopy("u2", undefined), "no pair, no dedupe");
+  assert.deepEqual(recent.newest(2), ["u3\na", "u2\na"]);
+  assert.equal(new RecentSends(recent.newest(2)).firstCopy("u2", "a"), false, "restored from storage");
 });
 
 test("backoff stays within its bounds and its cap", () => {

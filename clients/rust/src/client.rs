@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
-use rtc_core::protocol::{ClientFrame, MessageId, ResumeFailure, ServerFrame};
+use rtc_core::protocol::{ClientFrame, MessageId, RecentSends, ResumeFailure, ServerFrame};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -124,7 +124,10 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<State>,
     close: CancellationToken,
-    /// `client_msg_id`s handed out: `c-1`, `c-2`…
+    /// `client_msg_id`s handed out: `<prefix>-1`, `<prefix>-2`… The random
+    /// prefix keeps them unique per sender across client instances (a
+    /// recipient drops a pair it saw as a retried send's second copy).
+    send_prefix: String,
     sends: AtomicU64,
 }
 
@@ -169,10 +172,18 @@ impl RtcClient {
             out: Out { events: events_tx, state: state_tx, close: close.clone() },
             commands: commands_rx,
             pending: Pending::default(),
+            recent_sends: RecentSends::default(),
         };
         tokio::spawn(task.run());
-        let inner =
-            Inner { user: config.user, commands: commands_tx, state: state_rx, close, sends: AtomicU64::new(0) };
+        let send_prefix = format!("{:012x}", rand::random::<u64>() >> 16);
+        let inner = Inner {
+            user: config.user,
+            commands: commands_tx,
+            state: state_rx,
+            close,
+            send_prefix,
+            sends: AtomicU64::new(0),
+        };
         Ok((RtcClient { inner: Arc::new(inner) }, Events { rx: events_rx }))
     }
 
@@ -211,7 +222,7 @@ impl RtcClient {
         }
         let n = self.inner.sends.fetch_add(1, Ordering::Relaxed) + 1;
         let (reply, answer) = oneshot::channel();
-        let command = Command::Send { to: to.into(), body: body.into(), client_msg_id: format!("c-{n}"), reply };
+        let command = Command::Send { to: to.into(), body: body.into(), client_msg_id: format!("{}-{n}", self.inner.send_prefix), reply };
         self.inner.commands.send(command).map_err(|_| SendError::Closed)?;
         answer.await.unwrap_or(Err(SendError::Closed))
     }
@@ -285,6 +296,7 @@ struct Task {
     out: Out,
     commands: mpsc::UnboundedReceiver<Command>,
     pending: Pending,
+    recent_sends: RecentSends,
 }
 
 /// The wait a failed attempt asks for.
@@ -533,9 +545,13 @@ impl Task {
             }
         };
         let event = match frame {
-            ServerFrame::Message { id, from, body, ts_ms } => {
+            ServerFrame::Message { id, from, body, ts_ms, client_msg_id } => {
                 if !self.cursor.accept(id) {
                     tracing::trace!(user = %self.user, %id, "dropping a message already delivered");
+                    return Flow::Go;
+                }
+                if !self.recent_sends.first_copy(from.as_deref(), client_msg_id.as_deref()) {
+                    tracing::debug!(user = %self.user, %id, "dropping the second copy of a retried send");
                     return Flow::Go;
                 }
                 Event::Message { id, from: from.map(|f| f.into_owned()), body: body.into_owned(), ts_ms }

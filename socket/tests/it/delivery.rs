@@ -54,6 +54,8 @@ async fn send_is_produced_to_the_recipient_and_acknowledged() {
         (m["id"].as_str().unwrap(), m["from"].as_str().unwrap(), m["body"].as_str().unwrap()),
         (id.as_str(), "alice", "hello bob")
     );
+    // Bob's client needs it to drop the second copy of a send Alice retries.
+    assert_eq!(m["client_msg_id"], "c-1", "{m}");
     node.shutdown().await;
 }
 
