@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
 
 use rtc_core::protocol::{
-    ClientFrame, MessageId, RecentSends, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after, resume_point,
+    ClientFrame, MessageId, RecentSends, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after,
+    resume_point,
 };
 use serde_json::{Value, json};
 

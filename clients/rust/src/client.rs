@@ -222,7 +222,12 @@ impl RtcClient {
         }
         let n = self.inner.sends.fetch_add(1, Ordering::Relaxed) + 1;
         let (reply, answer) = oneshot::channel();
-        let command = Command::Send { to: to.into(), body: body.into(), client_msg_id: format!("{}-{n}", self.inner.send_prefix), reply };
+        let command = Command::Send {
+            to: to.into(),
+            body: body.into(),
+            client_msg_id: format!("{}-{n}", self.inner.send_prefix),
+            reply,
+        };
         self.inner.commands.send(command).map_err(|_| SendError::Closed)?;
         answer.await.unwrap_or(Err(SendError::Closed))
     }
