@@ -232,6 +232,11 @@ impl ServerFrame<'_> {
     }
 }
 
+/// The Kafka record header naming the sender (a `message`'s `from`).
+pub const FROM_HEADER: &str = "rtc-from";
+/// The Kafka record header carrying the sender's `client_msg_id`.
+pub const CLIENT_MSG_ID_HEADER: &str = "rtc-client-msg-id";
+
 /// Renders a `message` frame without building a [`ServerFrame`] (the socket
 /// node renders each record once for every session that gets it).
 pub fn render_message(

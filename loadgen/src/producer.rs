@@ -97,7 +97,7 @@ pub async fn run(shared: Arc<Shared>, producer: FutureProducer, stop: Cancellati
 
     let mut report = ProducerReport::default();
     let pad = "x".repeat(config.body_bytes);
-    let headers = OwnedHeaders::new().insert(Header { key: "rtc-from", value: Some("loadgen") });
+    let headers = OwnedHeaders::new().insert(Header { key: rtc_core::protocol::FROM_HEADER, value: Some("loadgen") });
     let mut pacer = Pacer::new(config.rate, crate::now_ms());
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -17,7 +17,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use rtc_core::protocol::{MessageId, render_message};
+use rtc_core::protocol::{CLIENT_MSG_ID_HEADER, FROM_HEADER, MessageId, render_message};
 
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{InvalidRecord, KafkaFailure, Metrics};
@@ -176,9 +176,9 @@ pub fn produce(
     from: &str,
     client_msg_id: Option<&str>,
 ) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
-    let mut headers = OwnedHeaders::new().insert(Header { key: "rtc-from", value: Some(from) });
+    let mut headers = OwnedHeaders::new().insert(Header { key: FROM_HEADER, value: Some(from) });
     if let Some(id) = client_msg_id {
-        headers = headers.insert(Header { key: "rtc-client-msg-id", value: Some(id) });
+        headers = headers.insert(Header { key: CLIENT_MSG_ID_HEADER, value: Some(id) });
     }
     let record = FutureRecord::to(topic).key(to).payload(body).headers(headers);
     producer.send_result(record).map_err(|(e, _)| e)
@@ -312,7 +312,7 @@ pub fn delivery_of<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>) -> Option<(
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
     };
-    let (from, client_msg_id) = (header("rtc-from"), header("rtc-client-msg-id"));
+    let (from, client_msg_id) = (header(FROM_HEADER), header(CLIENT_MSG_ID_HEADER));
     let frame = render_message(MessageId::new(partition, offset), from, &body, ts_ms, client_msg_id);
     Some((user, Delivery { partition, offset, ts_ms, frame: frame.into(), buffered_at: tokio::time::Instant::now() }))
 }

@@ -458,7 +458,8 @@ export class RtcClient {
           }
           const liveFrom = frame.live_from ? parseMessageId(frame.live_from) : null;
           if (liveFrom) this.#cursor.welcomed(liveFrom);
-          this.#store();
+          const resumeFrom = this.#cursor.liveFrom;
+          if (resumeFrom) this.#save("live_from", formatMessageId(resumeFrom));
           this.session = { nodeId: frame.node_id, partition: frame.partition, epoch: frame.epoch };
           opened({ ended }); // wrapped: a promise resolved with a promise would wait for it
           this.#setState("connected");
@@ -501,7 +502,12 @@ export class RtcClient {
     const id = parseMessageId(frame.id);
     if (!id || !this.#cursor.accept(id)) return;
     const first = this.#recent.firstCopy(frame.from, frame.client_msg_id);
-    this.#store();
+    // Only what this message changed: the last id, and the recent sends
+    // when it named one.
+    this.#save("last_id", frame.id);
+    if (first && frame.client_msg_id !== undefined) {
+      this.#save("sends", JSON.stringify(this.#recent.newest(STORED_SENDS)));
+    }
     if (first) this.#emit("message", { id: frame.id, from: frame.from, body: frame.body, ts_ms: frame.ts_ms });
   }
 
@@ -575,14 +581,9 @@ export class RtcClient {
     }
   }
 
-  #store(): void {
-    if (!this.#storage) return;
+  #save(what: string, value: string): void {
     try {
-      const last = this.#cursor.lastId;
-      const liveFrom = this.#cursor.liveFrom;
-      if (last) this.#storage.setItem(this.#key("last_id"), formatMessageId(last));
-      if (liveFrom) this.#storage.setItem(this.#key("live_from"), formatMessageId(liveFrom));
-      this.#storage.setItem(this.#key("sends"), JSON.stringify(this.#recent.newest(STORED_SENDS)));
+      this.#storage?.setItem(this.#key(what), value);
     } catch {
       // A full or refused storage only costs the resume across a reload.
     }
