@@ -98,7 +98,12 @@ pub async fn run(node: Arc<HeartbeatSource>, mut conn: ConnectionManager, key: S
         let add = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(interval, add).await {
             Ok(Ok(_)) => {
-                node.lease.renew(sent_at);
+                if node.lease.renew(sent_at) {
+                    // At start, or after a fence: an assignment read before
+                    // this write does not count, so read one now instead of
+                    // at the next poll.
+                    node.ownership.read_assignment_now();
+                }
                 node.metrics.redis_up.set(1.0);
                 node.metrics.heartbeats.increment(HeartbeatOutcome::Ok);
             }

@@ -39,12 +39,17 @@ impl NodeLease {
         self.valid_for
     }
 
-    /// A heartbeat sent at `sent_at` was written.
-    pub fn renew(&self, sent_at: Instant) {
+    /// A heartbeat sent at `sent_at` was written. True when this brings
+    /// back a lease that had run out (or never started): the node serves
+    /// again only on an assignment it reads from now on, so it should read
+    /// one at once rather than at the next poll.
+    pub fn renew(&self, sent_at: Instant) -> bool {
         let mut renewed = self.renewed_at.lock().unwrap_or_else(|p| p.into_inner());
+        let lapsed = renewed.is_none_or(|r| Instant::now() >= r + self.valid_for);
         if renewed.is_none_or(|r| sent_at > r) {
             *renewed = Some(sent_at);
         }
+        lapsed
     }
 
     /// When the lease runs out (`None`: never renewed).
@@ -93,13 +98,15 @@ mod tests {
         let lease = NodeLease::new(Duration::from_secs(5));
         let t0 = Instant::now();
         assert!(!lease.is_valid(t0), "not before the first heartbeat");
-        lease.renew(t0);
+        assert!(lease.renew(t0), "the first renewal starts the lease");
         assert!(lease.is_valid(t0 + Duration::from_millis(4999)));
         assert!(!lease.is_valid(t0 + Duration::from_secs(5)));
         // A slow write that finishes after a newer one does not pull it back.
-        lease.renew(t0 + Duration::from_secs(2));
+        assert!(!lease.renew(t0 + Duration::from_secs(2)), "a renewal of a valid lease");
         lease.renew(t0 + Duration::from_secs(1));
         assert_eq!(lease.expires_at(), Some(t0 + Duration::from_secs(7)));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(lease.renew(Instant::now()), "a renewal after the lease ran out brings it back");
     }
 
     #[tokio::test(start_paused = true)]

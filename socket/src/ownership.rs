@@ -53,9 +53,14 @@ impl Ownership {
         self.epoch.send_if_modified(|e| std::mem::replace(e, epoch) != epoch);
     }
 
+    /// Wakes the follower to read the assignment now.
+    pub(crate) fn read_assignment_now(&self) {
+        self.fetch_now.notify_one();
+    }
+
     /// Waits (bounded) until an assignment of at least `epoch` is applied.
     pub async fn wait_for_epoch(&self, epoch: u64, timeout: Duration) -> bool {
-        self.fetch_now.notify_one();
+        self.read_assignment_now();
         let mut rx = self.epoch.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|e| *e >= epoch)).await.is_ok_and(|r| r.is_ok())
     }
