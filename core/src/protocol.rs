@@ -397,6 +397,84 @@ pub fn resume_point(last: Option<MessageId>, live_from: Option<MessageId>) -> Op
     }
 }
 
+/// Where a client is in its user's messages, and so where its next connect
+/// resumes ([`resume_point`]): the last id it delivered (the whole dedupe is
+/// one comparison, [`is_new`]), else a welcome's `live_from`.
+///
+/// Which `live_from`: a session's live start L says that every record from L
+/// on reaches it. Until that session's `resumed` frame, the records before L
+/// that the resume asked for are not all delivered, so the earlier start is
+/// kept. After `resumed` (all replayed, or given up with `recovered:false`)
+/// this session's L is the point to come back to. Keeping the first one
+/// forever would make every later resume scan further back, and after a
+/// `recovered:false` it would be refused again on every connect, each time
+/// losing what arrived between two sessions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    last: Option<MessageId>,
+    live_from: Option<MessageId>,
+    session_live_from: Option<MessageId>,
+}
+
+impl Cursor {
+    /// Starts after `last` (an id the application processed before), or
+    /// from `live_from` (a welcome seen before any message), or from nothing.
+    pub fn new(last: Option<MessageId>, live_from: Option<MessageId>) -> Self {
+        Self { last, live_from, session_live_from: None }
+    }
+
+    pub fn last_id(&self) -> Option<MessageId> {
+        self.last
+    }
+
+    /// The live start to resume from while nothing was delivered.
+    pub fn live_from(&self) -> Option<MessageId> {
+        self.live_from
+    }
+
+    /// Whether `id` is new; a new id becomes the last one.
+    pub fn accept(&mut self, id: MessageId) -> bool {
+        let new = is_new(self.last, id);
+        if new {
+            self.last = Some(id);
+        }
+        new
+    }
+
+    /// A session's welcome, with its `live_from` (absent from older nodes).
+    pub fn welcomed(&mut self, live_from: Option<MessageId>) {
+        self.session_live_from = live_from;
+        if self.live_from.is_none() {
+            self.live_from = live_from;
+        }
+    }
+
+    /// The session's `resumed` frame: the replay is over. Without a
+    /// delivered message, or when the resume could not recover (the
+    /// application reloads its state), the session's live start becomes
+    /// the resume point.
+    pub fn resumed(&mut self, recovered: bool) {
+        if !recovered {
+            self.last = None;
+        }
+        if self.last.is_none() && self.session_live_from.is_some() {
+            self.live_from = self.session_live_from;
+        }
+    }
+
+    /// The connect query's resume parameter: `("last_id", id)`,
+    /// `("from_id", id)` or none (a first connect).
+    pub fn resume_point(&self) -> Option<(&'static str, MessageId)> {
+        resume_point(self.last, self.live_from)
+    }
+
+    /// What the connect URL adds after the token: `&last_id=P:O`,
+    /// `&from_id=P:O` or nothing.
+    pub fn query(&self) -> String {
+        self.resume_point().map(|(key, id)| format!("&{key}={id}")).unwrap_or_default()
+    }
+}
+
 /// The test vectors file, for tests in this workspace.
 pub const VECTORS_JSON: &str = include_str!("../protocol-vectors.json");
 
@@ -425,6 +503,49 @@ mod tests {
         assert!(!reconnects_after(4500));
         assert!(!reconnects_after(4999));
         assert!(!reconnects_after(3000));
+    }
+
+    fn id(s: &str) -> MessageId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_cursor_accepts_only_ids_above_the_last() {
+        let mut c = Cursor::new(Some(id("3:10")), None);
+        assert!(!c.accept(id("3:10")), "the same id again");
+        assert!(!c.accept(id("3:2")), "an older id");
+        assert_eq!(c.last_id(), Some(id("3:10")), "a duplicate does not move the last id");
+        assert!(c.accept(id("3:11")));
+        assert!(c.accept(id("3:15")));
+        assert!(!c.accept(id("3:12")), "below the last one, even if never seen");
+        // Another partition (the partition count changed): starts over there.
+        assert!(c.accept(id("4:1")));
+        assert_eq!(c.last_id(), Some(id("4:1")));
+        assert!(Cursor::default().accept(id("0:0")));
+    }
+
+    #[test]
+    fn a_cursor_resumes_from_the_last_id_else_the_live_start_of_the_last_finished_replay() {
+        let mut c = Cursor::default();
+        assert_eq!(c.query(), "", "a first connect resumes nothing");
+        c.welcomed(Some(id("3:7")));
+        assert_eq!(c.query(), "&from_id=3:7");
+        c.welcomed(Some(id("3:9")));
+        assert_eq!(c.query(), "&from_id=3:7", "the replay of [3:7, 3:9) is not over yet");
+        c.resumed(true);
+        assert_eq!(c.query(), "&from_id=3:9", "replayed, nothing for this user: resume from this session's start");
+        assert!(c.accept(id("3:9")));
+        c.welcomed(Some(id("3:20")));
+        c.resumed(true);
+        assert_eq!(c.query(), "&last_id=3:9", "a last id wins");
+        c.welcomed(Some(id("3:900")));
+        c.resumed(false);
+        assert_eq!(c.last_id(), None, "the gap is given up");
+        assert_eq!(c.query(), "&from_id=3:900", "not 3:9 again, which would be refused again");
+        let mut old_node = Cursor::new(None, Some(id("3:7")));
+        old_node.welcomed(None);
+        old_node.resumed(true);
+        assert_eq!(old_node.query(), "&from_id=3:7", "a welcome without live_from changes nothing");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
 
 use rtc_core::protocol::{
-    ClientFrame, MessageId, RecentSends, ServerFrame, VECTORS_JSON, is_new, parse_client_frame, reconnects_after,
-    resume_point,
+    ClientFrame, Cursor, MessageId, RecentSends, ServerFrame, VECTORS_JSON, is_new, parse_client_frame,
+    reconnects_after,
 };
 use serde_json::{Value, json};
 
@@ -99,22 +99,21 @@ fn message_ids_close_codes_and_dedupe() {
 fn session_scripts_deliver_what_they_say_with_one_comparison() {
     let v = vectors();
     for case in list(&v, "sessions") {
-        let mut last = id_of(&case["last_id"]);
-        let query = |last, from| resume_point(last, from).map(|(k, id)| format!("{k}={id}")).unwrap_or_default();
-        assert_eq!(json!(query(last, None)), case["connect_query"], "{}", case["name"]);
-        let mut live_from = None;
+        let mut cursor = Cursor::new(id_of(&case["last_id"]), case.get("live_from").and_then(id_of));
+        let query = |c: &Cursor| c.resume_point().map(|(k, id)| format!("{k}={id}")).unwrap_or_default();
+        assert_eq!(json!(query(&cursor)), case["connect_query"], "{}", case["name"]);
         let mut recent_sends = RecentSends::default();
         let (mut delivered, mut events) = (Vec::new(), Vec::new());
         for text in case["frames"].as_array().unwrap() {
             match ServerFrame::parse(text.as_str().unwrap()).unwrap() {
-                ServerFrame::Welcome { live_from: from, .. } => live_from = live_from.or(from),
-                ServerFrame::Message { id, from, client_msg_id, .. } if is_new(last, id) => {
-                    last = Some(id);
-                    if recent_sends.first_copy(from.as_deref(), client_msg_id.as_deref()) {
-                        delivered.push(json!(id.to_string()));
-                    }
+                ServerFrame::Welcome { live_from, .. } => cursor.welcomed(live_from),
+                ServerFrame::Message { id, from, client_msg_id, .. }
+                    if cursor.accept(id) && recent_sends.first_copy(from.as_deref(), client_msg_id.as_deref()) =>
+                {
+                    delivered.push(json!(id.to_string()));
                 }
                 ServerFrame::Resumed { recovered, reason, .. } => {
+                    cursor.resumed(recovered);
                     events.push(json!({"recovered": recovered, "reason": reason}))
                 }
                 _ => {}
@@ -122,9 +121,9 @@ fn session_scripts_deliver_what_they_say_with_one_comparison() {
         }
         assert_eq!(json!(delivered), case["delivered"], "{}", case["name"]);
         assert_eq!(json!(events), case["events"], "{}", case["name"]);
-        assert_eq!(json!(last.map(|l| l.to_string())), case["last_id_after"], "{}", case["name"]);
+        assert_eq!(json!(cursor.last_id().map(|l| l.to_string())), case["last_id_after"], "{}", case["name"]);
         if let Some(next) = case.get("next_connect_query") {
-            assert_eq!(json!(query(last, live_from)), *next, "{}", case["name"]);
+            assert_eq!(json!(query(&cursor)), *next, "{}", case["name"]);
         }
     }
 }

@@ -6,7 +6,15 @@
 
 import { Backoff } from "./backoff.js";
 import { Cursor } from "./cursor.js";
-import { formatMessageId, parseMessageId, parseServerFrame, reconnectsAfter, renderClientFrame } from "./protocol.js";
+import {
+  formatMessageId,
+  isNew,
+  type MessageId,
+  parseMessageId,
+  parseServerFrame,
+  reconnectsAfter,
+  renderClientFrame,
+} from "./protocol.js";
 import { RecentSends } from "./recent.js";
 
 export type State = "disconnected" | "connecting" | "connected" | "closed";
@@ -35,18 +43,21 @@ export interface Session {
 /**
  * What went wrong. `code` is one of `route_unreachable`, `route_refused`
  * (with `status`), `bad_route`, `auth_failed`, `connect_failed`, `closed`,
- * `send_timeout`, `too_many_sends`, or a server's error code
- * (`rate_limited`, `send_failed`, `bad_frame`, …).
+ * `send_timeout`, `too_many_sends`, `duplicate_send`, or a server's error
+ * code (`send_failed`, `bad_frame`, …). A failed send's error names its
+ * `clientMsgId`: sending again under it is delivered at most once.
  */
 export class RtcError extends Error {
   readonly code: string;
   readonly status: number | undefined;
+  readonly clientMsgId: string | undefined;
 
-  constructor(code: string, message: string, status?: number) {
+  constructor(code: string, message: string, details: { status?: number; clientMsgId?: string } = {}) {
     super(message);
     this.name = "RtcError";
     this.code = code;
-    this.status = status;
+    this.status = details.status;
+    this.clientMsgId = details.clientMsgId;
   }
 }
 
@@ -63,14 +74,19 @@ export interface StorageLike {
   setItem(key: string, value: string): void;
 }
 
-/** The part of the WebSocket API the client uses (the browser's, `ws`, undici's). */
+/**
+ * The part of the WebSocket API the client uses (the browser's, `ws`,
+ * undici's). The handlers' events are `any` so that each of those classes,
+ * with its own event types, fits (`test/types` checks it); the client reads
+ * `data` of a message and `code` of a close.
+ */
 export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
@@ -90,7 +106,7 @@ export interface RtcClientOptions {
   fetch?: typeof fetch;
   /** A route request, and a socket until its welcome, give up after this. */
   connectTimeoutMs?: number;
-  /** A send not acknowledged by then fails with `send_timeout`. */
+  /** A send not acknowledged this long after it first went out fails with `send_timeout`. */
   sendTimeoutMs?: number;
   /** Uniform in [0, 1): the jitter's source (tests pass their own). */
   random?: () => number;
@@ -98,6 +114,14 @@ export interface RtcClientOptions {
 
 /** Sends waiting for their ack; beyond this, `send` fails at once. */
 const MAX_PENDING_SENDS = 1000;
+/**
+ * Sends written and not yet acknowledged. The rest wait: a session's first
+ * moments (every send queued during an outage) stay well under the node's
+ * burst (`RTC_SEND_RATE`, 100 by default).
+ */
+const SEND_WINDOW = 32;
+/** After the node said `rate_limited`, writing sends waits this long (its bucket refills in 1 s). */
+const RATE_LIMIT_PAUSE_MS = 1000;
 /** After a `disconnect`, how long to wait for the server's close. */
 const CLOSE_WAIT_MS = 1000;
 /** Recent sends a page keeps in `storage`. */
@@ -108,7 +132,10 @@ interface PendingSend {
   frame: string;
   resolve: (id: string) => void;
   reject: (error: RtcError) => void;
-  timer: ReturnType<typeof setTimeout>;
+  /** Runs from the first write: time spent disconnected is not the server's. */
+  timer: ReturnType<typeof setTimeout> | undefined;
+  /** Written on the current session, not yet acknowledged. */
+  written: boolean;
 }
 
 interface Route {
@@ -156,6 +183,13 @@ export class RtcClient {
   #running = false;
   #closing = false;
   #ws: WebSocketLike | null = null;
+  /** The socket of the session open now (welcomed), where sends go. */
+  #live: WebSocketLike | null = null;
+  #inFlight = 0;
+  #sendsPausedUntil = 0;
+  #pumpTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Aborts the route request (and `getRouteAuth`) under way. */
+  #routeAbort: AbortController | null = null;
   #routeIndex = 0;
   /** Cuts the current wait short (close, or a page that came back). */
   #interrupt: ((jitterable: boolean) => void) | null = null;
@@ -228,6 +262,7 @@ export class RtcClient {
     if (this.#closing) return;
     this.#closing = true;
     this.#interrupt?.(false);
+    this.#routeAbort?.abort();
     this.#ws?.close(1000, "");
     if (!this.#running) this.#finish();
   }
@@ -239,22 +274,57 @@ export class RtcClient {
    * before the ack makes the client send it again, under the same
    * `client_msg_id`: the recipient's client delivers only one copy.
    */
-  send(to: string, body: string): Promise<string> {
-    if (this.#closing) return Promise.reject(new RtcError("closed", "the client is closed"));
-    if (this.#pending.size >= MAX_PENDING_SENDS) {
-      return Promise.reject(new RtcError("too_many_sends", `${MAX_PENDING_SENDS} sends wait for their ack`));
+  send(to: string, body: string, options: { clientMsgId?: string } = {}): Promise<string> {
+    let clientMsgId = options.clientMsgId;
+    const refuse = (code: string, message: string) => Promise.reject(new RtcError(code, message, { clientMsgId }));
+    if (this.#closing) return refuse("closed", "the client is closed");
+    if (this.#pending.size >= MAX_PENDING_SENDS) return refuse("too_many_sends", `${MAX_PENDING_SENDS} sends wait for their ack`);
+    if (clientMsgId === undefined) {
+      this.#sends += 1;
+      clientMsgId = `${this.#sendPrefix}-${this.#sends}`;
+    } else if (!clientMsgId || this.#pending.has(clientMsgId)) {
+      return refuse("duplicate_send", `client_msg_id ${JSON.stringify(clientMsgId)} is empty or already waiting`);
     }
-    this.#sends += 1;
-    const clientMsgId = `${this.#sendPrefix}-${this.#sends}`;
+    const id = clientMsgId;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(clientMsgId);
-        reject(new RtcError("send_timeout", `no ack within ${this.#sendTimeoutMs} ms`));
-      }, this.#sendTimeoutMs);
-      const frame = renderClientFrame({ type: "send", to, body, client_msg_id: clientMsgId });
-      this.#pending.set(clientMsgId, { frame, resolve, reject, timer });
-      if (this.#state === "connected" && this.#ws) write(this.#ws, frame);
+      const frame = renderClientFrame({ type: "send", to, body, client_msg_id: id });
+      this.#pending.set(id, { frame, resolve, reject, timer: undefined, written: false });
+      this.#pump();
     });
+  }
+
+  /**
+   * Writes waiting sends, oldest first, while the session is open, the
+   * window has room and the node has not just said `rate_limited`.
+   */
+  #pump(): void {
+    const ws = this.#live;
+    if (!ws) return;
+    const wait = this.#sendsPausedUntil - Date.now();
+    if (wait > 0) {
+      this.#pumpTimer ??= setTimeout(() => {
+        this.#pumpTimer = undefined;
+        this.#pump();
+      }, wait);
+      return;
+    }
+    for (const [id, send] of this.#pending) {
+      if (this.#inFlight >= SEND_WINDOW) return;
+      if (send.written) continue;
+      send.written = true;
+      this.#inFlight += 1;
+      send.timer ??= setTimeout(() => {
+        this.#settle(id, (s) => s.reject(new RtcError("send_timeout", `no ack within ${this.#sendTimeoutMs} ms`, { clientMsgId: id })));
+      }, this.#sendTimeoutMs);
+      write(ws, send.frame);
+    }
+  }
+
+  /** The session ended: what it had written and not acknowledged goes again on the next. */
+  #sessionEnded(): void {
+    this.#live = null;
+    this.#inFlight = 0;
+    for (const send of this.#pending.values()) send.written = false;
   }
 
   async #run(): Promise<void> {
@@ -273,6 +343,7 @@ export class RtcClient {
       const end = await attempt.ended;
       this.session = null;
       this.#ws = null;
+      this.#sessionEnded();
       const delay = this.#reconnectDelay(end);
       if (delay === null || this.#closing) break;
       this.reconnects += 1;
@@ -286,9 +357,11 @@ export class RtcClient {
     this.#closing = true;
     this.#unlisten?.();
     this.#unlisten = null;
+    clearTimeout(this.#pumpTimer);
+    this.#sessionEnded();
     for (const [id, send] of this.#pending) {
       clearTimeout(send.timer);
-      send.reject(new RtcError("closed", "the client is closed"));
+      send.reject(new RtcError("closed", "the client is closed", { clientMsgId: id }));
       this.#pending.delete(id);
     }
     this.#setState("closed");
@@ -329,6 +402,7 @@ export class RtcClient {
   /** Route (each load balancer in turn), then the socket until its welcome. */
   async #attempt(): Promise<{ retry: Retry } | { ended: Promise<End> }> {
     let route: Route | null = null;
+    let atLeast = 0;
     for (let i = 0; i < this.#routeUrls.length && !route; i++) {
       const index = (this.#routeIndex + i) % this.#routeUrls.length;
       const answer = await this.#route(index);
@@ -339,46 +413,64 @@ export class RtcClient {
         break;
       }
       this.#emit("error", answer.error);
-      if (answer.error.code !== "route_unreachable") {
-        // It answered: the others share its assignment and would say the same.
+      if (answer.final) {
+        // It answered for the fleet (an exact wait) or about this client
+        // (4xx): the others share its assignment and would say the same.
         this.#routeIndex = index;
         return { retry: answer.retry };
       }
+      // Unreachable, a 5xx without a wait, not a route: maybe only this
+      // load balancer (or a proxy before it) is in trouble.
+      atLeast = Math.max(atLeast, answer.retry.ms);
     }
-    if (!route) return { retry: { ms: 0, exact: false } };
+    if (!route) return { retry: { ms: atLeast, exact: false } };
     const opened = await this.#open(route.connectUrl + this.#cursor.query());
-    if (!opened) this.#emit("error", new RtcError("connect_failed", `no session at node ${route.nodeId}`));
+    if (!opened && !this.#closing) this.#emit("error", new RtcError("connect_failed", `no session at node ${route.nodeId}`));
     return opened ?? { retry: { ms: 0, exact: false } };
   }
 
-  async #route(index: number): Promise<Route | { error: RtcError; retry: Retry }> {
+  /**
+   * Asks one load balancer for the route. `final` on a refusal that the
+   * other load balancers would repeat.
+   */
+  async #route(index: number): Promise<Route | { error: RtcError; retry: Retry; final: boolean }> {
     const base = this.#routeUrls[index] ?? "";
     const url = `${base}/v1/route?user=${encodeURIComponent(this.user)}`;
     const failed = (code: string, message: string, retry: Retry = { ms: 0, exact: false }, status?: number) => ({
-      error: new RtcError(code, `${url}: ${message}`, status),
+      error: new RtcError(code, `${url}: ${message}`, { status }),
       retry,
+      final: retry.exact || (status !== undefined && status >= 400 && status < 500),
     });
-    const headers: Record<string, string> = { accept: "application/json" };
-    try {
-      const auth = await this.#getRouteAuth?.();
-      if (auth) headers.authorization = auth;
-    } catch (e) {
-      return failed("auth_failed", `getRouteAuth failed: ${String(e)}`);
-    }
+    // One deadline for getRouteAuth and the request; close() aborts both.
     const abort = new AbortController();
+    this.#routeAbort = abort;
     const timer = setTimeout(() => abort.abort(), this.#connectTimeoutMs);
+    const aborted = new Promise<never>((_, reject) => {
+      abort.signal.addEventListener("abort", () => reject(new Error("aborted (timeout or close)")));
+    });
+    aborted.catch(() => {});
+    const headers: Record<string, string> = { accept: "application/json" };
     let status: number;
     let retryAfter: string | null;
     let text: string;
     try {
-      const response = await this.#fetch(url, { headers, signal: abort.signal });
-      status = response.status;
-      retryAfter = response.headers.get("retry-after");
-      text = await response.text();
-    } catch (e) {
-      return failed("route_unreachable", String(e));
+      try {
+        const auth = await Promise.race([Promise.resolve().then(() => this.#getRouteAuth?.()), aborted]);
+        if (auth) headers.authorization = auth;
+      } catch (e) {
+        return failed("auth_failed", `getRouteAuth failed: ${String(e)}`);
+      }
+      try {
+        const response = await Promise.race([this.#fetch(url, { headers, signal: abort.signal }), aborted]);
+        status = response.status;
+        retryAfter = response.headers.get("retry-after");
+        text = await Promise.race([response.text(), aborted]);
+      } catch (e) {
+        return failed("route_unreachable", String(e));
+      }
     } finally {
       clearTimeout(timer);
+      this.#routeAbort = null;
     }
     let json: Record<string, unknown> | null = null;
     try {
@@ -456,34 +548,39 @@ export class RtcClient {
             ws.close(1000, "");
             return finish({ kind: "client", at: Date.now() });
           }
-          const liveFrom = frame.live_from ? parseMessageId(frame.live_from) : null;
-          if (liveFrom) this.#cursor.welcomed(liveFrom);
-          const resumeFrom = this.#cursor.liveFrom;
-          if (resumeFrom) this.#save("live_from", formatMessageId(resumeFrom));
+          this.#cursor.welcomed(frame.live_from ? parseMessageId(frame.live_from) : null);
+          this.#saveCursor();
           this.session = { nodeId: frame.node_id, partition: frame.partition, epoch: frame.epoch };
           opened({ ended }); // wrapped: a promise resolved with a promise would wait for it
+          // Sends waiting (new, or unacknowledged by the last session) go
+          // before the state event, so one sent from its handler goes once.
+          this.#live = ws;
+          this.#pump();
           this.#setState("connected");
-          // Sends waiting (new, or unacknowledged by the last session).
-          for (const send of this.#pending.values()) write(ws, send.frame);
           return;
         }
         switch (frame.type) {
           case "message":
             return this.#deliver(frame);
           case "resumed":
+            this.#cursor.resumed(frame.recovered);
+            this.#saveCursor();
             return this.#emit("recovered", { recovered: frame.recovered, reason: frame.reason });
           case "ack":
             return this.#settle(frame.client_msg_id, (send) => send.resolve(frame.id));
           case "error": {
-            const error = new RtcError(frame.code, frame.message);
-            if (frame.client_msg_id && this.#pending.has(frame.client_msg_id)) {
-              return this.#settle(frame.client_msg_id, (send) => send.reject(error));
-            }
+            const id = frame.client_msg_id;
+            const send = id === undefined ? undefined : this.#pending.get(id);
+            if (send && frame.code === "rate_limited") return this.#rateLimited(send);
+            const error = new RtcError(frame.code, frame.message, { clientMsgId: id });
+            if (send && id !== undefined) return this.#settle(id, (s) => s.reject(error));
             return this.#emit("error", error);
           }
           case "disconnect":
             if (goodbye) return;
             goodbye = { kind: "disconnect", reconnect: frame.reconnect, retryAfterMs: frame.retry_after_ms, at: Date.now() };
+            // Sends wait for the next session: this one is ending.
+            this.#live = null;
             this.#setState("connecting");
             // The server closes next; messages before its close still count.
             closeWait = setTimeout(() => {
@@ -504,7 +601,7 @@ export class RtcClient {
     const first = this.#recent.firstCopy(frame.from, frame.client_msg_id);
     // Only what this message changed: the last id, and the recent sends
     // when it named one.
-    this.#save("last_id", frame.id);
+    this.#saveLastId(id);
     if (first && frame.client_msg_id !== undefined) {
       this.#save("sends", JSON.stringify(this.#recent.newest(STORED_SENDS)));
     }
@@ -516,7 +613,25 @@ export class RtcClient {
     if (!send) return;
     this.#pending.delete(clientMsgId);
     clearTimeout(send.timer);
+    if (send.written) this.#inFlight -= 1;
     act(send);
+    this.#pump();
+  }
+
+  /**
+   * The node refused a send for its rate: it was not produced, so it is
+   * written again, under its id, once the node's bucket has refilled. Failing
+   * it instead would make the application send again under a new id, and a
+   * first copy that did reach the log (an earlier session's) would then be
+   * delivered twice.
+   */
+  #rateLimited(send: PendingSend): void {
+    if (send.written) {
+      send.written = false;
+      this.#inFlight -= 1;
+    }
+    this.#sendsPausedUntil = Date.now() + RATE_LIMIT_PAUSE_MS;
+    this.#pump();
   }
 
   #setState(state: State): void {
@@ -563,7 +678,7 @@ export class RtcClient {
     return `rtc-client:${this.user}:${what}`;
   }
 
-  #load(): { lastId: ReturnType<typeof parseMessageId>; liveFrom: ReturnType<typeof parseMessageId>; sends: string[] } {
+  #load(): { lastId: MessageId | null; liveFrom: MessageId | null; sends: string[] } {
     const empty = { lastId: null, liveFrom: null, sends: [] };
     if (!this.#storage) return empty;
     try {
@@ -579,6 +694,30 @@ export class RtcClient {
     } catch {
       return empty;
     }
+  }
+
+  /** The resume point after a welcome or `resumed`. */
+  #saveCursor(): void {
+    const liveFrom = this.#cursor.liveFrom;
+    if (liveFrom) this.#save("live_from", formatMessageId(liveFrom));
+    // A resume that could not recover gave up the last id.
+    if (this.#cursor.lastId === null && this.#storage?.getItem(this.#key("last_id"))) this.#save("last_id", "");
+  }
+
+  /**
+   * Stores a delivered id unless the stored one is newer: tabs of one user
+   * share `localStorage`, and one behind must not move the others back.
+   */
+  #saveLastId(id: MessageId): void {
+    let stored: MessageId | null = null;
+    try {
+      const text = this.#storage?.getItem(this.#key("last_id"));
+      stored = text ? parseMessageId(text) : null;
+    } catch {
+      stored = null;
+    }
+    if (stored && !isNew(stored, id)) return;
+    this.#save("last_id", formatMessageId(id));
   }
 
   #save(what: string, value: string): void {

@@ -1,12 +1,14 @@
 // Where the client is in its user's messages: the last id it delivered
-// (dedupe is one comparison) and the first welcome's `live_from`; together
-// they name the resume point of the next connect.
+// (dedupe is one comparison) and a welcome's `live_from`; together they name
+// the resume point of the next connect. The same rules as rtc-core's
+// `protocol::Cursor`, checked by the same vectors.
 
 import { formatMessageId, isNew, type MessageId, resumePoint } from "./protocol.js";
 
 export class Cursor {
   #last: MessageId | null;
-  #liveFrom: MessageId | null = null;
+  #liveFrom: MessageId | null;
+  #sessionLiveFrom: MessageId | null = null;
 
   /**
    * Starts after `last` (an id the application processed before), or from
@@ -33,9 +35,25 @@ export class Cursor {
     return fresh;
   }
 
-  /** Notes a welcome's `live_from`; only the first counts. */
-  welcomed(liveFrom: MessageId): void {
+  /**
+   * A session's welcome and its `live_from`. Until the session's `resumed`,
+   * the records before it that the resume asked for are not all delivered:
+   * an earlier live start is kept.
+   */
+  welcomed(liveFrom: MessageId | null): void {
+    this.#sessionLiveFrom = liveFrom;
     this.#liveFrom ??= liveFrom;
+  }
+
+  /**
+   * The session's `resumed`: the replay is over. Without a delivered
+   * message, or when it could not recover (the gap is given up), this
+   * session's live start becomes the resume point; the old one would scan
+   * further back each time, or be refused on every connect.
+   */
+  resumed(recovered: boolean): void {
+    if (!recovered) this.#last = null;
+    if (this.#last === null && this.#sessionLiveFrom) this.#liveFrom = this.#sessionLiveFrom;
   }
 
   /** What the connect URL adds after the token: `&last_id=P:O`, `&from_id=P:O` or nothing. */

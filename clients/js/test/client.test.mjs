@@ -6,30 +6,16 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { RtcClient, RtcError } from "../dist/index.js";
-import { FakeLb, FakeNode, MemoryStorage, until, welcome } from "./fakes.mjs";
+import { FakeLb, FakeNode, MemoryStorage, start, until, welcome } from "./fakes.mjs";
 
 const vectors = JSON.parse(readFileSync(new URL("../../../core/protocol-vectors.json", import.meta.url), "utf8"));
-
-/** A client on fakes, recording its events. */
-function start(options = {}, lb = new FakeLb(), node = new FakeNode()) {
-  const client = new RtcClient({
-    routeUrls: ["http://lb-a.test"], user: "u1", WebSocket: node.WebSocket, fetch: lb.fetch,
-    minReconnectDelayMs: 5, maxReconnectDelayMs: 50, ...options,
-  });
-  const seen = { states: [], messages: [], recovered: [], errors: [] };
-  client.on("state", (s) => seen.states.push(s));
-  client.on("message", (m) => seen.messages.push(m));
-  client.on("recovered", (r) => seen.recovered.push(r));
-  client.on("error", (e) => seen.errors.push(e));
-  client.connect();
-  return { client, lb, node, seen };
-}
 
 test("every session script is acted on as specified", async () => {
   assert.ok(vectors.sessions.length >= 7);
   for (const s of vectors.sessions) {
     const storage = new MemoryStorage();
     if (s.last_id) storage.setItem("rtc-client:u1:last_id", s.last_id);
+    if (s.live_from) storage.setItem("rtc-client:u1:live_from", s.live_from);
     const told = s.reconnect_after_ms !== undefined;
     // Backing off instead of following retry_after_ms would take 5 s or more.
     const { client, node, seen } = start({ storage, minReconnectDelayMs: told ? 5_000 : 5, maxReconnectDelayMs: 10_000 });
@@ -52,7 +38,9 @@ test("every session script is acted on as specified", async () => {
     assert.deepEqual(seen.messages.map((m) => m.id), s.delivered, `${s.name}: delivered`);
     assert.deepEqual(seen.recovered, s.events, `${s.name}: recovered events`);
     assert.equal(client.lastId, s.last_id_after, `${s.name}: last id`);
-    assert.equal(storage.getItem("rtc-client:u1:last_id"), s.last_id_after ?? s.last_id, `${s.name}: stored`);
+    // A resume that could not recover gives up the stored last id.
+    const gaveUp = s.events.some((e) => !e.recovered);
+    assert.equal(storage.getItem("rtc-client:u1:last_id"), s.last_id_after ?? (gaveUp ? "" : s.last_id), `${s.name}: stored`);
     client.close();
     await until(() => client.state === "closed", "closed");
   }
@@ -127,7 +115,7 @@ test("a route answer's retry_after_ms is followed exactly; Retry-After bounds th
   const t0 = Date.now();
   await node.next(0);
   const waited = Date.now() - t0;
-  assert.ok(waited >= 35 && waited < 1_000, `followed 40 ms, not the 5 s backoff: ${waited} ms`);
+  assert.ok(waited >= 30 && waited < 1_000, `followed 40 ms, not the 5 s backoff: ${waited} ms`);
   assert.equal(seen.errors[0].code, "route_refused");
   assert.equal(seen.errors[0].status, 503);
   client.close();
@@ -158,8 +146,8 @@ test("sends resolve on their ack, fail on an error naming them, and are retried 
   assert.notEqual(f1.client_msg_id, f2.client_msg_id);
   a.frame({ type: "ack", client_msg_id: f1.client_msg_id, id: "9:1" });
   assert.equal(await first, "9:1");
-  a.frame({ type: "error", code: "rate_limited", message: "slow down", client_msg_id: f3.client_msg_id });
-  await assert.rejects(refused, (e) => e.code === "rate_limited");
+  a.frame({ type: "error", code: "send_failed", message: "the log refused it", client_msg_id: f3.client_msg_id });
+  await assert.rejects(refused, (e) => e.code === "send_failed" && e.clientMsgId === f3.client_msg_id);
   // The session ends before `second` is acknowledged: it goes again, same id.
   a.serverClose(1006);
   const queued = client.send("u3", "while away");
@@ -228,33 +216,6 @@ test("getRouteAuth is asked for every route; a socket that fails before its welc
   assert.equal(seen.errors[0].code, "connect_failed");
   assert.deepEqual([node.sockets[0].query("token"), node.sockets[1].query("token")], ["tok-1", "tok-2"]);
   client.close();
-});
-
-test("a page that becomes visible cuts a backoff short", async () => {
-  const target = new EventTarget();
-  const doc = new EventTarget();
-  doc.visibilityState = "visible";
-  globalThis.document = doc;
-  globalThis.addEventListener = target.addEventListener.bind(target);
-  globalThis.removeEventListener = target.removeEventListener.bind(target);
-  try {
-    let fail = true;
-    const lb = new FakeLb(() => (fail ? { status: 503, body: { error: "no_ready_node" } } : lb.route()));
-    const { client, node } = start({ minReconnectDelayMs: 100, maxReconnectDelayMs: 60_000, random: () => 0.999 }, lb);
-    await until(() => lb.requests.length >= 3, "backing off");
-    // The next wait is seconds long now; the network comes back.
-    fail = false;
-    const t0 = Date.now();
-    target.dispatchEvent(new Event("online"));
-    await node.next(0);
-    assert.ok(Date.now() - t0 < 400, `reconnected ${Date.now() - t0} ms after "online"`);
-    client.close();
-    await until(() => client.state === "closed", "closed");
-  } finally {
-    delete globalThis.document;
-    delete globalThis.addEventListener;
-    delete globalThis.removeEventListener;
-  }
 });
 
 test("bad options are refused", () => {

@@ -2,6 +2,8 @@
 // WebSocket class) for the client's unit tests: each records what the client
 // asked for and lets the test play the server's side.
 
+import { RtcClient } from "../dist/index.js";
+
 /** Polls `check` until it returns something truthy; fails after `ms`. */
 export async function until(check, what, ms = 3_000) {
   const deadline = Date.now() + ms;
@@ -113,9 +115,14 @@ export class FakeLb {
   get fetch() {
     return async (url, init) => {
       const u = new URL(url);
-      const request = { base: u.origin, path: u.pathname, user: u.searchParams.get("user"), headers: init?.headers ?? {} };
+      const signal = init?.signal;
+      const request = { base: u.origin, path: u.pathname, user: u.searchParams.get("user"), headers: init?.headers ?? {}, signal };
       this.requests.push(request);
-      const { status, body, headers } = await this.answer(request.base, request);
+      // As fetch does: an abort rejects the request, even one never answered.
+      const aborted = new Promise((_, reject) => {
+        signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      });
+      const { status, body, headers } = await Promise.race([this.answer(request.base, request), aborted]);
       return new Response(typeof body === "string" ? body : JSON.stringify(body), { status, headers });
     };
   }
@@ -131,3 +138,19 @@ export class MemoryStorage {
     this.items.set(key, String(value));
   }
 }
+
+/** A client on fakes, recording its events. */
+export function start(options = {}, lb = new FakeLb(), node = new FakeNode()) {
+  const client = new RtcClient({
+    routeUrls: ["http://lb-a.test"], user: "u1", WebSocket: node.WebSocket, fetch: lb.fetch,
+    minReconnectDelayMs: 5, maxReconnectDelayMs: 50, ...options,
+  });
+  const seen = { states: [], messages: [], recovered: [], errors: [] };
+  client.on("state", (s) => seen.states.push(s));
+  client.on("message", (m) => seen.messages.push(m));
+  client.on("recovered", (r) => seen.recovered.push(r));
+  client.on("error", (e) => seen.errors.push(e));
+  client.connect();
+  return { client, lb, node, seen };
+}
+

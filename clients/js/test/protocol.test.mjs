@@ -64,7 +64,8 @@ test("dedupe delivers only ids after the last one", () => {
 
 test("session scripts: delivered ids, recovered events and resume points", () => {
   for (const s of vectors.sessions) {
-    const cursor = new Cursor(s.last_id === null ? null : parseMessageId(s.last_id));
+    const id = (text) => (text ? parseMessageId(text) : null);
+    const cursor = new Cursor(id(s.last_id), id(s.live_from));
     assert.equal(cursor.query(), s.connect_query ? `&${s.connect_query}` : "", `${s.name}: connect query`);
     const recent = new RecentSends();
     const delivered = [];
@@ -73,11 +74,14 @@ test("session scripts: delivered ids, recovered events and resume points", () =>
     for (const text of s.frames) {
       const frame = parseServerFrame(text);
       assert.ok(frame, `${s.name}: ${text}`);
-      if (frame.type === "welcome" && frame.live_from) cursor.welcomed(parseMessageId(frame.live_from));
+      if (frame.type === "welcome") cursor.welcomed(id(frame.live_from));
       if (frame.type === "message" && cursor.accept(parseMessageId(frame.id))) {
         if (recent.firstCopy(frame.from, frame.client_msg_id)) delivered.push(frame.id);
       }
-      if (frame.type === "resumed") events.push({ recovered: frame.recovered, reason: frame.reason ?? null });
+      if (frame.type === "resumed") {
+        cursor.resumed(frame.recovered);
+        events.push({ recovered: frame.recovered, reason: frame.reason ?? null });
+      }
       if (frame.type === "disconnect" && frame.reconnect) reconnectAfter = frame.retry_after_ms;
     }
     assert.deepEqual(delivered, s.delivered, `${s.name}: delivered`);

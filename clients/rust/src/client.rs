@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
-use rtc_core::protocol::{ClientFrame, MessageId, RecentSends, ResumeFailure, ServerFrame};
+use rtc_core::protocol::{ClientFrame, Cursor, MessageId, RecentSends, ResumeFailure, ServerFrame};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, SessionEnd};
 use crate::config::ClientConfig;
 use crate::conn::{self, Welcome, Ws};
-use crate::cursor::Cursor;
 use crate::error::{ClientError, ConfigError, RouteError, SendError};
 use crate::route::Router;
 
@@ -167,7 +166,7 @@ impl RtcClient {
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             permits: config.connect_permits.clone(),
-            cursor: Cursor::new(config.last_id),
+            cursor: Cursor::new(config.last_id, config.live_from),
             backoff: Backoff::new(config.min_reconnect_delay, config.max_reconnect_delay),
             out: Out { events: events_tx, state: state_tx, close: close.clone() },
             commands: commands_rx,
@@ -347,9 +346,7 @@ impl Task {
                 }
             };
             self.backoff.reset();
-            if let Some(live_from) = welcome.live_from {
-                self.cursor.welcomed(live_from);
-            }
+            self.cursor.welcomed(welcome.live_from);
             tracing::debug!(user = %self.user, node = %welcome.node_id, partition = welcome.partition,
                 epoch = welcome.epoch, "session open");
             let (end, ended_at) = if self.out.set_state(State::Connected).await {
@@ -561,7 +558,10 @@ impl Task {
                 }
                 Event::Message { id, from: from.map(|f| f.into_owned()), body: body.into_owned(), ts_ms }
             }
-            ServerFrame::Resumed { recovered, reason, .. } => Event::Recovered { recovered, reason },
+            ServerFrame::Resumed { recovered, reason, .. } => {
+                self.cursor.resumed(recovered);
+                Event::Recovered { recovered, reason }
+            }
             ServerFrame::Ack { client_msg_id, id } => {
                 if let Some(client_msg_id) = client_msg_id {
                     self.pending.ack(&client_msg_id, id);

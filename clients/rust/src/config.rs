@@ -24,6 +24,10 @@ pub struct ClientConfig {
     /// Resume after this id on the first connect: the last message the
     /// application processed in an earlier run. `None`: start live.
     pub last_id: Option<MessageId>,
+    /// Without a `last_id`: resume from this live start, a welcome's
+    /// `live_from` an earlier run saw before its first message (see
+    /// `rtc_core::protocol::Cursor`).
+    pub live_from: Option<MessageId>,
     /// Smallest reconnect delay after a failure (default 500 ms); must not
     /// be zero.
     pub min_reconnect_delay: Duration,
@@ -58,6 +62,7 @@ impl ClientConfig {
             route_urls: route_urls.into_iter().map(Into::into).collect(),
             user: user.into(),
             last_id: None,
+            live_from: None,
             min_reconnect_delay: Duration::from_millis(500),
             max_reconnect_delay: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
@@ -91,6 +96,7 @@ impl fmt::Debug for ClientConfig {
             .field("route_urls", &self.route_urls)
             .field("user", &self.user)
             .field("last_id", &self.last_id)
+            .field("live_from", &self.live_from)
             .field("min_reconnect_delay", &self.min_reconnect_delay)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("connect_timeout", &self.connect_timeout)

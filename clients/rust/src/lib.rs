@@ -37,7 +37,6 @@ mod backoff;
 mod client;
 mod config;
 mod conn;
-mod cursor;
 mod error;
 mod route;
 

@@ -43,6 +43,7 @@ async fn play(case: &Value) {
     let lb = FakeLb::start(&node.url).await;
     let mut config = ClientConfig::new([lb.url.clone()], "u1");
     config.last_id = id_of(&case["last_id"]);
+    config.live_from = case.get("live_from").and_then(id_of);
     // Backing off (instead of following retry_after_ms) would take at
     // least 5 s: the timing check below would see it.
     config.min_reconnect_delay = if told_to_move { Duration::from_secs(5) } else { ms(20) };

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
-use rtc_core::protocol::{MessageId, is_new, resume_point};
+use rtc_core::protocol::{Cursor, MessageId};
 use tokio::sync::watch;
 
 use crate::support::*;
@@ -30,8 +30,7 @@ async fn user_session(
     mut expected: watch::Receiver<Option<BTreeSet<String>>>,
 ) -> (BTreeSet<String>, u32, Vec<String>) {
     let mut received = BTreeSet::new();
-    let mut last_id: Option<MessageId> = None;
-    let mut live_from: Option<MessageId> = None;
+    let mut cursor = Cursor::default();
     let mut reconnects = 0;
     let mut welcomed_by = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -43,8 +42,7 @@ async fn user_session(
             (id, addr, r.epoch)
         };
         let token = token_for(&user, &node_id, rtc_core::partition_for_key(user.as_bytes(), partitions), epoch);
-        let resume = resume_point(last_id, live_from).map(|(k, id)| format!("&{k}={id}")).unwrap_or_default();
-        let url = format!("ws://{addr}/ws?token={token}{resume}");
+        let url = format!("ws://{addr}/ws?token={token}{}", cursor.query());
         let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -52,7 +50,7 @@ async fn user_session(
         let mut client = Client { ws };
         let welcome = client.next_json().await.expect("welcome");
         welcomed_by.push(welcome["node_id"].as_str().unwrap().to_owned());
-        live_from = live_from.or_else(|| welcome["live_from"].as_str().map(|id| id.parse().unwrap()));
+        cursor.welcomed(welcome["live_from"].as_str().map(|id| id.parse().unwrap()));
         loop {
             let done = expected.borrow().as_ref().is_some_and(|e| e.is_subset(&received));
             if done || tokio::time::Instant::now() >= deadline {
@@ -62,12 +60,14 @@ async fn user_session(
                 frame = client.next_json_within(Duration::from_millis(200)) => match frame {
                     Some(m) if m["type"] == "message" => {
                         let id: MessageId = m["id"].as_str().unwrap().parse().unwrap();
-                        if is_new(last_id, id) {
-                            last_id = Some(id);
+                        if cursor.accept(id) {
                             received.insert(id.to_string());
                         }
                     }
-                    Some(r) if r["type"] == "resumed" => assert_eq!(r["recovered"], true, "{user}: {r}"),
+                    Some(r) if r["type"] == "resumed" => {
+                        assert_eq!(r["recovered"], true, "{user}: {r}");
+                        cursor.resumed(true);
+                    }
                     Some(d) if d["type"] == "disconnect" => {
                         assert_eq!(d["reason"], "rebalance");
                         let wait = d["retry_after_ms"].as_u64().unwrap();
