@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use rtc_core::{ConnectClaims, NodeState, RouteAnswer};
 use serde::Deserialize;
@@ -53,7 +53,17 @@ pub fn admin(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { s.metrics.render() }))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/", get(console))
         .with_state(shared)
+}
+
+/// The operator console: one page (no dependencies, built into the binary)
+/// that reads `/v1/nodes`, `/v1/assignment`, `/v1/decisions` and `/metrics`
+/// of this admin port once a second.
+async fn console() -> Response {
+    let page = include_str!("console/index.html");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], page).into_response()
 }
 
 /// 503 once a critical task has ended early (the process exits then too).

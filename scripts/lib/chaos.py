@@ -13,13 +13,16 @@ from http.client import HTTPConnection
 import json
 import os
 import random
+import select
 import signal
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from chaos_cluster import (  # noqa: E402
-    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, http, metrics, now_ms, wait_for, wait_live)
+    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, free_port, http, metrics, now_ms, wait_for,
+    wait_live)
 from chaos_ws import Closed, WsSession  # noqa: E402
 
 # name: (full repeats, users, messages/s, description)
@@ -33,6 +36,8 @@ SCENARIOS = {
     "broker-restart": (3, 300, 100, "broker restart as clients see it: every Kafka connection reset, refused 10 s"),
     "half-open": (3, 300, 100, "half-open clients (load generator SIGSTOP) during a rebalance"),
     "connect-race": (20, 150, 50, "200 connects racing a partition move"),
+    "js-client": (3, 100, 50, "50 TypeScript rtc-client users (Node) chatting through a node drain, then a node SIGKILL"),
+    "browser": (1, 100, 50, "the chat demo and the console in chromium: a drain and a reload of the recipient's page"),
     "bad-input": (10_000, 50, 20, "malformed, oversized and random frames, tokens, JWTs, heartbeats, decisions, gRPC"),
 }
 
@@ -479,6 +484,86 @@ def bad_decisions(c, n, r, rng):
     return n
 
 
+JS_CHAT = os.path.join(os.path.dirname(__file__), "..", "..", "clients", "js", "test", "stack", "chat.mjs")
+
+
+def js_client(c, repeats, checks, fig):
+    """The TypeScript client on the real stack (clients/js/test/stack/chat.mjs):
+    its users are told to move by a drain (back within 1 s) and lose their
+    node to a SIGKILL (back within dead-after + 1 s, their unacknowledged
+    sends going again), and no message is lost, doubled or reordered."""
+    runs = []
+    for r in range(repeats):
+        drained, killed = c.nodes[r % NODES], c.nodes[(r + 1) % NODES]
+        env = dict(os.environ, RTC_STACK_LBS=",".join(f"http://{lb.listen}" for lb in c.lbs), RTC_STACK_USERS="50",
+                   RTC_STACK_SECONDS="16", RTC_STACK_KILLED=killed.node_id)
+        with open(os.path.join(c.dir, f"js-chat-{r}.log"), "w") as err:
+            chat = subprocess.Popen(["node", "--experimental-websocket", JS_CHAT], stdout=subprocess.PIPE,
+                                    stderr=err, text=True, env=env)
+            try:
+                ready, _, _ = select.select([chat.stdout], [], [], 60)
+                line = chat.stdout.readline().strip() if ready else ""
+                checks.check(line == "ready", f"run {r}: 50 users connected ({line or 'timed out'})")
+                time.sleep(4)
+                status, _ = http("POST", f"http://{drained.admin}/drain", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                checks.check(status in (200, 202), f"run {r}: drain of {drained.name} accepted ({status})")
+                time.sleep(4)
+                killed.kill()
+                out, _ = chat.communicate(timeout=120)
+            finally:
+                if chat.poll() is None:
+                    chat.kill()
+        report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        runs.append(report)
+        log(f"js-client run {r}: {report}")
+        checks.check(report.get("acked", 0) > 0, f"run {r}: sends acknowledged: {report.get('acked')}")
+        for what in ("lost", "duplicates", "disorder", "failure_count"):
+            checks.check(report.get(what) == 0, f"run {r}: {what}: {report.get(what)} {report.get('failures', [])[:3]}")
+        checks.check(report.get("moves", 0) > 0 and (report.get("move_p99_ms") or 0) <= 1000,
+                     f"run {r}: told to move, back within 1 s: p99 {report.get('move_p99_ms')} ms "
+                     f"over {report.get('moves')} moves")
+        checks.check(report.get("crashes", 0) > 0 and (report.get("crash_max_ms") or 0) <= DEAD_AFTER_MS + 1000,
+                     f"run {r}: node SIGKILLed, back within dead-after + 1 s: max {report.get('crash_max_ms')} ms "
+                     f"over {report.get('crashes')} users")
+        # Both nodes come back for the next run (a drained node stays drained).
+        killed.start()
+        c.restart(drained)
+        wait_live(killed)
+        wait_live(drained)
+        wait_for("steady", 30, c.steady)
+        c.recovered_after(now_ms() - 500)
+    for key in ("acked", "moves", "crashes", "resends", "duplicates_dropped"):
+        fig[f"js_{key}"] = sum(run.get(key) or 0 for run in runs)
+    fig["js_move_p99_ms_max"] = max((run.get("move_p99_ms") or 0) for run in runs)
+    fig["js_crash_max_ms"] = max((run.get("crash_max_ms") or 0) for run in runs)
+    fig["_reconnect_bound_ms"] = DEAD_AFTER_MS + 1000
+
+
+JS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "clients", "js")
+
+
+def browser(c, repeats, checks, fig):
+    """clients/js/test/browser/chat.browser.mjs in Debian's chromium (it
+    prints its checks): the page is served from the origin the load
+    balancers allow."""
+    out = os.path.join(c.dir, "screenshots")
+    web = c._proc("web", ["python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", JS_DIR,
+                          c.cors_origin.rsplit(":", 1)[1]]).start()
+    wait_for("the web server", 10, lambda: http("GET", f"{c.cors_origin}/demo/")[0] == 200)
+    env = dict(os.environ, RTC_WEB_URL=c.cors_origin, RTC_STACK_LBS=",".join(f"http://{lb.listen}" for lb in c.lbs),
+               RTC_STACK_NODES=json.dumps([{"id": n.node_id, "admin": n.admin} for n in c.nodes]),
+               RTC_STACK_ADMIN_TOKEN=ADMIN_TOKEN, RTC_LB_ADMIN=c.lbs[0].admin, RTC_BROWSER_OUT=out)
+    with open(os.path.join(c.dir, "browser.log"), "w") as err:
+        done = subprocess.run(["node", os.path.join(JS_DIR, "test", "browser", "chat.browser.mjs")], env=env,
+                              stdout=subprocess.PIPE, stderr=err, text=True, timeout=180)
+    web.stop()
+    lines = done.stdout.strip().splitlines()
+    report = json.loads(lines[-1]) if lines else {"checks": [{"ok": False, "what": f"no report (exit {done.returncode})"}]}
+    for item in report["checks"]:
+        checks.check(item["ok"], f"browser: {item['what']}")
+    fig["screenshots"] = out
+
+
 RUNNERS = {
     "leader-sigstop": leader_sigstop,
     "leader-sigkill": leader_sigkill,
@@ -489,6 +574,8 @@ RUNNERS = {
     "broker-restart": broker_restart,
     "half-open": half_open,
     "connect-race": connect_race,
+    "js-client": js_client,
+    "browser": browser,
     "bad-input": bad_input,
 }
 
@@ -500,7 +587,8 @@ def run_scenario(name, args, bins):
         repeats = 1000
     log(f"{name}: {description} x {repeats}")
     cluster = Cluster(name, bins, args.tansu, args.out, users, rate,
-                      proxied_node=2 if name == "node-cutoff" else None, jwt_lb=name == "bad-input")
+                      proxied_node=2 if name == "node-cutoff" else None, jwt_lb=name == "bad-input",
+                      cors_origin=f"http://127.0.0.1:{free_port()}" if name == "browser" else None)
     checks, fig = Checks(), {}
     started = time.time()
     try:

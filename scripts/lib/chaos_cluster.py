@@ -328,7 +328,8 @@ class Cluster:
     """Everything one scenario runs on; `start()` brings it up with users
     connected and messages flowing."""
 
-    def __init__(self, name, bins, tansu, out_dir, users, rate, proxied_node=None, jwt_lb=False):
+    def __init__(self, name, bins, tansu, out_dir, users, rate, proxied_node=None, jwt_lb=False, cors_origin=None,
+                 node_count=NODES):
         self.name, self.bins, self.tansu_bin = name, bins, tansu
         self.dir = os.path.join(out_dir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -337,6 +338,8 @@ class Cluster:
         self.secret = f"chaos-{os.getpid()}"
         self.proxied_node = proxied_node
         self.jwt_lb = jwt_lb
+        self.cors_origin = cors_origin
+        self.node_count = node_count
         self.redis_port = free_port()
         self.lbs, self.nodes, self.procs = [], [], []
         self.node_proxy = None
@@ -402,11 +405,13 @@ class Cluster:
         argv = [self.bins["load-balancer"], "serve", "--replica-id", name, "--listen", listen, "--admin-listen", admin,
                 "--auth", auth, "--redis-url", f"redis://127.0.0.1:{self.redis_port}", "--key-prefix", self.prefix,
                 "--partitions", str(PARTITIONS), "--token-secret", self.secret, "--rate-limit", "1000000",
-                "--rate-burst", "1000000", "--lease-ttl-ms", str(LEASE_TTL_MS), "--min-replicas", str(NODES),
-                "--max-replicas", str(NODES), "--decision-interval-ms", "1000",
+                "--rate-burst", "1000000", "--lease-ttl-ms", str(LEASE_TTL_MS), "--min-replicas",
+                str(self.node_count), "--max-replicas", str(self.node_count), "--decision-interval-ms", "1000",
                 "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--dead-after-ms", str(DEAD_AFTER_MS)]
         if auth == "jwt":
             argv += ["--jwt-secret", "chaos-jwt-secret"]
+        if self.cors_origin:
+            argv += ["--cors-origins", self.cors_origin]
         return argv
 
     def start_lb(self, i):
@@ -477,7 +482,7 @@ class Cluster:
         self.start_redis()
         self.start_kafka()
         self.lbs = [self.start_lb(0), self.start_lb(1)]
-        self.nodes = [self.start_node(i) for i in range(NODES)]
+        self.nodes = [self.start_node(i) for i in range(self.node_count)]
         if scaler:
             self.start_scaler()
         if self.jwt_lb:
@@ -509,10 +514,10 @@ class Cluster:
 
     def steady(self):
         a = self.assignment()
-        if not a or len(a["nodes"]) != NODES or any(o is None for o in a["owners"]):
+        if not a or len(a["nodes"]) != self.node_count or any(o is None for o in a["owners"]):
             return False
         owners = {a["nodes"][o]["id"] for o in a["owners"]}
-        return len(owners) == NODES and all(n["state"] == "ready" for n in a["nodes"])
+        return len(owners) == self.node_count and all(n["state"] == "ready" for n in a["nodes"])
 
     def timeline(self):
         try:

@@ -136,6 +136,8 @@ interface PendingSend {
   timer: ReturnType<typeof setTimeout> | undefined;
   /** Written on the current session, not yet acknowledged. */
   written: boolean;
+  /** Written on some session before. */
+  wentOut: boolean;
 }
 
 interface Route {
@@ -163,6 +165,10 @@ export class RtcClient {
   session: Session | null = null;
   /** Sessions that ended and were followed by a reconnect. */
   reconnects = 0;
+  /** Sends written again: after a session lost before their ack, or a `rate_limited` refusal. */
+  resends = 0;
+  /** Second copies of a retried send that reached the log twice, not delivered. */
+  duplicatesDropped = 0;
 
   readonly #routeUrls: string[];
   readonly #getRouteAuth: RtcClientOptions["getRouteAuth"];
@@ -288,7 +294,7 @@ export class RtcClient {
     const id = clientMsgId;
     return new Promise((resolve, reject) => {
       const frame = renderClientFrame({ type: "send", to, body, client_msg_id: id });
-      this.#pending.set(id, { frame, resolve, reject, timer: undefined, written: false });
+      this.#pending.set(id, { frame, resolve, reject, timer: undefined, written: false, wentOut: false });
       this.#pump();
     });
   }
@@ -313,6 +319,8 @@ export class RtcClient {
       if (send.written) continue;
       send.written = true;
       this.#inFlight += 1;
+      if (send.wentOut) this.resends += 1;
+      send.wentOut = true;
       send.timer ??= setTimeout(() => {
         this.#settle(id, (s) => s.reject(new RtcError("send_timeout", `no ack within ${this.#sendTimeoutMs} ms`, { clientMsgId: id })));
       }, this.#sendTimeoutMs);
@@ -516,7 +524,7 @@ export class RtcClient {
         endSession = resolve;
       });
       const giveUp = setTimeout(() => {
-        ws.close(1000, "");
+        closeQuietly(ws);
         fail();
       }, this.#connectTimeoutMs);
       const fail = () => {
@@ -530,7 +538,19 @@ export class RtcClient {
         ws.onmessage = ws.onclose = ws.onerror = null;
         endSession(end);
       };
-      ws.onerror = () => {};
+      // Browsers follow an error with a close. Node 20's WebSocket (undici)
+      // reports a refused connection with an error alone and stays
+      // CONNECTING: waiting for the close would wait for the connect timeout.
+      ws.onerror = () => {
+        if (!welcomed) {
+          closeQuietly(ws);
+          return fail();
+        }
+        closeWait ??= setTimeout(() => {
+          closeQuietly(ws);
+          finish(goodbye ?? { kind: "closed", code: 1006, at: Date.now() });
+        }, CLOSE_WAIT_MS);
+      };
       ws.onclose = (event) => {
         if (!welcomed) return fail();
         const at = Date.now();
@@ -605,6 +625,7 @@ export class RtcClient {
     if (first && frame.client_msg_id !== undefined) {
       this.#save("sends", JSON.stringify(this.#recent.newest(STORED_SENDS)));
     }
+    if (!first) this.duplicatesDropped += 1;
     if (first) this.#emit("message", { id: frame.id, from: frame.from, body: frame.body, ts_ms: frame.ts_ms });
   }
 
@@ -739,6 +760,15 @@ function write(ws: WebSocketLike, frame: string): void {
     ws.send(frame);
   } catch {
     // Kept pending; see above.
+  }
+}
+
+/** Closes a socket that may be failing already (some implementations throw then). */
+function closeQuietly(ws: WebSocketLike): void {
+  try {
+    ws.close(1000, "");
+  } catch {
+    // It is closed or failing: nothing to do.
   }
 }
 

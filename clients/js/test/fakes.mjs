@@ -71,6 +71,11 @@ export class FakeNode {
         this.serverClose(1006);
       }
 
+      /** A refused connection as Node 20's WebSocket (undici) reports it: an error, no close. */
+      errorWithoutClose() {
+        this.onerror?.({});
+      }
+
       query(name) {
         return this.url.searchParams.get(name);
       }

@@ -101,6 +101,23 @@ test("a socket that opens but never welcomes is given up after connectTimeoutMs"
   client.close();
 });
 
+test("an error without a close (Node 20's WebSocket on a refused connection) fails the attempt at once", async () => {
+  const { client, node, seen } = start({ connectTimeoutMs: 60_000 });
+  const t0 = Date.now();
+  (await node.next(0)).errorWithoutClose();
+  const b = await node.next(1);
+  assert.ok(Date.now() - t0 < 1_000, `tried again after ${Date.now() - t0} ms, not the 60 s connect timeout`);
+  assert.equal(seen.errors[0].code, "connect_failed");
+  // In a session, an error whose close never comes ends it after a second.
+  b.frame(welcome());
+  await client.ready();
+  const t1 = Date.now();
+  b.errorWithoutClose();
+  await node.next(2);
+  assert.ok(Date.now() - t1 >= 900 && Date.now() - t1 < 2_000, `the session ended ${Date.now() - t1} ms after the error`);
+  client.close();
+});
+
 test("a disconnect frame not followed by the server's close: the client closes after 1 s and moves", async () => {
   const { client, node, seen } = start();
   const a = await node.next(0);
