@@ -56,7 +56,9 @@ def node_side(c, users, settle, victim):
             env = dict(os.environ, RTC_STACK_LBS=",".join(f"http://{lb.listen}" for lb in c.lbs),
                        RTC_STORM_USERS=str(users // PROCESSES), RTC_STORM_PREFIX=f"storm-js-{os.getpid()}-{i}")
             with open(os.path.join(c.dir, f"storm-js-{i}.log"), "w") as err:
-                procs.append(subprocess.Popen(["node", "--experimental-websocket", STORM_JS], stdin=subprocess.PIPE,
+                # RTC_STORM_NODE_FLAGS: e.g. --cpu-prof, to see where a reconnect's CPU goes.
+                flags = os.environ.get("RTC_STORM_NODE_FLAGS", "").split()
+                procs.append(subprocess.Popen(["node", "--experimental-websocket", *flags, STORM_JS], stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, stderr=err, text=True, env=env))
         for p in procs:
             ready, _, _ = select.select([p.stdout], [], [], 180)
@@ -79,7 +81,11 @@ def node_side(c, users, settle, victim):
             "not_connected": sum(r["not_connected"] for r in reports),
             "rss_mb": sum(r["rss_mb"] for r in reports), "cpu_ms": cpu,
             "messages": sum(r["acked"] for r in reports), "lost": sum(r["lost"] for r in reports),
-            "send_failures": sum(r["send_failures"] for r in reports)}
+            "send_failures": sum(r["send_failures"] for r in reports),
+            "not_recovered": sum(r["not_recovered"] for r in reports),
+            "route_p99_ms": max(r["route_p99_ms"] or 0 for r in reports),
+            "socket_p99_ms": max(r["socket_p99_ms"] or 0 for r in reports),
+            "detail": [r["lost_detail"] + r["not_recovered_reasons"] for r in reports]}
 
 
 def rust_side(c, users, settle, victim):
