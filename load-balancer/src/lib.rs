@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod publish;
 pub mod ring_report;
 pub mod scale;
+pub mod scale_report;
 pub mod service;
 pub mod testing;
