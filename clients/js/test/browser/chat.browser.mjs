@@ -59,9 +59,18 @@ try {
     await page.waitForSelector("#state.connected", { timeout: 15_000 });
     return page;
   };
+  // Without a name the page asks for one; with one it chats.
+  const picker = await context.newPage();
+  await picker.goto(`${web}/demo/?lb=${encodeURIComponent(lbs)}`);
+  check(await picker.isVisible("#pick") && await picker.isHidden("main"), "without a name, the page asks for one");
+  await picker.fill("#name", `carol-${run}`);
+  await picker.click("#pick button");
+  await picker.waitForSelector("#state.connected", { timeout: 15_000 });
+  check(await picker.isHidden("#pick") && (await picker.textContent("#me")) === `carol-${run}`, "a picked name connects");
+  await picker.close();
   const a = await open(alice, bob);
-  let b = await open(bob, alice);
-  check(true, "alice and bob connected");
+  const b = await open(bob, alice);
+  check(await b.isHidden("#pick"), "alice and bob connected, no name picker shown");
 
   let sent = 0;
   const say = async (n) => {
