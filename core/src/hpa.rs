@@ -318,6 +318,57 @@ pub fn external_average_value(
     }
 }
 
+/// One metric evaluation for a `Resource` metric with a `Utilization` target
+/// (the HPA on CPU, `GetResourceReplicas`).
+///
+/// `ready_usage` holds each ready pod's usage as a fraction of its request
+/// (0.5 = half its CPU request); `unready` pods (pending, or not ready inside
+/// the CPU initialization period) have their samples ignored. Every pod is
+/// assumed to report a metric (none is missing).
+///
+/// Utilization is an integer percent of the summed requests, as in
+/// `GetResourceUtilizationRatio`. Without unready pods, or when the ratio is
+/// under 1: inside the tolerance the answer is `current`, otherwise
+/// ceil(ratio × ready pods). When scaling up with unready pods, those count
+/// as using nothing, and a scale-up that this turns into a scale-down (or
+/// into the tolerance band) does not happen. With no ready pod there is no
+/// metric, and the count stays `current`.
+pub fn resource_utilization_replicas(
+    current: u32,
+    ready_usage: &[f64],
+    unready: u32,
+    target_percent: u32,
+    scale_up_tolerance: f64,
+    scale_down_tolerance: f64,
+) -> u32 {
+    // Requests of 1000m each: usage in milli-units of the request.
+    let milli: Vec<i64> = ready_usage.iter().map(|u| (u.max(0.0) * 1000.0).round() as i64).collect();
+    if milli.is_empty() || target_percent == 0 {
+        return current;
+    }
+    let ratio = |total: i64, pods: usize| {
+        let utilization = (total * 100) / (pods as i64 * 1000);
+        utilization as f64 / f64::from(target_percent)
+    };
+    let total: i64 = milli.iter().sum();
+    let usage_ratio = ratio(total, milli.len());
+    let within = |r: f64| within_tolerance(r, scale_up_tolerance, scale_down_tolerance);
+    let ceil = |r: f64, pods: usize| {
+        let n = (r * pods as f64).ceil();
+        if n >= f64::from(MAX_REPLICAS) { MAX_REPLICAS } else { n.max(0.0) as u32 }
+    };
+    if unready == 0 || usage_ratio <= 1.0 {
+        return if within(usage_ratio) { current } else { ceil(usage_ratio, milli.len()) };
+    }
+    // Scaling up with unready pods: they are taken as using nothing.
+    let pods = milli.len() + unready as usize;
+    let new_ratio = ratio(total, pods);
+    if within(new_ratio) || new_ratio < 1.0 {
+        return current;
+    }
+    ceil(new_ratio, pods).max(current)
+}
+
 /// The smallest count above `current` that an HPA (target average 1) does not
 /// swallow as noise, or `None` if none fits in `int32`.
 ///
@@ -511,6 +562,29 @@ impl Hpa {
     /// external metrics API answered with an error), reporting how the count
     /// came about.
     pub fn reconcile_outcome(&mut self, now_ms: u64, current: u32, metric_value: Option<f64>, target: f64) -> Outcome {
+        let (up, down) = self.tolerances();
+        self.reconcile_with(now_ms, current, |current| match metric_value {
+            None => Err(Reason::MetricUnavailable),
+            Some(_) if keda_milli(target) <= 0 => Err(Reason::InvalidTarget),
+            Some(value) => Ok(external_average_value(current, value, target, up, down)),
+        })
+    }
+
+    /// The scale-up and scale-down tolerances, for a caller's own proposal.
+    pub fn tolerances(&self) -> (f64, f64) {
+        (self.spec.behavior.scale_up.tolerance, self.spec.behavior.scale_down.tolerance)
+    }
+
+    /// One reconcile with any metric type: `propose` turns the current count
+    /// into the metric's proposal (tolerance applied, e.g. with
+    /// [`resource_utilization_replicas`]), or says why there is none. It is
+    /// only called when the count is inside `minReplicas..=maxReplicas`.
+    pub fn reconcile_with(
+        &mut self,
+        now_ms: u64,
+        current: u32,
+        propose: impl FnOnce(u32) -> Result<u32, Reason>,
+    ) -> Outcome {
         // The controller seeds its memory with the count it finds, before
         // anything can fail, so even a reconcile that does nothing else makes a
         // fresh HPA hold its size for one scale-down window.
@@ -530,21 +604,10 @@ impl Hpa {
             self.store_scale_event(now_ms, current, min);
             return Outcome::without_metric(min, Reason::BelowMinReplicas);
         }
-        let Some(metric_value) = metric_value else {
-            return Outcome::without_metric(current, Reason::MetricUnavailable);
+        let proposed = match propose(current) {
+            Ok(proposed) => proposed,
+            Err(reason) => return Outcome::without_metric(current, reason),
         };
-        if keda_milli(target) <= 0 {
-            return Outcome::without_metric(current, Reason::InvalidTarget);
-        }
-
-        let behavior = &self.spec.behavior;
-        let proposed = external_average_value(
-            current,
-            metric_value,
-            target,
-            behavior.scale_up.tolerance,
-            behavior.scale_down.tolerance,
-        );
         let stabilized = self.stabilize(now_ms, current, proposed);
         let (replicas, limited_by) = self.limit_rate(now_ms, current, stabilized);
         if replicas != current {
@@ -948,6 +1011,50 @@ mod tests {
         // 3 * 0.9 = 2.7 -> 2.
         let mut hpa = Hpa::new(one_direction(ten_percent(), false));
         assert_eq!(hpa.reconcile(0, 3, 1.0, 1.0), 2);
+    }
+
+    /// The examples of the Kubernetes documentation ("Horizontal Pod
+    /// Autoscaling": algorithm details, and scaling policies).
+    #[test]
+    fn resource_utilization_follows_the_documented_examples() {
+        // "200m against a target of 100m: the number of replicas is doubled;
+        // 50m: halved; within the tolerance (0.1): no change."
+        assert_eq!(resource_utilization_replicas(4, &[2.0; 4], 0, 100, 0.1, 0.1), 8);
+        assert_eq!(resource_utilization_replicas(4, &[0.5; 4], 0, 100, 0.1, 0.1), 2);
+        assert_eq!(resource_utilization_replicas(4, &[1.05; 4], 0, 100, 0.1, 0.1), 4);
+        // Utilization is a whole percent of the summed requests: 0.7004 is 70 %.
+        assert_eq!(resource_utilization_replicas(3, &[0.7004, 0.7, 0.7], 0, 70, 0.0, 0.0), 3);
+        // "Pods not yet ready are taken as using 0 % when scaling up, which
+        // dampens the scale-up": 2 ready at 140 % of a 70 % target propose 4,
+        // with 2 more unready the average is the target and nothing changes.
+        assert_eq!(resource_utilization_replicas(2, &[1.4, 1.4], 0, 70, 0.1, 0.1), 4);
+        assert_eq!(resource_utilization_replicas(4, &[1.4, 1.4], 2, 70, 0.1, 0.1), 4);
+        assert_eq!(resource_utilization_replicas(4, &[2.1, 2.1], 2, 70, 0.1, 0.1), 6);
+        // "...and ignored when scaling down": the ready pods alone decide.
+        assert_eq!(resource_utilization_replicas(4, &[0.35, 0.35], 2, 70, 0.1, 0.1), 1);
+        // No ready pod, no metric.
+        assert_eq!(resource_utilization_replicas(3, &[], 3, 70, 0.1, 0.1), 3);
+
+        // Scaling policies: "Pods 4 and Percent 10 per 60 s, 80 replicas to
+        // be scaled down to 10: the first step removes 8; at 72, 10 % is 7.2,
+        // rounded up to 8" (the Max policy wins over 4 pods).
+        let scale_down = rules(SelectPolicy::Max, vec![ScalingPolicy::pods(4, 60), ScalingPolicy::percent(10, 60)]);
+        let mut hpa = Hpa::new(spec(1, 100, Behavior { scale_up: unlimited_rules(0.1), scale_down }));
+        let (up, down) = hpa.tolerances();
+        let usage = |pods: usize| vec![0.125; pods];
+        let mut at = |now: u64, current: u32| {
+            hpa.reconcile_with(now, current, |c| {
+                Ok(resource_utilization_replicas(c, &usage(c as usize), 0, 100, up, down))
+            })
+            .replicas
+        };
+        assert_eq!(at(0, 80), 72);
+        assert_eq!(at(30 * SECOND, 72), 72, "the period's allowance is used up");
+        assert_eq!(at(61 * SECOND, 72), 64);
+        assert_eq!(at(122 * SECOND, 64), 57, "10 % of 64 is 6.4, rounded up to 7");
+        // "When the number of replicas falls under 40, the Pods policy (4) is
+        // the larger change": 10 % of 30 would remove 3.
+        assert_eq!(at(10_000 * SECOND, 30), 26);
     }
 
     #[test]

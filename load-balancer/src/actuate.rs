@@ -61,6 +61,29 @@ pub fn choose_victim(kind: WorkloadKind, candidates: &[(String, u64)]) -> Option
     }
 }
 
+/// How the ReplicaSet controller ranks a pod for deletion on scale-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletionRank {
+    /// Running (not pending).
+    pub running: bool,
+    pub ready: bool,
+    /// Marked with [`LOWEST_DELETION_COST`].
+    pub lowest_cost: bool,
+    /// When it became ready (or will), and when it was created.
+    pub ready_since_ms: u64,
+    pub created_ms: u64,
+}
+
+/// The pod a Deployment's ReplicaSet deletes first when it scales in
+/// (`ActivePodsWithRanks`): pending before running, not ready before ready,
+/// then the lowest deletion cost, then ready for the shortest time, then the
+/// newest. So a marked victim goes first unless a pod is still starting.
+pub fn replicaset_victim<K>(pods: impl IntoIterator<Item = (K, DeletionRank)>) -> Option<K> {
+    pods.into_iter()
+        .min_by_key(|(_, r)| (r.running, r.ready, !r.lowest_cost, Reverse(r.ready_since_ms), Reverse(r.created_ms)))
+        .map(|(key, _)| key)
+}
+
 /// The ordinal of a StatefulSet pod name `<name>-<N>`: `N` when it is all
 /// digits (so `+1` or an empty suffix do not count).
 fn ordinal(pod: &str) -> Option<u64> {
@@ -236,6 +259,27 @@ mod tests {
 
     fn nodes(list: &[(&str, u64)]) -> Vec<(String, u64)> {
         list.iter().map(|(id, c)| (id.to_string(), *c)).collect()
+    }
+
+    #[test]
+    fn the_replicaset_deletes_starting_pods_then_the_marked_one_then_the_newest() {
+        let pod = |ready: bool, lowest_cost: bool, created_ms: u64| DeletionRank {
+            running: true,
+            ready,
+            lowest_cost,
+            ready_since_ms: created_ms + 30_000,
+            created_ms,
+        };
+        let old = pod(true, false, 0);
+        let newer = pod(true, false, 10);
+        let marked = pod(true, true, 0);
+        let starting = pod(false, false, 20);
+        let pending = DeletionRank { running: false, ..starting };
+        assert_eq!(replicaset_victim([("old", old), ("newer", newer)]), Some("newer"));
+        assert_eq!(replicaset_victim([("old", old), ("marked", marked), ("newer", newer)]), Some("marked"));
+        assert_eq!(replicaset_victim([("marked", marked), ("starting", starting)]), Some("starting"));
+        assert_eq!(replicaset_victim([("starting", starting), ("pending", pending)]), Some("pending"));
+        assert_eq!(replicaset_victim(Vec::<(&str, DeletionRank)>::new()), None);
     }
 
     #[test]

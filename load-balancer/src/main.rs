@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use rtc_load_balancer::ring_report;
+use rtc_load_balancer::{ring_report, scale_report};
 
 /// rtc load balancer.
 #[derive(Debug, Parser)]
@@ -16,6 +16,9 @@ enum Command {
     /// Capacity planning: spread and movement of users for this engine and
     /// two classic baselines, computed side by side.
     RingReport(ring_report::ReportArgs),
+    /// Scaling quality: rtc's engine, the plain HPA rules and hand-written
+    /// steps on the same traffic traces, side by side on a virtual clock.
+    ScaleReport(Box<scale_report::ReportArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +30,17 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", ring_report::render_table(&report));
+            }
+        }
+        Command::ScaleReport(args) => {
+            let runs = scale_report::run(&args)?;
+            if let Some(path) = &args.chart {
+                std::fs::write(path, scale_report::chart::svg(&runs))?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&scale_report::report(&runs))?);
+            } else {
+                print!("{}", scale_report::render_table(&runs));
             }
         }
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::config::ScaleConfig;
 use super::engine::{Engine, Outcome};
-use crate::actuate::WorkloadKind;
+use crate::actuate::{DeletionRank, WorkloadKind, replicaset_victim};
 use crate::fleet::Fleet;
 
 /// A heartbeat with quiet defaults (capacity 1000, nothing connected).
@@ -230,14 +230,21 @@ impl Simulation {
     }
 
     /// Which pod the workload controller deletes: the highest ordinal for a
-    /// StatefulSet; for a Deployment the lowest deletion cost (a marked
-    /// victim), then not ready before ready, then the newest.
+    /// StatefulSet; for a Deployment the ReplicaSet's ranking (a starting
+    /// pod, then a marked victim, then the newest).
     fn deletion_victim(&self, pods: &BTreeMap<u32, Pod>, now: u64) -> u32 {
         let last = *pods.keys().next_back().expect("pods to delete");
         if self.kind == WorkloadKind::StatefulSet {
             return last;
         }
-        *pods.iter().max_by_key(|(o, p)| (p.marked, now < p.ready_ms, p.ready_ms, **o)).map(|(o, _)| o).unwrap_or(&last)
+        let rank = |p: &Pod| DeletionRank {
+            running: now >= p.up_ms,
+            ready: now >= p.ready_ms,
+            lowest_cost: p.marked,
+            ready_since_ms: p.ready_ms,
+            created_ms: p.ready_ms.saturating_sub(self.startup_ms),
+        };
+        replicaset_victim(pods.iter().map(|(o, p)| (*o, rank(p)))).unwrap_or(last)
     }
 
     /// The node's figures from its share of users: CPU, memory, latency and
