@@ -256,6 +256,25 @@ fn the_scaled_object_agrees_with_the_load_balancer_and_the_scaler() {
         per_period >= max_step,
         "scale-up policy allows {per_period} pods per period, the engine steps up to {max_step}"
     );
+    // Likewise the largest scale-in step, of nodes already drained.
+    let max_in: u32 = lb.get("RTC_SCALE_IN_MAX_STEP").map_or(5, |v| v.parse().unwrap());
+    let per_period = down.policies.iter().filter(|p| p.kind == "Pods").map(|p| p.value).max().unwrap_or(0);
+    assert!(per_period >= max_in, "scale-down policy allows {per_period} pods per period, the engine removes {max_in}");
+
+    // `scale-report` judges rtc behind exactly this HPA.
+    let model = rtc_load_balancer::scale_report::policies::rtc_deploy_behavior();
+    for (rules, modelled) in [(up, &model.scale_up), (down, &model.scale_down)] {
+        let policies: Vec<(String, u32, u32)> =
+            rules.policies.iter().map(|p| (p.kind.to_lowercase(), p.value, p.period_seconds)).collect();
+        let expected: Vec<(String, u32, u32)> = modelled
+            .policies
+            .iter()
+            .map(|p| (format!("{:?}", p.kind).to_lowercase(), p.value, p.period_seconds))
+            .collect();
+        assert_eq!(policies, expected);
+        assert_eq!(rules.stabilization_window_seconds, Some(modelled.stabilization_window_seconds));
+        assert_eq!(rules.tolerance.as_ref().and_then(crds::Quantity::as_f64), Some(modelled.tolerance));
+    }
 }
 
 #[test]

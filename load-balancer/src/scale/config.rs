@@ -27,18 +27,20 @@ pub struct ScaleConfig {
     /// Connections fraction that is critical.
     #[arg(long = "scale-connections-critical", env = "RTC_SCALE_CONNECTIONS_CRITICAL", default_value_t = 0.95)]
     pub connections_critical: f64,
-    /// Fleet connections fraction under which scale-in may be considered.
-    #[arg(long = "scale-connections-low", env = "RTC_SCALE_CONNECTIONS_LOW", default_value_t = 0.35)]
+    /// Scale-in: a node may go when the connections fraction the rest would
+    /// have stays under this (the gap to the target keeps the next
+    /// scale-out from undoing it). Likewise `*-low` for CPU and memory.
+    #[arg(long = "scale-connections-low", env = "RTC_SCALE_CONNECTIONS_LOW", default_value_t = 0.60)]
     pub connections_low: f64,
 
     /// CPU fraction capacity arithmetic aims at.
-    #[arg(long = "scale-cpu-target", env = "RTC_SCALE_CPU_TARGET", default_value_t = 0.60)]
+    #[arg(long = "scale-cpu-target", env = "RTC_SCALE_CPU_TARGET", default_value_t = 0.70)]
     pub cpu_target: f64,
     #[arg(long = "scale-cpu-high", env = "RTC_SCALE_CPU_HIGH", default_value_t = 0.75)]
     pub cpu_high: f64,
     #[arg(long = "scale-cpu-critical", env = "RTC_SCALE_CPU_CRITICAL", default_value_t = 0.90)]
     pub cpu_critical: f64,
-    #[arg(long = "scale-cpu-low", env = "RTC_SCALE_CPU_LOW", default_value_t = 0.30)]
+    #[arg(long = "scale-cpu-low", env = "RTC_SCALE_CPU_LOW", default_value_t = 0.60)]
     pub cpu_low: f64,
 
     /// Memory fraction capacity arithmetic aims at.
@@ -48,7 +50,7 @@ pub struct ScaleConfig {
     pub memory_high: f64,
     #[arg(long = "scale-memory-critical", env = "RTC_SCALE_MEMORY_CRITICAL", default_value_t = 0.90)]
     pub memory_critical: f64,
-    #[arg(long = "scale-memory-low", env = "RTC_SCALE_MEMORY_LOW", default_value_t = 0.50)]
+    #[arg(long = "scale-memory-low", env = "RTC_SCALE_MEMORY_LOW", default_value_t = 0.60)]
     pub memory_low: f64,
 
     /// Messages/s delivered per node that capacity arithmetic aims at
@@ -84,20 +86,17 @@ pub struct ScaleConfig {
     #[arg(long = "scale-consecutive-window-ms", env = "RTC_SCALE_CONSECUTIVE_WINDOW_MS", default_value_t = 180_000)]
     pub consecutive_window_ms: u64,
 
-    /// Every signal must stay under its low watermark this long before a
-    /// scale-in (and again after each one).
+    /// There must be room for a node fewer (every signal's projection under
+    /// its low watermark) this long before a scale-in, and again after each
+    /// one; the nodes removed are those there was room for all along.
     #[arg(long = "scale-in-window-ms", env = "RTC_SCALE_IN_WINDOW_MS", default_value_t = 300_000)]
     pub scale_in_window_ms: u64,
     /// No scale-in this long after a scale-out.
-    #[arg(long = "scale-in-cooldown-ms", env = "RTC_SCALE_IN_COOLDOWN_MS", default_value_t = 300_000)]
+    #[arg(long = "scale-in-cooldown-ms", env = "RTC_SCALE_IN_COOLDOWN_MS", default_value_t = 600_000)]
     pub scale_in_cooldown_ms: u64,
-    /// Utilisation (connections, CPU, memory) the remaining nodes would have
-    /// after the removal must stay under this.
-    #[arg(long = "scale-in-max-projected", env = "RTC_SCALE_IN_MAX_PROJECTED", default_value_t = 0.60)]
-    pub scale_in_max_projected: f64,
-    /// Most nodes removed by one scale-in. With 1, a fleet the HPA's
-    /// tolerance would not shrink by one node is held (and says so).
-    #[arg(long = "scale-in-max-step", env = "RTC_SCALE_IN_MAX_STEP", default_value_t = 1)]
+    /// Most nodes removed by one scale-in. A step the HPA's tolerance would
+    /// swallow is held (and says so).
+    #[arg(long = "scale-in-max-step", env = "RTC_SCALE_IN_MAX_STEP", default_value_t = 5)]
     pub scale_in_max_step: u32,
     /// Longest wait for a drained node's connections to leave.
     #[arg(long = "scale-drain-deadline-ms", env = "RTC_SCALE_DRAIN_DEADLINE_MS", default_value_t = 60_000)]

@@ -4,11 +4,13 @@
 //! Scale-out is fast: urgency from thresholds sets a step of 1, 2 or 4
 //! nodes, doubled by each consecutive scale-out inside the window and
 //! capped, and never below what capacity arithmetic needs for the load
-//! predicted one node start-up ahead. Scale-in is slow: every signal under
-//! its low watermark for the whole window, the remaining nodes' projected
-//! utilisation under a bound, no recent scale-out; then one victim is
-//! drained (its partitions moved away, its users gone or a deadline passed)
-//! before the desired count is lowered.
+//! predicted one node start-up ahead. Scale-in is slow: room for at least
+//! one node fewer (every signal's utilisation on the remaining nodes, a
+//! rising trend taken one window ahead, under its low watermark) for the
+//! whole window, and no scale-out in the cooldown; then the nodes there was
+//! room for all through the window (up to a step) are drained (their
+//! partitions moved away, their users gone or a deadline passed) before the
+//! desired count is lowered.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -87,6 +89,9 @@ pub struct Engine {
     /// The last scale-out, for the scale-in cooldown.
     last_scale_out_ms: Option<u64>,
     calm_since_ms: Option<u64>,
+    /// How many nodes the fleet could have done without, at each decision
+    /// of the last scale-in window.
+    rooms: VecDeque<(u64, u32)>,
     drain: Option<Drain>,
     /// Removed nodes still alive, and since when.
     retiring: BTreeMap<String, u64>,
@@ -104,6 +109,7 @@ impl Engine {
             scale_outs: VecDeque::new(),
             last_scale_out_ms: None,
             calm_since_ms: None,
+            rooms: VecDeque::new(),
             drain: None,
             retiring: BTreeMap::new(),
             marked: BTreeSet::new(),
@@ -149,6 +155,7 @@ impl Engine {
         self.retiring.clear();
         self.drain = None;
         self.calm_since_ms = Some(now_ms);
+        self.rooms.clear();
     }
 
     pub fn decide(&mut self, fleet: &Fleet, now_ms: u64) -> Outcome {
@@ -361,7 +368,15 @@ impl Engine {
         mut findings: Vec<Finding>,
     ) -> Outcome {
         let c = self.config.clone();
-        let calm = self.calm(s);
+        let room = self.room(s);
+        let calm = self.calm(s, room);
+        if !calm {
+            self.rooms.clear();
+        }
+        self.rooms.push_back((now_ms, room));
+        while self.rooms.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > c.scale_in_window_ms) {
+            self.rooms.pop_front();
+        }
         self.calm_since_ms = if calm { Some(self.calm_since_ms.unwrap_or(now_ms)) } else { None };
 
         if let Some(drain) = self.drain.clone() {
@@ -394,6 +409,7 @@ impl Engine {
             }
             // A fresh window before the next removal.
             self.calm_since_ms = calm.then_some(now_ms);
+            self.rooms.clear();
             let mut out = decision(Action::ScaleIn, current, drain.target, Urgency::None, code, findings);
             if self.kind == WorkloadKind::Deployment {
                 out.mark = drain.victims;
@@ -411,12 +427,16 @@ impl Engine {
             );
         }
         if !calm {
-            return hold(current, Urgency::None, "steady", "load between the watermarks".into(), findings);
+            return hold(current, Urgency::None, "steady", "no room for fewer nodes".into(), findings);
         }
         let calm_for = now_ms.saturating_sub(self.calm_since_ms.unwrap_or(now_ms));
         if calm_for < c.scale_in_window_ms {
-            let text =
-                format!("under the low watermarks for {} s of {} s", calm_for / 1000, c.scale_in_window_ms / 1000);
+            let text = format!(
+                "room for {} fewer node(s) for {} s of {} s",
+                self.window_room(),
+                calm_for / 1000,
+                c.scale_in_window_ms / 1000
+            );
             return hold(current, Urgency::None, "scale_in_window", text, findings);
         }
         if let Some(at) = self.last_scale_out_ms
@@ -437,8 +457,13 @@ impl Engine {
             let text = format!("{} of {current} nodes serving", s.serving);
             return hold(current, Urgency::None, "steady", text, findings);
         }
+        // As many nodes as there was room for all through the window, up to
+        // the step; at least what the HPA's tolerance lets through.
         let target = match hpa::largest_honoured_scale_down(current, c.hpa_tolerance) {
-            Some(t) if current - t <= c.scale_in_max_step => t.max(c.min_replicas),
+            Some(t) if current - t <= c.scale_in_max_step => {
+                let room = self.window_room().min(c.scale_in_max_step);
+                t.min(current.saturating_sub(room)).max(c.min_replicas)
+            }
             _ => {
                 let text = format!(
                     "removing {} node(s) from {current} is within the HPA tolerance {}; held",
@@ -465,35 +490,49 @@ impl Engine {
         hold(current, Urgency::None, "draining", text, findings)
     }
 
-    fn calm(&self, s: &FleetSignals) -> bool {
+    /// Calm: nothing hot in absolute terms (latency, lag, message rate),
+    /// and room for at least one node fewer.
+    fn calm(&self, s: &FleetSignals, room: u32) -> bool {
         let c = &self.config;
         s.serving > 0
-            && s.connections_fraction < c.connections_low
-            && s.cpu_mean < c.cpu_low
-            && s.memory_mean < c.memory_low
+            && room > 0
             && s.p95_max_ms < c.latency_slo_ms / 2.0
             && s.lag_max < c.lag_low
             && (c.mps_target == 0.0 || s.mps_out / f64::from(s.serving) < c.mps_target * c.connections_low)
     }
 
-    /// Why the serving nodes minus `remove` would be too loaded, if so.
+    /// The room there was all through the last scale-in window.
+    fn window_room(&self) -> u32 {
+        self.rooms.iter().map(|(_, room)| *room).min().unwrap_or(0)
+    }
+
+    /// How many serving nodes could go with every signal's projected
+    /// utilisation on the rest under its low watermark.
+    fn room(&self, s: &FleetSignals) -> u32 {
+        (1..s.serving).take_while(|k| self.over_projection(s, *k).is_none()).last().unwrap_or(0)
+    }
+
+    /// Why the serving nodes minus `remove` would be too loaded, if so:
+    /// a signal's projected utilisation at or above its low watermark.
     fn over_projection(&self, s: &FleetSignals, remove: u32) -> Option<String> {
-        let bound = self.config.scale_in_max_projected;
+        let c = &self.config;
         let left = s.serving.checked_sub(remove).filter(|n| *n > 0)? as f64;
         let capacity = s.node_capacity * left;
-        let c = &self.config;
-        // A signal left out (low watermark above 1) is left out here too.
+        // A rising load is taken where it will be one window from now, so
+        // that a scale-in is not undone by the next rise.
+        let ahead = |value: f64, slope: f64| value + slope.max(0.0) * c.scale_in_window_ms as f64 / 1000.0;
+        let connections = ahead(s.connections as f64, s.connections_slope);
+        // A signal whose low watermark is above 1 is left out.
         let projected = [
-            ("connections", c.connections_low, if capacity > 0.0 { s.connections as f64 / capacity } else { 0.0 }),
-            ("cpu", c.cpu_low, s.cpu_total / left),
-            ("memory", c.memory_low, s.memory_total / left),
+            ("connections", c.connections_low, if capacity > 0.0 { connections / capacity } else { 0.0 }),
+            ("cpu", c.cpu_low, ahead(s.cpu_total, s.cpu_slope) / left),
+            ("memory", c.memory_low, ahead(s.memory_total, s.memory_slope) / left),
         ];
         projected
             .into_iter()
             .filter(|(_, low, _)| *low <= 1.0)
-            .map(|(name, _, v)| (name, v))
-            .find(|(_, v)| *v >= bound)
-            .map(|(name, v)| format!("{name} would reach {v:.2} on {left} node(s) (bound {bound:.2})"))
+            .find(|(_, bound, v)| v >= bound)
+            .map(|(name, bound, v)| format!("{name} would reach {v:.2} on {left} node(s) (bound {bound:.2})"))
     }
 }
 
@@ -582,8 +621,13 @@ mod tests {
             Self { fleet: Fleet::new(1000, 600_000), engine: Engine::new(config, kind), seq: 0 }
         }
 
+        /// One victim per scale-in, which most tests follow by name.
+        fn one_at_a_time() -> ScaleConfig {
+            ScaleConfig { scale_in_max_step: 1, ..ScaleConfig::default() }
+        }
+
         fn deployment() -> Self {
-            Self::new(ScaleConfig::default(), WorkloadKind::Deployment)
+            Self::new(Self::one_at_a_time(), WorkloadKind::Deployment)
         }
 
         /// Every node reports at `now`; `edit` may change its heartbeat.
@@ -720,9 +764,13 @@ mod tests {
 
     /// Runs a calm fleet until the engine starts a drain; returns its time.
     fn calm_until_drain(bench: &mut Bench, nodes: &[(&str, u64)]) -> u64 {
+        calm_until_drain_with(bench, nodes, |_| {})
+    }
+
+    fn calm_until_drain_with(bench: &mut Bench, nodes: &[(&str, u64)], edit: impl Fn(&mut Heartbeat) + Copy) -> u64 {
         let mut now = 0;
         loop {
-            let out = bench.tick(now, nodes);
+            let out = bench.tick_with(now, nodes, edit);
             if out.code == "draining" {
                 return now;
             }
@@ -759,7 +807,7 @@ mod tests {
 
     #[test]
     fn statefulset_victim_is_the_highest_ordinal_and_nothing_is_marked() {
-        let mut bench = Bench::new(ScaleConfig::default(), WorkloadKind::StatefulSet);
+        let mut bench = Bench::new(Bench::one_at_a_time(), WorkloadKind::StatefulSet);
         let nodes = [("socket-2", 10), ("socket-9", 300), ("socket-10", 200), ("socket-0", 50)];
         let started = calm_until_drain(&mut bench, &nodes);
         assert_eq!(bench.engine.excluded(), BTreeSet::from(["socket-10".to_owned()]));
@@ -788,13 +836,23 @@ mod tests {
 
     #[test]
     fn scale_in_needs_room_on_the_remaining_nodes_and_no_recent_scale_out() {
-        // Memory 0.45 is calm, but on 3 of 4 nodes it would be 0.6.
+        // Memory 0.45 is low, but on 3 of 4 nodes it would be 0.6: no room.
         let mut bench = Bench::deployment();
         let mut out = bench.tick_with(0, &four(LOW), |h| h.memory = 0.45);
         for now in (2_000..=300_000).step_by(2_000) {
             out = bench.tick_with(now, &four(LOW), |h| h.memory = 0.45);
         }
-        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "projected_load", 4), "{}", out.decision.reason);
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "steady", 4), "{}", out.decision.reason);
+        // At 0.44 there is room for one fewer (0.587 on 3), not two (0.88).
+        let mut bench =
+            Bench::new(ScaleConfig { scale_in_max_step: 3, ..ScaleConfig::default() }, WorkloadKind::Deployment);
+        let started = calm_until_drain_with(&mut bench, &four(LOW), |h| h.memory = 0.44);
+        assert_eq!(bench.engine.excluded().len(), 1, "room for one: {started}");
+        // Memory 0.15 (0.6 in all): room for two fewer (0.3 each), not three.
+        let mut bench =
+            Bench::new(ScaleConfig { scale_in_max_step: 3, ..ScaleConfig::default() }, WorkloadKind::Deployment);
+        calm_until_drain(&mut bench, &four(LOW));
+        assert_eq!(bench.engine.excluded(), BTreeSet::from(["n1".to_owned(), "n3".to_owned()]), "the emptiest");
 
         // A signal left out (thresholds above 1, as the one-machine demo
         // does for the host's CPU) is left out of the projection as well.

@@ -49,7 +49,8 @@ pub fn by_name(name: &str, config: &ScaleConfig, cluster: &ClusterArgs) -> Optio
 
 /// The behaviour `deploy/k8s/base/scaledobject.yaml` gives the HPA in front
 /// of rtc: no stabilization windows (the engine already waited), up to 10
-/// pods or a doubling per 15 s, down one pod a minute, tolerance 1 %.
+/// pods or a doubling per 15 s, down up to 5 drained pods per 15 s,
+/// tolerance 1 % (`deploy/check` holds the two equal).
 pub fn rtc_deploy_behavior() -> Behavior {
     let rules = |policies| ScalingRules {
         stabilization_window_seconds: 0,
@@ -59,7 +60,7 @@ pub fn rtc_deploy_behavior() -> Behavior {
     };
     Behavior {
         scale_up: rules(vec![ScalingPolicy::pods(10, 15), ScalingPolicy::percent(100, 15)]),
-        scale_down: rules(vec![ScalingPolicy::pods(1, 60)]),
+        scale_down: rules(vec![ScalingPolicy::pods(5, 15)]),
     }
 }
 
