@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rtc_core::{NodeState, partition_for_key};
-use rtc_load_balancer::assign::{LiveNode, assign};
+use rtc_load_balancer::assign::{Balance, LiveNode, assign, assign_balanced};
 use rtc_load_balancer::baselines::{HashRing, jump_consistent_hash, jump_key};
 
 fn ready(n: u32, prefix: &str) -> Vec<LiveNode> {
@@ -61,6 +61,25 @@ fn recompute(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("add_one_node", format!("P{partitions}_n{n}")), &grown, |b, grown| {
             b.iter(|| assign(Some(&current), black_box(grown), partitions, &connections))
         });
+        // Balancing users: skewed partitions (Zipf 0.6, 1 000 users on
+        // average each); a node joins, and the leader's every-tick recompute
+        // once balanced (nothing moves).
+        let load = Balance::Load { tolerance: 0.1 };
+        let skewed: Vec<u64> = rtc_load_balancer::ring_report::zipf_shares(partitions, 0.6)
+            .iter()
+            .map(|s| (s * 1000.0 * f64::from(partitions)).round() as u64)
+            .collect();
+        let balanced = assign_balanced(Some(&current), &nodes, partitions, &skewed, load).into_assignment(2, 1);
+        group.bench_with_input(
+            BenchmarkId::new("add_one_node_by_load", format!("P{partitions}_n{n}")),
+            &grown,
+            |b, grown| b.iter(|| assign_balanced(Some(&balanced), black_box(grown), partitions, &skewed, load)),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("steady_tick_by_load", format!("P{partitions}_n{n}")),
+            &nodes,
+            |b, nodes| b.iter(|| assign_balanced(Some(&balanced), black_box(nodes), partitions, &skewed, load)),
+        );
     }
     group.finish();
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use rtc_core::config::{LivenessArgs, RedisArgs, TopicArgs};
 
+use crate::assign::BalanceArgs;
 use crate::scale::ScaleConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +87,8 @@ pub struct ServeArgs {
     /// Decisions kept for `/v1/decisions`.
     #[arg(long, env = "RTC_DECISION_HISTORY", default_value_t = 200)]
     pub decision_history: usize,
+    #[command(flatten)]
+    pub balance: BalanceArgs,
     #[command(flatten)]
     pub scale: ScaleConfig,
     #[command(flatten)]

@@ -5,7 +5,7 @@
 use redis::aio::ConnectionLike;
 use rtc_core::{Assignment, Document, Keys};
 
-use crate::assign::{LiveNode, assign};
+use crate::assign::{Balance, LiveNode, assign_balanced};
 use crate::election::{ElectionError, ForwardWrite, Lease, LeaseStore};
 
 /// The next assignment for `live` nodes, or `None` when nothing a node or
@@ -22,10 +22,11 @@ pub fn next_assignment(
     live: &[LiveNode],
     partitions: u32,
     connections: &[u64],
+    balance: Balance,
     leader_epoch: u64,
     applied_epoch: u64,
 ) -> Option<(Assignment, u32)> {
-    let placement = assign(previous, live, partitions, connections);
+    let placement = assign_balanced(previous, live, partitions, connections, balance);
     if let Some(prev) = previous
         && prev.epoch >= applied_epoch
         && prev.partitions == partitions
@@ -121,16 +122,16 @@ mod tests {
     #[test]
     fn epochs_advance_only_on_visible_change() {
         let live = vec![node("a", NodeState::Ready), node("b", NodeState::Ready)];
-        let (first, moved) = next_assignment(None, &live, 8, &[], 3, 0).unwrap();
+        let (first, moved) = next_assignment(None, &live, 8, &[], Balance::Count, 3, 0).unwrap();
         assert_eq!((first.epoch, first.leader_epoch, moved), (1, 3, 8));
-        assert_eq!(next_assignment(Some(&first), &live, 8, &[], 3, 1), None, "nothing changed");
+        assert_eq!(next_assignment(Some(&first), &live, 8, &[], Balance::Count, 3, 1), None, "nothing changed");
         // A starting node is listed (clients never see it, but its state is).
         let mut more = live.clone();
         more.push(node("c", NodeState::Starting));
-        let (second, moved) = next_assignment(Some(&first), &more, 8, &[], 4, 1).unwrap();
+        let (second, moved) = next_assignment(Some(&first), &more, 8, &[], Balance::Count, 4, 1).unwrap();
         assert_eq!((second.epoch, second.leader_epoch, moved), (2, 4, 0));
         more[2].state = NodeState::Ready;
-        let (third, moved) = next_assignment(Some(&second), &more, 8, &[], 4, 2).unwrap();
+        let (third, moved) = next_assignment(Some(&second), &more, 8, &[], Balance::Count, 4, 2).unwrap();
         assert_eq!(third.epoch, 3);
         assert!(moved > 0 && moved <= 3, "{moved}");
         third.validate().unwrap();
@@ -139,7 +140,7 @@ mod tests {
     #[test]
     fn one_epoch_drops_at_most_half_the_ready_nodes() {
         let all: Vec<LiveNode> = (0..6).map(|i| node(&format!("n{i}"), NodeState::Ready)).collect();
-        let (previous, _) = next_assignment(None, &all, 12, &[], 1, 0).unwrap();
+        let (previous, _) = next_assignment(None, &all, 12, &[], Balance::Count, 1, 0).unwrap();
         let last_seen = |id: &str| id[1..].parse::<u64>().unwrap() * 100;
         // Every node looks dead: 3 are dropped (the longest silent), 3 kept.
         let mut live = Vec::new();
@@ -150,7 +151,7 @@ mod tests {
         assert_eq!(cap_dropped(Some(&previous), &mut live, last_seen), 0);
         assert_eq!(live.len(), 3);
         // One ready node of one: it may go.
-        let (alone, _) = next_assignment(None, &all[..1], 4, &[], 1, 0).unwrap();
+        let (alone, _) = next_assignment(None, &all[..1], 4, &[], Balance::Count, 1, 0).unwrap();
         let mut live = Vec::new();
         assert_eq!(cap_dropped(Some(&alone), &mut live, last_seen), 0);
         assert_eq!(cap_dropped(None, &mut live, last_seen), 0);
@@ -161,12 +162,12 @@ mod tests {
         let live = vec![node("a", NodeState::Ready)];
         // Redis lost the assignment and this leader never saw it: the nodes'
         // acknowledged epoch 41 is the floor.
-        let (first, _) = next_assignment(None, &live, 4, &[], 1, 41).unwrap();
+        let (first, _) = next_assignment(None, &live, 4, &[], Balance::Count, 1, 41).unwrap();
         assert_eq!(first.epoch, 42);
         // Same placement, but a node applied a newer epoch than this leader
         // knows (written by a leader whose document was lost): publish anew.
-        let (again, moved) = next_assignment(Some(&first), &live, 4, &[], 1, 50).unwrap();
+        let (again, moved) = next_assignment(Some(&first), &live, 4, &[], Balance::Count, 1, 50).unwrap();
         assert_eq!((again.epoch, moved, again.owners.clone()), (51, 0, first.owners.clone()));
-        assert_eq!(next_assignment(Some(&again), &live, 4, &[], 1, 51), None);
+        assert_eq!(next_assignment(Some(&again), &live, 4, &[], Balance::Count, 1, 51), None);
     }
 }

@@ -1,6 +1,12 @@
 //! `load-balancer ring-report`: how well the assignment engine spreads users
 //! and how many move on a membership change, side by side with a classic
 //! 160-point hash ring and jump consistent hash, computed in one run.
+//!
+//! The engine runs twice: balancing partition counts, and balancing users
+//! (`--balance load`). `--zipf S` skews the users per partition (the k-th
+//! busiest partition gets users in proportion to 1/k^S), as a few crowded
+//! rooms or channels do; the baselines map users, not partitions, so the
+//! skew does not touch them (they give up Kafka locality instead).
 
 use std::hint::black_box;
 use tokio::time::Instant;
@@ -9,7 +15,7 @@ use clap::Args;
 use rtc_core::{NodeState, partition_for_key};
 use serde::Serialize;
 
-use crate::assign::{LiveNode, Placement, assign};
+use crate::assign::{Balance, LiveNode, Placement, assign_balanced};
 use crate::baselines::{HashRing, jump_consistent_hash, jump_key};
 
 #[derive(Debug, Clone, Args)]
@@ -34,6 +40,13 @@ pub struct ReportArgs {
     /// hash can only remove those).
     #[arg(long, env = "RTC_REPORT_REMOVE")]
     pub remove: Option<u32>,
+    /// Users per partition: 0 hashes user ids (even); S > 0 gives the k-th
+    /// busiest partition a share proportional to 1/k^S.
+    #[arg(long, env = "RTC_REPORT_ZIPF", default_value_t = 0.0)]
+    pub zipf: f64,
+    /// The load-balancing engine's tolerance (`--balance-tolerance`).
+    #[arg(long, env = "RTC_REPORT_BALANCE_TOLERANCE", default_value_t = 0.1)]
+    pub balance_tolerance: f64,
     /// Print JSON instead of a table.
     #[arg(long, env = "RTC_REPORT_JSON")]
     pub json: bool,
@@ -73,7 +86,11 @@ pub struct Report {
     pub nodes_after: u32,
     pub partitions: u32,
     pub users: u32,
+    pub zipf: f64,
+    /// Balancing partition counts.
     pub engine: Figures,
+    /// Balancing users (`--balance load`).
+    pub engine_load: Figures,
     pub baselines: Baselines,
 }
 
@@ -99,12 +116,17 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<Report> {
     } else {
         f64::from(before - after) / f64::from(before)
     };
+    let per_partition = users_per_partition(&users, args.partitions, args.zipf);
+    let load = Balance::Load { tolerance: args.balance_tolerance };
+    let engine = |balance| engine_figures(&users, &per_partition, (before, after), args.partitions, ideal, balance);
     Ok(Report {
         nodes_before: before,
         nodes_after: after,
         partitions: args.partitions,
         users: args.users,
-        engine: engine_figures(&users, before, after, args.partitions, ideal),
+        zipf: args.zipf,
+        engine: engine(Balance::Count),
+        engine_load: engine(load),
         baselines: Baselines {
             ring_160: ring_figures(&users, before, after, ideal),
             jump: jump_figures(&users, before, after, ideal),
@@ -120,16 +142,51 @@ fn live(n: u32) -> Vec<LiveNode> {
     node_ids(n).into_iter().map(|id| LiveNode::new(id.clone(), format!("ws://{id}/ws"), NodeState::Ready)).collect()
 }
 
-fn engine_figures(users: &[String], before: u32, after: u32, partitions: u32, ideal: f64) -> Figures {
-    let user_partition: Vec<u32> = users.iter().map(|u| partition_for_key(u.as_bytes(), partitions)).collect();
-    let mut per_partition = vec![0u64; partitions as usize];
-    for p in &user_partition {
-        per_partition[*p as usize] += 1;
+/// Each partition's share of the users when the k-th busiest has a share
+/// proportional to 1/k^exponent; partitions are ranked in a hashed order
+/// (so the busiest are not the lowest numbers).
+pub fn zipf_shares(partitions: u32, exponent: f64) -> Vec<f64> {
+    let mut ranked: Vec<u32> = (0..partitions).collect();
+    ranked.sort_by_key(|q| xxhash_rust::xxh3::xxh3_64(&q.to_le_bytes()));
+    let raw: Vec<f64> = (1..=partitions).map(|k| f64::from(k).powf(-exponent)).collect();
+    let sum: f64 = raw.iter().sum();
+    let mut shares = vec![0.0; partitions as usize];
+    for (q, share) in ranked.iter().zip(raw) {
+        shares[*q as usize] = share / sum;
     }
-    let old = assign(None, &live(before), partitions, &[]);
-    // The load balancer knows the users per partition from the heartbeats;
-    // the engine uses them to move the emptiest partitions.
-    let new = assign(Some(&old.clone().into_assignment(1, 1)), &live(after), partitions, &per_partition);
+    shares
+}
+
+/// Users on each partition: the users hashed as producers do, or with
+/// `zipf > 0` the same total spread 1/k^zipf over partitions ranked in a
+/// hashed order.
+fn users_per_partition(users: &[String], partitions: u32, zipf: f64) -> Vec<u64> {
+    let mut per_partition = vec![0u64; partitions as usize];
+    if zipf <= 0.0 {
+        for u in users {
+            per_partition[partition_for_key(u.as_bytes(), partitions) as usize] += 1;
+        }
+        return per_partition;
+    }
+    for (q, share) in zipf_shares(partitions, zipf).into_iter().enumerate() {
+        per_partition[q] = (users.len() as f64 * share).round() as u64;
+    }
+    per_partition
+}
+
+fn engine_figures(
+    users: &[String],
+    per_partition: &[u64],
+    (before, after): (u32, u32),
+    partitions: u32,
+    ideal: f64,
+    balance: Balance,
+) -> Figures {
+    // The load balancer knows the users per partition from the heartbeats:
+    // counts balance moves the emptiest partitions, load balance weighs them.
+    let old = assign_balanced(None, &live(before), partitions, per_partition, balance);
+    let new =
+        assign_balanced(Some(&old.clone().into_assignment(1, 1)), &live(after), partitions, per_partition, balance);
 
     let node_of = |placement: &Placement, p: u32| -> u32 {
         let index = placement.owners[p as usize].expect("every node is ready") as usize;
@@ -162,7 +219,7 @@ fn engine_figures(users: &[String], before: u32, after: u32, partitions: u32, id
             before: max_over_avg(&users_per(&old, before)),
             after: max_over_avg(&users_per(&new, after)),
         },
-        moved_fraction: moved as f64 / users.len() as f64,
+        moved_fraction: moved as f64 / per_partition.iter().sum::<u64>().max(1) as f64,
         ideal_moved_fraction: ideal,
         lookup_ns,
     }
@@ -231,11 +288,12 @@ fn mean_ns(users: &[String], lookup: impl Fn(&[u8]) -> u32) -> f64 {
 /// The report as an aligned text table.
 pub fn render_table(r: &Report) -> String {
     let mut out = format!(
-        "nodes {} -> {}, partitions {}, users {}\n{:<10} {:>17} {:>17} {:>8} {:>8} {:>10}\n",
+        "nodes {} -> {}, partitions {}, users {}, zipf {}\n{:<11} {:>17} {:>17} {:>8} {:>8} {:>10}\n",
         r.nodes_before,
         r.nodes_after,
         r.partitions,
         r.users,
+        r.zipf,
         "method",
         "partitions max/avg",
         "users max/avg",
@@ -243,10 +301,16 @@ pub fn render_table(r: &Report) -> String {
         "ideal",
         "lookup ns"
     );
-    for (name, f) in [("engine", &r.engine), ("ring_160", &r.baselines.ring_160), ("jump", &r.baselines.jump)] {
+    let rows = [
+        ("engine", &r.engine),
+        ("engine_load", &r.engine_load),
+        ("ring_160", &r.baselines.ring_160),
+        ("jump", &r.baselines.jump),
+    ];
+    for (name, f) in rows {
         let partitions = f.partition_balance.map_or("-".to_owned(), |b| format!("{:.4}->{:.4}", b.before, b.after));
         out += &format!(
-            "{name:<10} {partitions:>17} {:>17} {:>8.4} {:>8.4} {:>10.1}\n",
+            "{name:<11} {partitions:>17} {:>17} {:>8.4} {:>8.4} {:>10.1}\n",
             format!("{:.4}->{:.4}", f.user_balance.before, f.user_balance.after),
             f.moved_fraction,
             f.ideal_moved_fraction,
@@ -261,7 +325,7 @@ mod tests {
     use super::*;
 
     fn args(nodes: u32, users: u32, add: Option<u32>, remove: Option<u32>) -> ReportArgs {
-        ReportArgs { nodes, partitions: 360, users, add, remove, json: true }
+        ReportArgs { nodes, partitions: 360, users, add, remove, zipf: 0.0, balance_tolerance: 0.1, json: true }
     }
 
     #[test]
@@ -304,5 +368,25 @@ mod tests {
             assert!(v["baselines"][b].get("partition_balance").is_none(), "{b}");
         }
         assert!(render_table(&r).contains("ring_160"));
+        assert!(v["engine_load"].get("user_balance").is_some());
+    }
+
+    #[test]
+    fn under_skew_balancing_users_beats_balancing_counts() {
+        let skewed = ReportArgs { zipf: 1.0, ..args(10, 200_000, Some(1), None) };
+        let r = run(&skewed).unwrap();
+        let (count, load) = (&r.engine, &r.engine_load);
+        // Counts stay even, users do not; weighing partitions evens users.
+        assert!(count.partition_balance.unwrap().after < 1.05, "{count:?}");
+        assert!(count.user_balance.after > 1.5, "{count:?}");
+        assert!(load.user_balance.after < count.user_balance.after, "{load:?}");
+        // The busiest partition alone is 1/H(360) = 16 % of the users, 1.8x
+        // an 11th: no placement gets under that, and this one reaches it.
+        let hottest = 11.0 / (1..=360).map(|k| 1.0 / f64::from(k)).sum::<f64>();
+        assert!(load.user_balance.after <= hottest * 1.01, "{load:?} vs {hottest}");
+        // Without skew, balancing users changes nothing that was fine.
+        let even = run(&args(10, 200_000, Some(1), None)).unwrap();
+        assert!(even.engine_load.user_balance.after <= 1.1, "{:?}", even.engine_load);
+        assert!(even.engine_load.moved_fraction <= 1.1 * even.engine_load.ideal_moved_fraction);
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::actuate::{Actuator, WorkloadKind};
+use crate::assign::LoadPacer;
 use crate::auth::Auth;
 use crate::config::{KindArg, ServeArgs};
 use crate::decide::{Actuation, History};
@@ -256,6 +257,7 @@ async fn coordinate(
     let mut decision_tick = tokio::time::interval(Duration::from_millis(args.scale.decision_interval_ms));
     let mut led_before: Option<u64> = None;
     let mut engine: Option<Engine> = None;
+    let mut pacer = LoadPacer::default();
     loop {
         let (mut decide_now, mut verify) = (false, false);
         tokio::select! {
@@ -316,7 +318,7 @@ async fn coordinate(
                     }
                 }
                 let step = AssignmentStep { excluded: engine.excluded(), now, verify, hold };
-                publish_assignment(&shared, &store, &mut conn, &lease, step).await;
+                publish_assignment(&shared, &store, &mut conn, &lease, step, &mut pacer).await;
             }
             Role::Follower => {
                 if led_before.take().is_some() {
@@ -369,6 +371,7 @@ async fn publish_assignment(
     conn: &mut ConnectionManager,
     lease: &crate::election::Lease,
     step: AssignmentStep,
+    pacer: &mut LoadPacer,
 ) {
     let args = &shared.args;
     let AssignmentStep { excluded, now, verify, hold } = step;
@@ -389,7 +392,16 @@ async fn publish_assignment(
         for node in live.iter_mut().filter(|n| excluded.contains(&n.id)) {
             node.state = rtc_core::NodeState::Draining;
         }
-        next_assignment(previous.as_deref(), &live, args.topic.partitions, &connections, lease.epoch, applied_epoch)
+        let balance = pacer.balance(&args.balance, &live, now);
+        next_assignment(
+            previous.as_deref(),
+            &live,
+            args.topic.partitions,
+            &connections,
+            balance,
+            lease.epoch,
+            applied_epoch,
+        )
     };
     let (document, moved) = match computed {
         Some((next, moved)) => (Arc::new(next), Some(moved)),

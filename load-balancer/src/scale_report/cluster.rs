@@ -25,7 +25,7 @@ use rtc_core::{Assignment, Heartbeat, NodeState, partition_for_key};
 use super::figures::Tally;
 use super::traces::Sample;
 use crate::actuate::{DeletionRank, replicaset_victim};
-use crate::assign::{LiveNode, assign};
+use crate::assign::{Balance, BalanceArgs, LiveNode, LoadPacer, assign_balanced};
 use crate::scale::sim::heartbeat;
 
 /// The cluster model's parameters.
@@ -52,10 +52,18 @@ pub struct ClusterArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub partitions: u32,
     /// User ids (`user-0`, …) hashed to partitions to give each partition
-    /// its share of the users.
+    /// its share of the users (unless `--zipf`).
     #[arg(long = "population", env = "RTC_REPORT_POPULATION", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub population: u32,
+    /// Skewed partitions instead: the k-th busiest gets a share of the
+    /// users proportional to 1/k^S (0: hashed, even).
+    #[arg(long = "zipf", env = "RTC_REPORT_ZIPF", default_value_t = 0.0)]
+    pub zipf: f64,
+    /// How the assignment engine balances (rtc's load balancer does the
+    /// same for every policy).
+    #[command(flatten)]
+    pub balance: BalanceArgs,
     /// How long a user dropped by a pod deleted undrained is away: the
     /// client notices, backs off and reconnects.
     #[arg(long = "reconnect-ms", env = "RTC_REPORT_RECONNECT_MS", default_value_t = 5_000)]
@@ -88,8 +96,11 @@ impl Default for ClusterArgs {
 
 impl ClusterArgs {
     /// Each partition's share of the users: the population hashed with
-    /// the producers' partitioner.
+    /// the producers' partitioner, or Zipf shares.
     pub fn partition_weights(&self) -> Vec<f64> {
+        if self.zipf > 0.0 {
+            return crate::ring_report::zipf_shares(self.partitions, self.zipf);
+        }
         let mut counts = vec![0u64; self.partitions as usize];
         for i in 0..self.population {
             counts[partition_for_key(format!("user-{i}").as_bytes(), self.partitions) as usize] += 1;
@@ -139,6 +150,7 @@ pub struct Cluster<'a> {
     assignment: Option<Assignment>,
     /// The live nodes the assignment was computed for.
     assigned_for: Vec<LiveNode>,
+    pacer: LoadPacer,
     /// When the users of each partition are back after a drop or a move.
     back_at_ms: Vec<u64>,
     /// The users of the last second.
@@ -158,6 +170,7 @@ impl<'a> Cluster<'a> {
             excluded: BTreeSet::new(),
             assignment: None,
             assigned_for: Vec::new(),
+            pacer: LoadPacer::default(),
             back_at_ms: vec![0; weights.len()],
             users: 0.0,
             tally: Tally::default(),
@@ -309,8 +322,9 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    /// Reassigns partitions when the live nodes or their states changed;
-    /// the users of a partition that moved between two live nodes move.
+    /// Reassigns partitions when the live nodes or their states changed,
+    /// and when the leader's pacer allows a load rebalance; the users of a
+    /// partition that moved between two live nodes move.
     fn reassign(&mut self, now_ms: u64, users: f64) {
         let live: Vec<LiveNode> = self
             .pods
@@ -318,11 +332,15 @@ impl<'a> Cluster<'a> {
             .filter(|p| now_ms >= p.up_ms)
             .map(|p| LiveNode::new(p.name.clone(), format!("ws://{}/ws", p.name), self.state(p, now_ms)))
             .collect();
-        if live == self.assigned_for && self.assignment.is_some() {
+        let balance = self.pacer.balance(&self.args.balance, &live, now_ms);
+        if live == self.assigned_for && self.assignment.is_some() && !matches!(balance, Balance::Load { .. }) {
             return;
         }
         let connections: Vec<u64> = self.weights.iter().map(|w| (users * w).round() as u64).collect();
-        let placement = assign(self.assignment.as_ref(), &live, self.args.partitions, &connections);
+        let placement = assign_balanced(self.assignment.as_ref(), &live, self.args.partitions, &connections, balance);
+        if live == self.assigned_for && self.assignment.as_ref().is_some_and(|a| a.owners == placement.owners) {
+            return;
+        }
         let epoch = self.assignment.as_ref().map_or(1, |a| a.epoch + 1);
         let next = placement.into_assignment(epoch, 1);
         if let Some(previous) = &self.assignment {

@@ -26,6 +26,7 @@ use self::cluster::{Cluster, ClusterArgs};
 use self::figures::Figures;
 use self::policies::{HPA_TARGET, POLICIES};
 use self::traces::{Scale, Shape, Trace};
+use crate::assign::{BalanceArgs, BalanceKind};
 use crate::scale::ScaleConfig;
 
 /// The trace name that replays a recorded run.
@@ -75,6 +76,17 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TraceReport {
     pub policies: BTreeMap<String, Figures>,
+    /// With `--balance load`: rtc's node-hours when the assignment balances
+    /// partition counts instead, and what balancing users saves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balance: Option<Saving>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Saving {
+    pub count_balance_node_hours: f64,
+    pub load_balance_node_hours: f64,
+    pub node_hours_saved: f64,
 }
 
 /// One trace's run, with the series the chart draws.
@@ -83,6 +95,7 @@ pub struct Run {
     /// Per policy, in [`POLICIES`] order: figures, serving capacity and
     /// unserved users per second.
     pub policies: Vec<(&'static str, Figures, Vec<f64>, Vec<f64>)>,
+    pub load_balance: Option<Saving>,
 }
 
 impl ReportArgs {
@@ -127,14 +140,27 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<Vec<Run>> {
     args.load_traces()?
         .into_iter()
         .map(|trace| {
-            let policies = POLICIES
+            let policies: Vec<_> = POLICIES
                 .iter()
                 .map(|&name| {
                     let tally = simulate(&trace, name, &config, &args.cluster, &weights);
                     (name, tally.figures, tally.ready_capacity, tally.unserved)
                 })
                 .collect();
-            Ok(Run { trace, policies })
+            let load_balance = (args.cluster.balance.balance == BalanceKind::Load).then(|| {
+                let counts = ClusterArgs {
+                    balance: BalanceArgs { balance: BalanceKind::Count, ..args.cluster.balance.clone() },
+                    ..args.cluster.clone()
+                };
+                let count = simulate(&trace, "rtc", &config, &counts, &weights).figures.node_hours;
+                let load = policies.iter().find(|p| p.0 == "rtc").map_or(0.0, |p| p.1.node_hours);
+                Saving {
+                    count_balance_node_hours: count,
+                    load_balance_node_hours: load,
+                    node_hours_saved: count - load,
+                }
+            });
+            Ok(Run { trace, policies, load_balance })
         })
         .collect()
 }
@@ -167,7 +193,7 @@ pub fn report(runs: &[Run]) -> Report {
         .iter()
         .map(|run| {
             let policies = run.policies.iter().map(|(name, f, _, _)| ((*name).to_owned(), f.clone())).collect();
-            (run.trace.name.clone(), TraceReport { policies })
+            (run.trace.name.clone(), TraceReport { policies, load_balance: run.load_balance })
         })
         .collect();
     Report { traces }
@@ -198,6 +224,13 @@ pub fn render_table(runs: &[Run]) -> String {
                 f.users_moved,
                 f.users_dropped,
                 f.surge_to_capacity_s
+            );
+        }
+        if let Some(saving) = run.load_balance {
+            let _ = writeln!(
+                out,
+                "  rtc balancing partition counts instead: {:.2} node-h; balancing users saves {:.2}",
+                saving.count_balance_node_hours, saving.node_hours_saved
             );
         }
         out.push('\n');

@@ -17,6 +17,14 @@
 //!    consistent hashing with bounded loads. Each partition walks a hash ring
 //!    of the ready nodes from its own point and goes to the first node still
 //!    under its quota.
+//!
+//! Those rules balance partition counts ([`Balance::Count`]). With
+//! [`Balance::Load`] and the users per partition known, partitions are
+//! weighed by their users instead ([`by_load`]): each node's users within a
+//! tolerance of the mean, with as few users moving as that takes. Counts
+//! remain the fallback when no load is known.
+
+mod by_load;
 
 use std::cmp::Reverse;
 
@@ -73,12 +81,104 @@ impl Placement {
     }
 }
 
-/// Computes the assignment of `partitions` partitions over `live` nodes.
+/// What the engine keeps even across nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Balance {
+    /// Partition counts, within one of each other.
+    Count,
+    /// Users (from `partition_connections`): every node within
+    /// `tolerance` of the mean; counts when no partition has users.
+    Load { tolerance: f64 },
+    /// Between load rebalances: partitions without a ready owner go to the
+    /// least loaded nodes, nothing else moves.
+    LoadHeld,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BalanceKind {
+    Count,
+    Load,
+}
+
+/// How the leader balances partitions (flags of `serve` and `scale-report`).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct BalanceArgs {
+    /// Balance partition counts, or the users on them (`load`: from the
+    /// nodes' per-partition connections; counts while none are known).
+    #[arg(long = "balance", env = "RTC_BALANCE", value_enum, default_value_t = BalanceKind::Load)]
+    pub balance: BalanceKind,
+    /// With `--balance load`: partitions move once a node's users are more
+    /// than this fraction off the mean (and until they are within half of it).
+    #[arg(long = "balance-tolerance", env = "RTC_BALANCE_TOLERANCE", default_value_t = 0.1,
+          value_parser = parse_tolerance)]
+    pub balance_tolerance: f64,
+    /// With `--balance load`: partitions move for load at most this often
+    /// (and whenever the ready nodes change), so users are not moved on
+    /// every drift of a growing fleet.
+    #[arg(long = "balance-interval-ms", env = "RTC_BALANCE_INTERVAL_MS", default_value_t = 30_000)]
+    pub balance_interval_ms: u64,
+}
+
+impl BalanceArgs {
+    pub fn balance(&self) -> Balance {
+        match self.balance {
+            BalanceKind::Count => Balance::Count,
+            BalanceKind::Load => Balance::Load { tolerance: self.balance_tolerance },
+        }
+    }
+}
+
+/// When the leader may move partitions for load: whenever the ready nodes
+/// change, otherwise once per `--balance-interval-ms`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadPacer {
+    last_ms: Option<u64>,
+    ready: Vec<String>,
+}
+
+impl LoadPacer {
+    /// The balance for an assignment computed now over `live`.
+    pub fn balance(&mut self, args: &BalanceArgs, live: &[LiveNode], now_ms: u64) -> Balance {
+        let Balance::Load { tolerance } = args.balance() else { return args.balance() };
+        let mut ready: Vec<String> =
+            live.iter().filter(|n| n.state == NodeState::Ready).map(|n| n.id.clone()).collect();
+        ready.sort_unstable();
+        let due =
+            ready != self.ready || self.last_ms.is_none_or(|at| now_ms.saturating_sub(at) >= args.balance_interval_ms);
+        if !due {
+            return Balance::LoadHeld;
+        }
+        self.last_ms = Some(now_ms);
+        self.ready = ready;
+        Balance::Load { tolerance }
+    }
+}
+
+fn parse_tolerance(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(t) if (0.01..1.0).contains(&t) => Ok(t),
+        _ => Err(format!("{raw:?} is not a fraction between 0.01 and 1")),
+    }
+}
+
+/// Computes the assignment of `partitions` partitions over `live` nodes,
+/// balancing partition counts.
 ///
 /// `previous` is the assignment in force (ignored if its partition count
 /// differs); `connections[p]` is the number of users connected on partition
 /// `p`, when known (missing entries count as zero).
 pub fn assign(previous: Option<&Assignment>, live: &[LiveNode], partitions: u32, connections: &[u64]) -> Placement {
+    assign_balanced(previous, live, partitions, connections, Balance::Count)
+}
+
+/// [`assign`], balancing what `balance` says.
+pub fn assign_balanced(
+    previous: Option<&Assignment>,
+    live: &[LiveNode],
+    partitions: u32,
+    connections: &[u64],
+    balance: Balance,
+) -> Placement {
     let nodes = sorted_nodes(live);
     let p = partitions as usize;
     // `ready[r]` is the index in `nodes` of the r-th ready node, by id.
@@ -91,9 +191,20 @@ pub fn assign(previous: Option<&Assignment>, live: &[LiveNode], partitions: u32,
         vec![None; p]
     } else {
         let ready_ids: Vec<&str> = ready.iter().map(|i| nodes[*i].id.as_str()).collect();
-        let held_by = previous_ids.iter().map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok())).collect();
+        let held_by: Vec<Option<usize>> =
+            previous_ids.iter().map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok())).collect();
         let connections_of = |q: usize| connections.get(q).copied().unwrap_or(0);
-        place(held_by, &ready_ids, &connections_of).into_iter().map(|r| Some(ready[r] as u32)).collect()
+        let weight: Vec<u64> = (0..p).map(connections_of).collect();
+        let placed = match balance {
+            Balance::Load { tolerance } if weight.iter().any(|w| *w > 0) => {
+                by_load::place(&held_by, ready_ids.len(), &weight, Some(tolerance), &partition_point)
+            }
+            Balance::LoadHeld if weight.iter().any(|w| *w > 0) => {
+                by_load::place(&held_by, ready_ids.len(), &weight, None, &partition_point)
+            }
+            _ => place(held_by, &ready_ids, &connections_of),
+        };
+        placed.into_iter().map(|r| Some(ready[r] as u32)).collect()
     };
 
     let moved = owners
@@ -304,6 +415,47 @@ mod tests {
         assert_eq!(after.moved, 2);
         assert_ne!(after.owner_id(s0[1]), Some("socket-0"));
         assert_ne!(after.owner_id(s1[0]), Some("socket-1"));
+    }
+
+    #[test]
+    fn balancing_load_weighs_partitions_and_falls_back_to_counts() {
+        // 4 partitions, two of them crowded: counts put both crowded ones
+        // on one node when that is where they were; load splits them.
+        let before = assign(None, &ready(2), 4, &[]).into_assignment(1, 1);
+        let s0 = before.partitions_of("socket-0");
+        let mut connections = vec![10u64; 4];
+        for q in &s0 {
+            connections[*q as usize] = 500;
+        }
+        let load = Balance::Load { tolerance: 0.1 };
+        let by_count = assign_balanced(Some(&before), &ready(2), 4, &connections, Balance::Count);
+        assert_eq!(by_count.moved, 0, "counts are even already");
+        let by_load = assign_balanced(Some(&before), &ready(2), 4, &connections, load);
+        assert_eq!(by_load.moved, 1, "one crowded partition moves, nothing more");
+        let users = |p: &Placement, node: &str| -> u64 {
+            (0..4u32).filter(|q| p.owner_id(*q) == Some(node)).map(|q| connections[q as usize]).sum()
+        };
+        assert_eq!((users(&by_load, "socket-0"), users(&by_load, "socket-1")), (500, 520));
+        // No users known: the count rules, exactly.
+        assert_eq!(assign_balanced(None, &ready(3), 30, &[], load), assign(None, &ready(3), 30, &[]));
+        assert_eq!(assign_balanced(None, &ready(3), 30, &[0; 30], load), assign(None, &ready(3), 30, &[]));
+    }
+
+    #[test]
+    fn load_rebalances_are_paced_except_when_the_ready_nodes_change() {
+        let args = BalanceArgs { balance: BalanceKind::Load, balance_tolerance: 0.1, balance_interval_ms: 30_000 };
+        let load = Balance::Load { tolerance: 0.1 };
+        let mut pacer = LoadPacer::default();
+        assert_eq!(pacer.balance(&args, &ready(3), 0), load);
+        assert_eq!(pacer.balance(&args, &ready(3), 29_999), Balance::LoadHeld);
+        assert_eq!(pacer.balance(&args, &ready(4), 30_500), load, "a node joined");
+        assert_eq!(pacer.balance(&args, &ready(4), 31_000), Balance::LoadHeld);
+        let mut draining = ready(4);
+        draining[0].state = NodeState::Draining;
+        assert_eq!(pacer.balance(&args, &draining, 32_000), load, "a node is drained");
+        assert_eq!(pacer.balance(&args, &draining, 62_000), load, "the interval passed");
+        let count = BalanceArgs { balance: BalanceKind::Count, ..args };
+        assert_eq!(LoadPacer::default().balance(&count, &ready(3), 0), Balance::Count);
     }
 
     #[test]
