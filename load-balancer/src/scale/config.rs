@@ -36,7 +36,7 @@ pub struct ScaleConfig {
     /// CPU fraction capacity arithmetic aims at.
     #[arg(long = "scale-cpu-target", env = "RTC_SCALE_CPU_TARGET", default_value_t = 0.70)]
     pub cpu_target: f64,
-    #[arg(long = "scale-cpu-high", env = "RTC_SCALE_CPU_HIGH", default_value_t = 0.75)]
+    #[arg(long = "scale-cpu-high", env = "RTC_SCALE_CPU_HIGH", default_value_t = 0.80)]
     pub cpu_high: f64,
     #[arg(long = "scale-cpu-critical", env = "RTC_SCALE_CPU_CRITICAL", default_value_t = 0.90)]
     pub cpu_critical: f64,

@@ -2,9 +2,9 @@
 //! Pure and deterministic: time is passed in, state lives in [`Engine`].
 //!
 //! Scale-out is fast: urgency from thresholds sets a step of 1, 2 or 4
-//! nodes, doubled by each consecutive scale-out inside the window and
-//! capped, and never below what capacity arithmetic needs for the load
-//! predicted one node start-up ahead. Scale-in is slow: room for at least
+//! nodes, the high and critical ones doubled by each consecutive scale-out
+//! inside the window and capped, and never below what capacity arithmetic
+//! needs for the load predicted one node start-up ahead. Scale-in is slow: room for at least
 //! one node fewer (every signal's utilisation on the remaining nodes, a
 //! rising trend taken one window ahead, under its low watermark) for the
 //! whole window, and no scale-out in the cooldown; then the nodes there was
@@ -314,14 +314,16 @@ impl Engine {
 
         // Nodes asked for recently and not serving yet: wait for them
         // (up to twice the expected start-up time) unless the need grew or
-        // got more urgent.
+        // turned critical (refused users do not show in the connections
+        // the arithmetic counts). A rise the arithmetic already covers
+        // waits, however it is graded.
         let last = self.scale_outs.back().copied();
         let missing = current.saturating_sub(s.serving);
         if let Some((at, last_urgency)) = last
             && now_ms.saturating_sub(at) < 2 * c.node_startup_ms
             && missing > 0
             && needed <= current
-            && urgency <= last_urgency
+            && (urgency <= last_urgency || urgency < Urgency::Critical)
             && reported >= c.min_replicas
         {
             let text = format!("waiting for {missing} node(s) asked for {} s ago", now_ms.saturating_sub(at) / 1000);
@@ -333,7 +335,10 @@ impl Engine {
             Urgency::High => 2,
             Urgency::Critical => 4,
         };
-        let consecutive = self.scale_outs.len() as u32;
+        // Only pressure on the fleet (high, critical) grows exponentially: a
+        // moderate finding (one hot node, a trend, capacity arithmetic) is
+        // already sized by `needed`, and doubling it overshot.
+        let consecutive = if urgency >= Urgency::High { self.scale_outs.len() as u32 } else { 0 };
         let step = base.saturating_mul(1u32 << consecutive.min(5)).min(c.max_step);
         let stepped = if current < c.min_replicas { c.min_replicas } else { current + step };
         let mut desired = stepped.max(needed);
@@ -708,17 +713,25 @@ mod tests {
         // No HPA tolerance, so steps are never enlarged here.
         let config = ScaleConfig { hpa_tolerance: 0.0, consecutive_window_ms: 300_000, ..ScaleConfig::default() };
         let mut bench = Bench::new(config, WorkloadKind::Deployment);
-        let hot = four([850, 500, 500, 500]);
+        // A hot fleet (mean over the high watermark): 2, doubled.
+        let hot = four([850, 820, 820, 820]);
         let mut steps = Vec::new();
         for i in 0..5 {
             // Past twice the start-up time each time, so it does not wait.
             let out = bench.tick(i * 61_000, &hot);
+            assert_eq!(out.decision.urgency, Urgency::High);
             steps.push(out.decision.step);
         }
-        assert_eq!(steps, vec![1, 2, 4, 5, 5]);
-        // Outside the consecutive window the step starts again at 1.
+        assert_eq!(steps, vec![2, 4, 5, 5, 5]);
+        // Outside the consecutive window the step starts again.
         let out = bench.tick(4 * 61_000 + 301_000, &hot);
-        assert_eq!(out.decision.step, 1);
+        assert_eq!(out.decision.step, 2);
+        // One hot node (moderate) is not doubled: a node at a time.
+        let config = ScaleConfig { hpa_tolerance: 0.0, consecutive_window_ms: 300_000, ..ScaleConfig::default() };
+        let mut bench = Bench::new(config, WorkloadKind::Deployment);
+        let steps: Vec<u32> =
+            (0..3).map(|i| bench.tick(i * 61_000, &four([850, 500, 500, 500])).decision.step).collect();
+        assert_eq!(steps, vec![1, 1, 1]);
     }
 
     #[test]
