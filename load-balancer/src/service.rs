@@ -392,7 +392,7 @@ async fn publish_assignment(
         for node in live.iter_mut().filter(|n| excluded.contains(&n.id)) {
             node.state = rtc_core::NodeState::Draining;
         }
-        let balance = pacer.balance(&args.balance, &live, now);
+        let balance = pacer.balance(&args.balance, previous.as_deref(), &live, &connections, now);
         next_assignment(
             previous.as_deref(),
             &live,

@@ -20,9 +20,10 @@
 //!
 //! Those rules balance partition counts ([`Balance::Count`]). With
 //! [`Balance::Load`] and the users per partition known, partitions are
-//! weighed by their users instead ([`by_load`]): each node's users within a
-//! tolerance of the mean, with as few users moving as that takes. Counts
-//! remain the fallback when no load is known.
+//! weighed by their users, plus the mean users of a partition (arrivals
+//! land on every partition alike), instead ([`by_load`]): each node's
+//! weight within a tolerance of the mean, with as few users moving as that
+//! takes. Counts remain the fallback when no load is known.
 
 mod by_load;
 
@@ -105,7 +106,8 @@ pub enum BalanceKind {
 pub struct BalanceArgs {
     /// Balance partition counts, or the users on them (`load`: from the
     /// nodes' per-partition connections; counts while none are known).
-    #[arg(long = "balance", env = "RTC_BALANCE", value_enum, default_value_t = BalanceKind::Load)]
+    /// Counts by default: on the demo's fast ramp `load` moved 3x the users.
+    #[arg(long = "balance", env = "RTC_BALANCE", value_enum, default_value_t = BalanceKind::Count)]
     pub balance: BalanceKind,
     /// With `--balance load`: partitions move once a node's users are more
     /// than this fraction off the mean (and until they are within half of it).
@@ -129,7 +131,9 @@ impl BalanceArgs {
 }
 
 /// When the leader may move partitions for load: whenever the ready nodes
-/// change, otherwise once per `--balance-interval-ms`.
+/// change, every sixth of `--balance-interval-ms` while a node is more than
+/// twice the tolerance over the mean (it may be refusing users for
+/// capacity), otherwise once per interval.
 #[derive(Debug, Clone, Default)]
 pub struct LoadPacer {
     last_ms: Option<u64>,
@@ -137,14 +141,27 @@ pub struct LoadPacer {
 }
 
 impl LoadPacer {
-    /// The balance for an assignment computed now over `live`.
-    pub fn balance(&mut self, args: &BalanceArgs, live: &[LiveNode], now_ms: u64) -> Balance {
+    /// The balance for an assignment computed now over `live`, from
+    /// `previous` and the users per partition.
+    pub fn balance(
+        &mut self,
+        args: &BalanceArgs,
+        previous: Option<&Assignment>,
+        live: &[LiveNode],
+        connections: &[u64],
+        now_ms: u64,
+    ) -> Balance {
         let Balance::Load { tolerance } = args.balance() else { return args.balance() };
         let mut ready: Vec<String> =
             live.iter().filter(|n| n.state == NodeState::Ready).map(|n| n.id.clone()).collect();
         ready.sort_unstable();
-        let due =
-            ready != self.ready || self.last_ms.is_none_or(|at| now_ms.saturating_sub(at) >= args.balance_interval_ms);
+        let since = self.last_ms.map_or(u64::MAX, |at| now_ms.saturating_sub(at));
+        // A crowded node waits a sixth of the interval at most: sooner would
+        // chase every wobble of a fleet that is filling up.
+        let crowded = || max_over_mean(previous, &ready, connections) > 1.0 + 2.0 * tolerance;
+        let due = ready != self.ready
+            || since >= args.balance_interval_ms
+            || (since >= args.balance_interval_ms / 6 && crowded());
         if !due {
             return Balance::LoadHeld;
         }
@@ -152,6 +169,20 @@ impl LoadPacer {
         self.ready = ready;
         Balance::Load { tolerance }
     }
+}
+
+/// The busiest ready node's users over the mean, as `previous` places them.
+fn max_over_mean(previous: Option<&Assignment>, ready: &[String], connections: &[u64]) -> f64 {
+    let Some(previous) = previous else { return 0.0 };
+    let users: Vec<u64> = ready
+        .iter()
+        .map(|id| previous.partitions_of(id).iter().map(|q| connections.get(*q as usize).copied().unwrap_or(0)).sum())
+        .collect();
+    let total: u64 = users.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    users.iter().copied().max().unwrap_or(0) as f64 * users.len() as f64 / total as f64
 }
 
 fn parse_tolerance(raw: &str) -> Result<f64, String> {
@@ -194,7 +225,12 @@ pub fn assign_balanced(
         let held_by: Vec<Option<usize>> =
             previous_ids.iter().map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok())).collect();
         let connections_of = |q: usize| connections.get(q).copied().unwrap_or(0);
-        let weight: Vec<u64> = (0..p).map(connections_of).collect();
+        // Each partition also weighs the mean users of a partition: users
+        // arrive on every partition alike, so a node given many quiet
+        // partitions fills up as they do (a fast ramp hit capacity there).
+        let total: u64 = (0..p).map(connections_of).sum();
+        let prior = total.div_ceil(p.max(1) as u64);
+        let weight: Vec<u64> = (0..p).map(|q| if total > 0 { connections_of(q) + prior } else { 0 }).collect();
         let placed = match balance {
             Balance::Load { tolerance } if weight.iter().any(|w| *w > 0) => {
                 by_load::place(&held_by, ready_ids.len(), &weight, Some(tolerance), &partition_point)
@@ -431,11 +467,11 @@ mod tests {
         let by_count = assign_balanced(Some(&before), &ready(2), 4, &connections, Balance::Count);
         assert_eq!(by_count.moved, 0, "counts are even already");
         let by_load = assign_balanced(Some(&before), &ready(2), 4, &connections, load);
-        assert_eq!(by_load.moved, 1, "one crowded partition moves, nothing more");
+        assert_eq!(by_load.moved, 2, "a crowded and a quiet partition trade places");
         let users = |p: &Placement, node: &str| -> u64 {
             (0..4u32).filter(|q| p.owner_id(*q) == Some(node)).map(|q| connections[q as usize]).sum()
         };
-        assert_eq!((users(&by_load, "socket-0"), users(&by_load, "socket-1")), (500, 520));
+        assert_eq!((users(&by_load, "socket-0"), users(&by_load, "socket-1")), (510, 510));
         // No users known: the count rules, exactly.
         assert_eq!(assign_balanced(None, &ready(3), 30, &[], load), assign(None, &ready(3), 30, &[]));
         assert_eq!(assign_balanced(None, &ready(3), 30, &[0; 30], load), assign(None, &ready(3), 30, &[]));
@@ -446,16 +482,27 @@ mod tests {
         let args = BalanceArgs { balance: BalanceKind::Load, balance_tolerance: 0.1, balance_interval_ms: 30_000 };
         let load = Balance::Load { tolerance: 0.1 };
         let mut pacer = LoadPacer::default();
-        assert_eq!(pacer.balance(&args, &ready(3), 0), load);
-        assert_eq!(pacer.balance(&args, &ready(3), 29_999), Balance::LoadHeld);
-        assert_eq!(pacer.balance(&args, &ready(4), 30_500), load, "a node joined");
-        assert_eq!(pacer.balance(&args, &ready(4), 31_000), Balance::LoadHeld);
+        let placed = assign(None, &ready(4), 8, &[]).into_assignment(1, 1);
+        let even = [10u64; 8];
+        let mut balance =
+            |live: &[LiveNode], connections: &[u64], now| pacer.balance(&args, Some(&placed), live, connections, now);
+        assert_eq!(balance(&ready(3), &even, 0), load);
+        assert_eq!(balance(&ready(3), &even, 29_999), Balance::LoadHeld);
+        assert_eq!(balance(&ready(4), &even, 30_500), load, "a node joined");
+        assert_eq!(balance(&ready(4), &even, 31_000), Balance::LoadHeld);
         let mut draining = ready(4);
         draining[0].state = NodeState::Draining;
-        assert_eq!(pacer.balance(&args, &draining, 32_000), load, "a node is drained");
-        assert_eq!(pacer.balance(&args, &draining, 62_000), load, "the interval passed");
+        assert_eq!(balance(&draining, &even, 32_000), load, "a node is drained");
+        assert_eq!(balance(&draining, &even, 62_000), load, "the interval passed");
+        assert_eq!(balance(&draining, &even, 63_000), Balance::LoadHeld);
+        // A node 30 % over the mean (more than twice the tolerance): after a
+        // sixth of the interval.
+        let mut crowded = even;
+        crowded[placed.partitions_of("socket-1")[0] as usize] = 22;
+        assert_eq!(balance(&draining, &crowded, 66_999), Balance::LoadHeld);
+        assert_eq!(balance(&draining, &crowded, 67_000), load, "one node is crowded");
         let count = BalanceArgs { balance: BalanceKind::Count, ..args };
-        assert_eq!(LoadPacer::default().balance(&count, &ready(3), 0), Balance::Count);
+        assert_eq!(LoadPacer::default().balance(&count, None, &ready(3), &[], 0), Balance::Count);
     }
 
     #[test]

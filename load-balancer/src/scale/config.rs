@@ -87,8 +87,9 @@ pub struct ScaleConfig {
     pub consecutive_window_ms: u64,
 
     /// There must be room for a node fewer (every signal's projection under
-    /// its low watermark) this long before a scale-in, and again after each
-    /// one; the nodes removed are those there was room for all along.
+    /// its low watermark) this long before a scale-in; the nodes removed are
+    /// those there was room for all along, and after a removal the window's
+    /// readings count less the nodes removed.
     #[arg(long = "scale-in-window-ms", env = "RTC_SCALE_IN_WINDOW_MS", default_value_t = 300_000)]
     pub scale_in_window_ms: u64,
     /// No scale-in this long after a scale-out.

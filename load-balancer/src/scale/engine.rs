@@ -10,7 +10,8 @@
 //! whole window, and no scale-out in the cooldown; then the nodes there was
 //! room for all through the window (up to a step) are drained (their
 //! partitions moved away, their users gone or a deadline passed) before the
-//! desired count is lowered.
+//! desired count is lowered. Once they are gone, the window's room less the
+//! nodes removed may go next.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -89,9 +90,9 @@ pub struct Engine {
     /// The last scale-out, for the scale-in cooldown.
     last_scale_out_ms: Option<u64>,
     calm_since_ms: Option<u64>,
-    /// How many nodes the fleet could have done without, at each decision
-    /// of the last scale-in window.
-    rooms: VecDeque<(u64, u32)>,
+    /// How many nodes the fleet could have done without, and how many
+    /// served, at each decision of the last scale-in window.
+    rooms: VecDeque<(u64, u32, u32)>,
     drain: Option<Drain>,
     /// Removed nodes still alive, and since when.
     retiring: BTreeMap<String, u64>,
@@ -375,11 +376,11 @@ impl Engine {
         let c = self.config.clone();
         let room = self.room(s);
         let calm = self.calm(s, room);
-        if !calm {
+        if !calm || self.calm_since_ms.is_none() {
             self.rooms.clear();
         }
-        self.rooms.push_back((now_ms, room));
-        while self.rooms.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > c.scale_in_window_ms) {
+        self.rooms.push_back((now_ms, room, s.serving));
+        while self.rooms.front().is_some_and(|(t, _, _)| now_ms.saturating_sub(*t) > c.scale_in_window_ms) {
             self.rooms.pop_front();
         }
         self.calm_since_ms = if calm { Some(self.calm_since_ms.unwrap_or(now_ms)) } else { None };
@@ -412,9 +413,8 @@ impl Engine {
             for v in &drain.victims {
                 self.retiring.insert(v.clone(), now_ms);
             }
-            // A fresh window before the next removal.
-            self.calm_since_ms = calm.then_some(now_ms);
-            self.rooms.clear();
+            // The window goes on: what was room before counts less the
+            // nodes removed since (see `window_room`).
             let mut out = decision(Action::ScaleIn, current, drain.target, Urgency::None, code, findings);
             if self.kind == WorkloadKind::Deployment {
                 out.mark = drain.victims;
@@ -435,10 +435,10 @@ impl Engine {
             return hold(current, Urgency::None, "steady", "no room for fewer nodes".into(), findings);
         }
         let calm_for = now_ms.saturating_sub(self.calm_since_ms.unwrap_or(now_ms));
-        if calm_for < c.scale_in_window_ms {
+        if calm_for < c.scale_in_window_ms || self.window_room(s.serving) == 0 {
             let text = format!(
                 "room for {} fewer node(s) for {} s of {} s",
-                self.window_room(),
+                self.window_room(s.serving),
                 calm_for / 1000,
                 c.scale_in_window_ms / 1000
             );
@@ -466,7 +466,7 @@ impl Engine {
         // the step; at least what the HPA's tolerance lets through.
         let target = match hpa::largest_honoured_scale_down(current, c.hpa_tolerance) {
             Some(t) if current - t <= c.scale_in_max_step => {
-                let room = self.window_room().min(c.scale_in_max_step);
+                let room = self.window_room(s.serving).min(c.scale_in_max_step);
                 t.min(current.saturating_sub(room)).max(c.min_replicas)
             }
             _ => {
@@ -506,9 +506,10 @@ impl Engine {
             && (c.mps_target == 0.0 || s.mps_out / f64::from(s.serving) < c.mps_target * c.connections_low)
     }
 
-    /// The room there was all through the last scale-in window.
-    fn window_room(&self) -> u32 {
-        self.rooms.iter().map(|(_, room)| *room).min().unwrap_or(0)
+    /// The room there was all through the last scale-in window, less the
+    /// serving nodes removed (or being drained) since each reading.
+    fn window_room(&self, serving: u32) -> u32 {
+        self.rooms.iter().map(|(_, room, then)| room.saturating_sub(then.saturating_sub(serving))).min().unwrap_or(0)
     }
 
     /// How many serving nodes could go with every signal's projected
@@ -811,11 +812,17 @@ mod tests {
         let out = bench.tick(started + 6_000, &four([130, 0, 150, 140]));
         assert_eq!(summary(&out), (Action::Hold, Urgency::None, "retiring", 3));
         assert!(out.excluded.contains("n1"));
-        // n1 stopped: a fresh window before the next removal.
+        // n1 stopped. The window showed room for two fewer all along, so
+        // the next drain starts at once (one node a step here).
         let three = [("n0", 130), ("n2", 150), ("n3", 140)];
         let out = bench.tick(started + 10_000, &three);
-        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "scale_in_window", 3), "{}", out.decision.reason);
-        assert!(out.excluded.is_empty());
+        assert_eq!(summary(&out), (Action::Hold, Urgency::None, "draining", 3), "{}", out.decision.reason);
+        assert_eq!(out.excluded, BTreeSet::from(["n0".to_owned()]));
+        // Once it is gone, no room is left from that window: wait.
+        let two = [("n2", 200), ("n3", 210)];
+        bench.tick(started + 12_000, &[("n0", 0), ("n2", 200), ("n3", 210)]);
+        let out = bench.tick(started + 20_000, &two);
+        assert_eq!(summary(&out).2, "scale_in_window", "{}", out.decision.reason);
     }
 
     #[test]

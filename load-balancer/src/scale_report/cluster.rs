@@ -332,11 +332,11 @@ impl<'a> Cluster<'a> {
             .filter(|p| now_ms >= p.up_ms)
             .map(|p| LiveNode::new(p.name.clone(), format!("ws://{}/ws", p.name), self.state(p, now_ms)))
             .collect();
-        let balance = self.pacer.balance(&self.args.balance, &live, now_ms);
+        let connections: Vec<u64> = self.weights.iter().map(|w| (users * w).round() as u64).collect();
+        let balance = self.pacer.balance(&self.args.balance, self.assignment.as_ref(), &live, &connections, now_ms);
         if live == self.assigned_for && self.assignment.is_some() && !matches!(balance, Balance::Load { .. }) {
             return;
         }
-        let connections: Vec<u64> = self.weights.iter().map(|w| (users * w).round() as u64).collect();
         let placement = assign_balanced(self.assignment.as_ref(), &live, self.args.partitions, &connections, balance);
         if live == self.assigned_for && self.assignment.as_ref().is_some_and(|a| a.owners == placement.owners) {
             return;
