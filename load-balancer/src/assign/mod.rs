@@ -226,11 +226,13 @@ pub fn assign_balanced(
             previous_ids.iter().map(|id| id.and_then(|id| ready_ids.binary_search(&id).ok())).collect();
         let connections_of = |q: usize| connections.get(q).copied().unwrap_or(0);
         let weight: Vec<u64> = (0..p).map(connections_of).collect();
+        // Load balance needs loads; with none known, counts.
+        let loads_known = weight.iter().any(|w| *w > 0);
         let placed = match balance {
-            Balance::Load { tolerance } if weight.iter().any(|w| *w > 0) => {
+            Balance::Load { tolerance } if loads_known => {
                 by_load::place(&held_by, ready_ids.len(), &weight, Some(tolerance), &partition_point)
             }
-            Balance::LoadHeld if weight.iter().any(|w| *w > 0) => {
+            Balance::LoadHeld if loads_known => {
                 by_load::place(&held_by, ready_ids.len(), &weight, None, &partition_point)
             }
             _ => place(held_by, &ready_ids, &connections_of),

@@ -4,10 +4,10 @@
 //! Scale-out is fast: urgency from thresholds sets a step of 1, 2 or 4
 //! nodes, the high and critical ones doubled by each consecutive scale-out
 //! inside the window and capped, and never below what capacity arithmetic
-//! needs for the load predicted one node start-up ahead. Scale-in is slow: room for at least
-//! one node fewer (every signal's utilisation on the remaining nodes, a
-//! rising trend taken one window ahead, under its low watermark) for the
-//! whole window, and no scale-out in the cooldown; then the nodes there was
+//! needs for the load predicted one node start-up ahead. Scale-in is slow:
+//! room for at least one node fewer (every signal's utilisation on the
+//! remaining nodes, a rising trend taken one window ahead, under its low
+//! watermark) for the whole window, and no scale-out in the cooldown; then the nodes there was
 //! room for all through the window (up to a step) are drained (their
 //! partitions moved away, their users gone or a deadline passed) before the
 //! desired count is lowered. Once they are gone, the window's room less the
@@ -435,10 +435,10 @@ impl Engine {
             return hold(current, Urgency::None, "steady", "no room for fewer nodes".into(), findings);
         }
         let calm_for = now_ms.saturating_sub(self.calm_since_ms.unwrap_or(now_ms));
-        if calm_for < c.scale_in_window_ms || self.window_room(s.serving) == 0 {
+        let window_room = self.window_room(s.serving);
+        if calm_for < c.scale_in_window_ms || window_room == 0 {
             let text = format!(
-                "room for {} fewer node(s) for {} s of {} s",
-                self.window_room(s.serving),
+                "room for {window_room} fewer node(s) for {} s of {} s",
                 calm_for / 1000,
                 c.scale_in_window_ms / 1000
             );
@@ -466,7 +466,7 @@ impl Engine {
         // the step; at least what the HPA's tolerance lets through.
         let target = match hpa::largest_honoured_scale_down(current, c.hpa_tolerance) {
             Some(t) if current - t <= c.scale_in_max_step => {
-                let room = self.window_room(s.serving).min(c.scale_in_max_step);
+                let room = window_room.min(c.scale_in_max_step);
                 t.min(current.saturating_sub(room)).max(c.min_replicas)
             }
             _ => {

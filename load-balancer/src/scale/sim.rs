@@ -247,18 +247,25 @@ impl Simulation {
         replicaset_victim(pods.iter().map(|(o, p)| (*o, rank(p)))).unwrap_or(last)
     }
 
-    /// The node's figures from its share of users: CPU, memory, latency and
-    /// lag grow with utilisation, latency sharply near full.
+    /// The node's figures from its share of users: CPU and the [`strain`]
+    /// of its utilisation.
     fn node_heartbeat(&self, id: &str, pod: &Pod, now: u64, state: NodeState) -> Heartbeat {
         let util = pod.connections as f64 / self.capacity as f64;
         let mut hb = heartbeat(id, pod.seq, now, state);
         hb.capacity = self.capacity;
         hb.connections = pod.connections;
         hb.cpu = (0.05 + 0.7 * util).min(1.0);
-        hb.memory = (0.15 + 0.4 * util).min(1.0);
         hb.mps_out = pod.connections as f64 * 0.5;
-        hb.p95_latency_ms = 8.0 / (1.0 - util.min(0.97));
-        hb.kafka_lag = if util > 0.95 { ((util - 0.95) * 200_000.0) as u64 } else { 0 };
+        strain(&mut hb, util, util);
         hb
     }
+}
+
+/// A simulated node's symptoms of load, as fractions of its capacity:
+/// memory grows with the users it serves; P95 latency grows sharply as the
+/// users wanting it near its capacity, and Kafka lag builds past 95 %.
+pub fn strain(hb: &mut Heartbeat, served: f64, wanted: f64) {
+    hb.memory = (0.15 + 0.4 * served).min(1.0);
+    hb.p95_latency_ms = 8.0 / (1.0 - wanted.min(0.97));
+    hb.kafka_lag = if wanted > 0.95 { ((wanted - 0.95) * 200_000.0) as u64 } else { 0 };
 }

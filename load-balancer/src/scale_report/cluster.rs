@@ -26,7 +26,7 @@ use super::figures::Tally;
 use super::traces::Sample;
 use crate::actuate::{DeletionRank, replicaset_victim};
 use crate::assign::{Balance, BalanceArgs, LiveNode, LoadPacer, assign_balanced};
-use crate::scale::sim::heartbeat;
+use crate::scale::sim::{heartbeat, strain};
 
 /// The cluster model's parameters.
 #[derive(Debug, Clone, Args, PartialEq)]
@@ -263,7 +263,6 @@ impl<'a> Cluster<'a> {
             .map(|p| {
                 let (wanted, partitions) = demand.remove(p.name.as_str()).unwrap_or_default();
                 let connections = wanted.min(cap);
-                let util = wanted / cap;
                 let share = if users > 0.0 { connections / users } else { 0.0 };
                 let state = if now_ms < p.ready_ms { NodeState::Starting } else { NodeState::Ready };
                 let mut hb = heartbeat(&p.name, now_ms / 1000 + 1, now_ms, state);
@@ -273,10 +272,7 @@ impl<'a> Cluster<'a> {
                 hb.cpu = self.args.cpu_idle
                     + self.args.cpu_per_connection * connections
                     + self.args.cpu_per_msg * hb.mps_out;
-                hb.memory = (0.15 + 0.4 * connections / cap).min(1.0);
-                // Latency grows sharply near full, and lag past it.
-                hb.p95_latency_ms = 8.0 / (1.0 - util.min(0.97));
-                hb.kafka_lag = if util > 0.95 { ((util - 0.95) * 200_000.0) as u64 } else { 0 };
+                strain(&mut hb, connections / cap, wanted / cap);
                 hb.partition_connections = Some(partitions);
                 hb
             })

@@ -147,7 +147,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<Vec<Run>> {
                     (name, tally.figures, tally.ready_capacity, tally.unserved)
                 })
                 .collect();
-            // rtc on both balances: what weighing partitions saves.
+            // rtc on the other balance too: what weighing partitions saves.
+            let rtc = policies.iter().find(|p| p.0 == "rtc").map_or(0.0, |p| p.1.node_hours);
             let rtc_with = |balance| {
                 let cluster = ClusterArgs {
                     balance: BalanceArgs { balance, ..args.cluster.balance.clone() },
@@ -155,7 +156,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<Vec<Run>> {
                 };
                 simulate(&trace, "rtc", &config, &cluster, &weights).figures.node_hours
             };
-            let (count, load) = (rtc_with(BalanceKind::Count), rtc_with(BalanceKind::Load));
+            let (count, load) = match args.cluster.balance.balance {
+                BalanceKind::Count => (rtc, rtc_with(BalanceKind::Load)),
+                BalanceKind::Load => (rtc_with(BalanceKind::Count), rtc),
+            };
             let load_balance = Some(Saving {
                 count_balance_node_hours: count,
                 load_balance_node_hours: load,
