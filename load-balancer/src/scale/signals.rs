@@ -72,26 +72,47 @@ fn fraction(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
 }
 
-/// Least-squares slope (per second) of `(seconds, value)` points; 0 for
-/// fewer than two or no time spread.
-fn least_squares(points: &[(f64, f64)]) -> f64 {
+/// Least-squares slope (per second) of `(seconds, value)` points and its
+/// standard error; 0 for fewer than three points or no time spread.
+fn least_squares(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
-    if points.len() < 2 {
-        return 0.0;
+    if points.len() < 3 {
+        return (0.0, 0.0);
     }
     let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
     let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    if sxx < 1e-9 { 0.0 } else { sxy / sxx }
+    if sxx < 1e-9 {
+        return (0.0, 0.0);
+    }
+    let slope = sxy / sxx;
+    let residuals: f64 = points.iter().map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2)).sum();
+    (slope, (residuals / (n - 2.0) / sxx).sqrt())
 }
 
-/// A sustained trend: the slope of each half of the series, kept only when
-/// both halves agree in sign, and then the smaller. A ramp passes; a step
-/// (a spike, or users moving between nodes) has one flat half and gives 0:
-/// steps are urgency's business, not the prediction's.
+/// The part of a slope that noise does not explain: shrunk towards 0 by two
+/// standard errors (a slope within them is 0). Traffic jitters second by
+/// second; a fleet sitting just under a target must not add a node for a
+/// rise that is only the jitter's.
+fn confident_slope(points: &[(f64, f64)]) -> f64 {
+    let (slope, error) = least_squares(points);
+    let margin = 2.0 * error;
+    if slope > margin {
+        slope - margin
+    } else if slope < -margin {
+        slope + margin
+    } else {
+        0.0
+    }
+}
+
+/// A sustained trend: the confident slope of each half of the series, kept
+/// only when both halves agree in sign, and then the smaller. A ramp
+/// passes; a step (a spike, or users moving between nodes) has one flat
+/// half and gives 0: steps are urgency's business, not the prediction's.
 fn sustained_slope(points: &[(f64, f64)]) -> f64 {
     let (first, second) = points.split_at(points.len() / 2);
-    let (a, b) = (least_squares(first), least_squares(second));
+    let (a, b) = (confident_slope(first), confident_slope(second));
     if a > 0.0 && b > 0.0 {
         a.min(b)
     } else if a < 0.0 && b < 0.0 {
@@ -101,9 +122,12 @@ fn sustained_slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-/// Fleet totals per second over the trend window: each live node counts
-/// with its latest sample at that second. Totals do not jump when users
-/// move between nodes, so their trend is the load's.
+/// Fleet totals per second over the trend window: each node counts with
+/// its latest sample at that second, a node that stopped (a drained victim)
+/// until the second after its last one. Totals do not jump when users move
+/// between nodes, so their trend is the load's: counting only the nodes
+/// alive now would read a drain's users arriving on the survivors as a
+/// rising load (and hold the next scale-in back a whole window).
 fn fleet_series(
     fleet: &Fleet,
     live: &[&str],
@@ -113,24 +137,30 @@ fn fleet_series(
 ) -> Vec<(f64, f64)> {
     let since = now_ms.saturating_sub(window_ms);
     let seconds = (now_ms.saturating_sub(since) / 1000) as usize;
+    let second_of = |ms: u64| (ms.saturating_sub(since).div_ceil(1000) as usize).min(seconds + 1);
     let mut totals = vec![0.0; seconds + 1];
-    let mut covered = vec![0usize; seconds + 1];
-    for record in live.iter().filter_map(|id| fleet.record(id)) {
+    // The first second every node alive now had reported by: the start of
+    // a new node's history is not a rise in load.
+    let mut first_full = 0;
+    for (id, record) in fleet.records().filter(|(_, r)| r.last_seen_ms() >= since) {
+        let alive = live.contains(&id.as_str());
         let samples: Vec<&Reading> = record.since(since).collect();
         for (i, sample) in samples.iter().enumerate() {
-            let from = sample.received_ms.saturating_sub(since).div_ceil(1000) as usize;
-            let until = samples.get(i + 1).map_or(seconds + 1, |next| {
-                (next.received_ms.saturating_sub(since).div_ceil(1000) as usize).min(seconds + 1)
-            });
-            for second in from.min(seconds + 1)..until {
-                totals[second] += value(sample);
-                covered[second] += 1;
+            let from = second_of(sample.received_ms);
+            let until = match samples.get(i + 1) {
+                Some(next) => second_of(next.received_ms),
+                None if alive => seconds + 1,
+                None => (from + 1).min(seconds + 1),
+            };
+            if i == 0 && alive {
+                first_full = first_full.max(from);
+            }
+            // (An empty range if this host's clock stepped back.)
+            for total in totals.iter_mut().take(until).skip(from) {
+                *total += value(sample);
             }
         }
     }
-    // Only seconds every node had reported by: the start of a new node's
-    // history is not a rise in load.
-    let first_full = covered.iter().position(|c| *c == live.len()).unwrap_or(seconds + 1);
     (first_full..=seconds).map(|s| (s as f64, totals[s])).collect()
 }
 
@@ -267,5 +297,37 @@ mod tests {
         assert_eq!(moved.connections_slope, 0.0);
         let falling = two_nodes(|_, t| 500 - 3 * t);
         assert!((falling.connections_slope + 6.0).abs() < 1e-6, "{}", falling.connections_slope);
+    }
+
+    #[test]
+    fn jitter_is_not_a_trend_a_ramp_through_it_is() {
+        // ±30 users of deterministic jitter per node and second.
+        let jitter = |i: usize, t: u64| (t * 7919 + i as u64 * 104_729) % 61;
+        let flat = two_nodes(|i, t| 3000 + jitter(i, t));
+        assert_eq!(flat.connections_slope, 0.0);
+        // A true rise of 2 × 20 users/s: found, shrunk by its uncertainty.
+        let ramp = two_nodes(|i, t| 3000 + 20 * t + jitter(i, t));
+        assert!((30.0..40.5).contains(&ramp.connections_slope), "{}", ramp.connections_slope);
+    }
+
+    #[test]
+    fn a_drained_node_that_stopped_is_not_a_rise_on_the_survivors() {
+        // c's 600 users move to a and b over a minute of drains, then c
+        // stops: the survivors rise, the load does not.
+        let mut fleet = Fleet::new(1000, 300_000);
+        for t in 0..=60u64 {
+            for id in ["a", "b", "c"] {
+                if id == "c" && t > 55 {
+                    continue;
+                }
+                let mut hb = heartbeat(id, t + 1, t * 1000, NodeState::Ready);
+                let moved = 10 * t.min(60);
+                hb.connections = if id == "c" { 600 - moved } else { 100 + moved / 2 };
+                fleet.observe(hb, t * 1000).unwrap();
+            }
+        }
+        let s = fleet_signals(&fleet, 60_000, 60_000, &BTreeSet::new());
+        assert_eq!((s.live, s.connections), (2, 800));
+        assert_eq!(s.connections_slope, 0.0);
     }
 }
