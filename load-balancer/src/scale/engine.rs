@@ -224,8 +224,8 @@ impl Engine {
                     s.connections as f64 + s.connections_slope.max(0.0) * ahead,
                     s.node_capacity * c.connections_target,
                 ),
-                nodes(s.cpu_total + s.cpu_slope.max(0.0) * ahead, c.cpu_target),
-                nodes(s.memory_total + s.memory_slope.max(0.0) * ahead, c.memory_target),
+                Spread::cpu(s, ahead).nodes_for(c.cpu_target),
+                Spread::memory(s, ahead).nodes_for(c.memory_target),
                 nodes(s.mps_out + s.mps_slope.max(0.0) * ahead, c.mps_target),
             ]
             .into_iter()
@@ -526,19 +526,59 @@ impl Engine {
         let capacity = s.node_capacity * left;
         // A rising load is taken where it will be one window from now, so
         // that a scale-in is not undone by the next rise.
-        let ahead = |value: f64, slope: f64| value + slope.max(0.0) * c.scale_in_window_ms as f64 / 1000.0;
-        let connections = ahead(s.connections as f64, s.connections_slope);
+        let window = c.scale_in_window_ms as f64 / 1000.0;
+        let connections = s.connections as f64 + s.connections_slope.max(0.0) * window;
         // A signal whose low watermark is above 1 is left out.
         let projected = [
             ("connections", c.connections_low, if capacity > 0.0 { connections / capacity } else { 0.0 }),
-            ("cpu", c.cpu_low, ahead(s.cpu_total, s.cpu_slope) / left),
-            ("memory", c.memory_low, ahead(s.memory_total, s.memory_slope) / left),
+            ("cpu", c.cpu_low, Spread::cpu(s, window).per_node(left)),
+            ("memory", c.memory_low, Spread::memory(s, window).per_node(left)),
         ];
         projected
             .into_iter()
             .filter(|(_, low, _)| *low <= 1.0)
             .find(|(_, bound, v)| v >= bound)
             .map(|(name, bound, v)| format!("{name} would reach {v:.2} on {left} node(s) (bound {bound:.2})"))
+    }
+}
+
+/// CPU or memory over the serving nodes: the total, a rising trend taken
+/// some seconds ahead, and the part of each node that stays on it. Only the
+/// rest moves when nodes come or go.
+struct Spread {
+    total: f64,
+    fixed: f64,
+    serving: f64,
+}
+
+impl Spread {
+    fn cpu(s: &FleetSignals, ahead_s: f64) -> Self {
+        Self { total: s.cpu_total + s.cpu_slope.max(0.0) * ahead_s, fixed: s.cpu_fixed, serving: f64::from(s.serving) }
+    }
+
+    fn memory(s: &FleetSignals, ahead_s: f64) -> Self {
+        Self {
+            total: s.memory_total + s.memory_slope.max(0.0) * ahead_s,
+            fixed: s.memory_fixed,
+            serving: f64::from(s.serving),
+        }
+    }
+
+    /// What the moving part leaves on each of `nodes` nodes.
+    fn per_node(&self, nodes: f64) -> f64 {
+        self.fixed + (self.total - self.serving * self.fixed).max(0.0) / nodes
+    }
+
+    /// Fewest nodes that keep each under `target` (0 with no load).
+    fn nodes_for(&self, target: f64) -> u32 {
+        let (moving, room) = if self.fixed < target {
+            ((self.total - self.serving * self.fixed).max(0.0), target - self.fixed)
+        } else {
+            // Idle nodes are at the target already: more nodes do not help,
+            // and the total is what it was.
+            (self.total, target)
+        };
+        if moving > 0.0 { (moving / room - 1e-9).ceil() as u32 } else { 0 }
     }
 }
 
@@ -873,6 +913,18 @@ mod tests {
             Bench::new(ScaleConfig { scale_in_max_step: 3, ..ScaleConfig::default() }, WorkloadKind::Deployment);
         calm_until_drain(&mut bench, &four(LOW));
         assert_eq!(bench.engine.excluded(), BTreeSet::from(["n1".to_owned(), "n3".to_owned()]), "the emptiest");
+
+        // CPU 0.35 on an idle node + 0.25 per 1000 users: the 0.35 stays on
+        // each node, only 0.1 in all moves. Room for three fewer (0.45 on
+        // one node), where taking all 1.5 to move would see one (0.5 on 3).
+        let one_node_min = ScaleConfig { scale_in_max_step: 3, min_replicas: 1, ..ScaleConfig::default() };
+        let mut bench = Bench::new(one_node_min, WorkloadKind::Deployment);
+        let cpu = |h: &mut Heartbeat| {
+            h.cpu = 0.35 + 0.25 * h.connections as f64 / 1000.0;
+            h.memory = 0.1;
+        };
+        calm_until_drain_with(&mut bench, &four(LOW), cpu);
+        assert_eq!(bench.engine.excluded().len(), 3);
 
         // A signal left out (thresholds above 1, as the one-machine demo
         // does for the host's CPU) is left out of the projection as well.

@@ -56,6 +56,11 @@ pub struct FleetSignals {
     pub memory_total: f64,
     pub memory_mean: f64,
     pub memory_max: f64,
+    /// The part of a serving node's CPU (memory) that stays on it whatever
+    /// its users (runtime, buffers, caches): it does not move when nodes
+    /// come or go. See [`fixed_part`].
+    pub cpu_fixed: f64,
+    pub memory_fixed: f64,
     pub mps_out: f64,
     pub p95_mean_ms: f64,
     pub p95_max_ms: f64,
@@ -72,22 +77,48 @@ fn fraction(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
 }
 
-/// Least-squares slope (per second) of `(seconds, value)` points and its
-/// standard error; 0 for fewer than three points or no time spread.
-fn least_squares(points: &[(f64, f64)]) -> (f64, f64) {
+/// A least-squares line through `(x, y)` points, with the standard errors
+/// of its slope and intercept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fit {
+    slope: f64,
+    slope_error: f64,
+    intercept: f64,
+    intercept_error: f64,
+}
+
+/// None for fewer than three points or no spread in x.
+fn least_squares(points: &[(f64, f64)]) -> Option<Fit> {
     let n = points.len() as f64;
     if points.len() < 3 {
-        return (0.0, 0.0);
+        return None;
     }
     let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
     let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     if sxx < 1e-9 {
-        return (0.0, 0.0);
+        return None;
     }
     let slope = sxy / sxx;
-    let residuals: f64 = points.iter().map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2)).sum();
-    (slope, (residuals / (n - 2.0) / sxx).sqrt())
+    let variance = points.iter().map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2)).sum::<f64>() / (n - 2.0);
+    Some(Fit {
+        slope,
+        slope_error: (variance / sxx).sqrt(),
+        intercept: my - slope * mx,
+        intercept_error: (variance * (1.0 / n + mx * mx / sxx)).sqrt(),
+    })
+}
+
+/// A serving node's fixed part of a signal: the intercept of the signal
+/// against connections over the serving nodes' readings, less two standard errors,
+/// within 0 and the least node's value. Only a signal shown to grow with
+/// connections (slope over two standard errors) has one: when the nodes are
+/// too alike or too few to tell, or the signal follows something else
+/// (partitions, a cache), all of it is taken to move, as the HPA takes it.
+pub fn fixed_part(points: &[(f64, f64)]) -> f64 {
+    let Some(fit) = least_squares(points).filter(|f| f.slope > 2.0 * f.slope_error) else { return 0.0 };
+    let least = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    (fit.intercept - 2.0 * fit.intercept_error).clamp(0.0, least.max(0.0))
 }
 
 /// The part of a slope that noise does not explain: shrunk towards 0 by two
@@ -95,8 +126,8 @@ fn least_squares(points: &[(f64, f64)]) -> (f64, f64) {
 /// second; a fleet sitting just under a target must not add a node for a
 /// rise that is only the jitter's.
 fn confident_slope(points: &[(f64, f64)]) -> f64 {
-    let (slope, error) = least_squares(points);
-    let margin = 2.0 * error;
+    let Some(Fit { slope, slope_error, .. }) = least_squares(points) else { return 0.0 };
+    let margin = 2.0 * slope_error;
     if slope > margin {
         slope - margin
     } else if slope < -margin {
@@ -206,6 +237,14 @@ fn summarise(nodes: Vec<NodeSignals>, fleet: &Fleet, now_ms: u64, trend_window_m
     let connections: u64 = nodes.iter().map(|n| n.connections).sum();
     let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     let trend_of = |value: fn(&Reading) -> f64| trend(fleet, &live, now_ms, trend_window_ms, value);
+    // Fitted over the serving nodes' readings in the trend window: nodes
+    // differ in users, and each node's users change over time.
+    let since = now_ms.saturating_sub(trend_window_ms);
+    let readings: Vec<&Reading> =
+        serving.iter().filter_map(|n| fleet.record(&n.id)).flat_map(|r| r.since(since)).collect();
+    let fixed_of = |value: fn(&Reading) -> f64| {
+        fixed_part(&readings.iter().map(|r| (r.connections as f64, value(r))).collect::<Vec<_>>())
+    };
     FleetSignals {
         live: nodes.len() as u32,
         serving: serving.len() as u32,
@@ -220,6 +259,8 @@ fn summarise(nodes: Vec<NodeSignals>, fleet: &Fleet, now_ms: u64, trend_window_m
         memory_total: serving.iter().map(|n| n.memory).sum(),
         memory_mean: mean(&|n| n.memory),
         memory_max: max(&|n| n.memory),
+        cpu_fixed: fixed_of(|n| n.cpu),
+        memory_fixed: fixed_of(|n| n.memory),
         mps_out: nodes.iter().map(|n| n.mps_out).sum(),
         p95_mean_ms: mean(&|n| n.p95_latency_ms),
         p95_max_ms: max(&|n| n.p95_latency_ms),
@@ -297,6 +338,24 @@ mod tests {
         assert_eq!(moved.connections_slope, 0.0);
         let falling = two_nodes(|_, t| 500 - 3 * t);
         assert!((falling.connections_slope + 6.0).abs() < 1e-6, "{}", falling.connections_slope);
+    }
+
+    #[test]
+    fn the_fixed_part_is_the_intercept_a_signal_shows_it_has() {
+        let line = |x: f64| (x, 0.15 + 0.0004 * x);
+        let spread: Vec<_> = [30.0, 45.0, 60.0, 25.0, 700.0].into_iter().map(line).collect();
+        assert!((fixed_part(&spread) - 0.15).abs() < 1e-6, "{}", fixed_part(&spread));
+        // Noisy readings: less than the intercept, never below 0.
+        let noisy: Vec<_> =
+            (0..40).map(|i| (i as f64 * 10.0, 0.15 + 0.0004 * i as f64 * 10.0 + 0.01 * (i % 3) as f64)).collect();
+        let fixed = fixed_part(&noisy);
+        assert!((0.1..0.16).contains(&fixed), "{fixed}");
+        // Not growing with users (a cache per partition, say): all of it moves.
+        let flat: Vec<_> = [30.0, 45.0, 60.0, 25.0].into_iter().map(|x| (x, 0.45)).collect();
+        assert_eq!(fixed_part(&flat), 0.0);
+        // Too few readings, or all alike in users: nothing to tell.
+        assert_eq!(fixed_part(&spread[..2]), 0.0);
+        assert_eq!(fixed_part(&[(50.0, 0.2), (50.0, 0.3), (50.0, 0.25)]), 0.0);
     }
 
     #[test]
