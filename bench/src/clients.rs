@@ -1,4 +1,6 @@
-//! A fleet of WebSocket sessions from one local source address.
+//! A fleet of WebSocket sessions from one local source address, on rtc's
+//! socket node or, for `scripts/bench-peers`, on a Socket.IO or bare `ws`
+//! server (`--server`, wire formats in [`crate::peers`]).
 //!
 //! Each session binds its TCP socket to `--from-ip` (so several processes on
 //! several 127.0.0.x addresses can open more sessions than one address has
@@ -8,8 +10,9 @@
 //! are answered by tungstenite as frames are read) until `--hold-secs` pass
 //! or SIGTERM, and a `{"event":"report",…}` line closes the run.
 //!
-//! With `--measure-latency`, every `message` frame's `now_ms − ts_ms` goes
-//! into a 1 ms histogram, and ids are deduplicated per session (a record is
+//! Each session's connect time (from its attempt's start: route call, TCP,
+//! upgrade, first frame) goes into a 1 ms histogram. With
+//! `--measure-latency`, every message's `now_ms − ts_ms` goes into another, and ids are deduplicated per session (a record is
 //! addressed to one user, who has one session here, so per-session
 //! duplicates are all the duplicates).
 
@@ -19,24 +22,34 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use rtc_client::Ws;
 use rtc_core::protocol::{MessageId, ServerFrame};
 use rtc_core::{ConnectClaims, TokenSigner};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::peers::{self, PeerMessage, SocketIoFrame};
+
 /// Latencies above this many milliseconds share the last bucket.
 const HIST_MAX_MS: usize = 60_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientsArgs {
-    /// The node's WebSocket address (`host:port`).
+    /// What serves the sessions.
+    #[arg(long, env = "RTC_BENCH_SERVER", value_enum, default_value_t = Server::Rtc)]
+    pub server: Server,
+    /// The server's WebSocket address (`host:port`); rtc without `--route`,
+    /// socketio and ws.
     #[arg(long, env = "RTC_BENCH_WS")]
-    pub ws: SocketAddr,
-    /// Node id the connect tokens name.
+    pub ws: Option<SocketAddr>,
+    /// rtc: ask this load balancer (`http://host:port`) for each user's
+    /// route and token, as a client does, instead of minting tokens.
+    #[arg(long, env = "RTC_BENCH_ROUTE")]
+    pub route: Option<String>,
+    /// rtc without `--route`: the node id the connect tokens name.
     #[arg(long, env = "RTC_BENCH_NODE_ID")]
-    pub node_id: String,
+    pub node_id: Option<String>,
     /// The node's `--token-secret`.
     #[arg(long, env = "RTC_BENCH_SECRET", default_value = "rtc-dev-secret", hide_default_value = true)]
     pub secret: String,
@@ -78,6 +91,16 @@ pub struct ClientsArgs {
     pub threads: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Server {
+    /// rtc's socket node.
+    Rtc,
+    /// A Socket.IO 4 server (`bench/peers/socketio-server.mjs`).
+    Socketio,
+    /// A bare `ws` server (`bench/peers/ws-server.mjs`).
+    Ws,
+}
+
 struct Ctx {
     args: ClientsArgs,
     signer: TokenSigner,
@@ -98,6 +121,8 @@ struct Stats {
     last_rx_ms: AtomicI64,
     max_latency_ms: AtomicU64,
     hist: Box<[AtomicU64]>,
+    connect_hist: Box<[AtomicU64]>,
+    max_connect_ms: AtomicU64,
     /// Connect errors and server-initiated closes, by kind.
     events: Mutex<BTreeMap<String, u64>>,
 }
@@ -118,6 +143,8 @@ impl Stats {
             last_rx_ms: AtomicI64::new(0),
             max_latency_ms: AtomicU64::new(0),
             hist: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            connect_hist: (0..=HIST_MAX_MS).map(|_| AtomicU64::new(0)).collect(),
+            max_connect_ms: AtomicU64::new(0),
             events: Mutex::new(BTreeMap::new()),
         }
     }
@@ -127,13 +154,35 @@ impl Stats {
     }
 
     fn histogram(&self) -> Vec<u64> {
-        self.hist.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+        loads(&self.hist)
     }
+
+    fn connected_in(&self, elapsed: Duration) {
+        let ms = elapsed.as_millis() as u64;
+        self.max_connect_ms.fetch_max(ms, Ordering::Relaxed);
+        self.connect_hist[(ms as usize).min(HIST_MAX_MS)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn loads(buckets: &[AtomicU64]) -> Vec<u64> {
+    buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+}
+
+/// A histogram's non-empty buckets as `[ms, count]` pairs (merged across
+/// processes by the scripts).
+fn sparse(hist: &[u64]) -> Vec<[u64; 2]> {
+    hist.iter().enumerate().filter(|(_, c)| **c > 0).map(|(ms, c)| [ms as u64, *c]).collect()
 }
 
 pub async fn run(args: ClientsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.count > 0, "--count must be at least 1");
     anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
+    let routed = args.server == Server::Rtc && args.route.is_some();
+    anyhow::ensure!(routed || args.ws.is_some(), "--ws is needed (or --route, for rtc)");
+    anyhow::ensure!(
+        args.server != Server::Rtc || routed || args.node_id.is_some(),
+        "rtc without --route mints tokens: --node-id is needed"
+    );
     let ctx = Arc::new(Ctx {
         signer: TokenSigner::new(args.secret.as_bytes()),
         gate: Semaphore::new(args.connect_concurrency.max(1)),
@@ -194,8 +243,7 @@ pub async fn run(args: ClientsArgs) -> anyhow::Result<()> {
     let messages = stats.messages.load(Ordering::Relaxed);
     let duplicates = stats.duplicates.load(Ordering::Relaxed);
     let hist = stats.histogram();
-    let sparse: Vec<[u64; 2]> =
-        hist.iter().enumerate().filter(|(_, c)| **c > 0).map(|(ms, c)| [ms as u64, *c]).collect();
+    let connect_hist = loads(&stats.connect_hist);
     let first_rx = stats.first_rx_ms.load(Ordering::Relaxed);
     println!(
         "{}",
@@ -222,7 +270,13 @@ pub async fn run(args: ClientsArgs) -> anyhow::Result<()> {
                 "p99": quantile(&hist, 0.99),
                 "max": stats.max_latency_ms.load(Ordering::Relaxed),
             },
-            "hist": sparse,
+            "hist": sparse(&hist),
+            "connect_ms": {
+                "p50": quantile(&connect_hist, 0.50),
+                "p99": quantile(&connect_hist, 0.99),
+                "max": stats.max_connect_ms.load(Ordering::Relaxed),
+            },
+            "connect_hist": sparse(&connect_hist),
             "events": *stats.events.lock().unwrap_or_else(|p| p.into_inner()),
         })
     );
@@ -261,8 +315,10 @@ async fn session(n: u64, ctx: Arc<Ctx>, ready: mpsc::Sender<()>, mut stop: watch
                 ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
             }
+            let started = Instant::now();
             match tokio::time::timeout(timeout, open(&ctx, &user)).await {
                 Ok(Ok(s)) => {
+                    ctx.stats.connected_in(started.elapsed());
                     ws = Some(s);
                     break;
                 }
@@ -282,24 +338,41 @@ async fn session(n: u64, ctx: Arc<Ctx>, ready: mpsc::Sender<()>, mut stop: watch
 
     let mut seen: HashSet<u64> = HashSet::new();
     loop {
-        tokio::select! {
+        let frame = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(text))) => on_text(&ctx, text.as_str(), &mut seen),
-                Some(Ok(Message::Close(close))) => {
-                    let code = close.map_or(0, |c| u16::from(c.code));
-                    ctx.stats.event(format!("closed_by_server:{code}"));
-                    break;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    ctx.stats.event(format!("read_error:{}", read_error_kind(&e)));
-                    break;
-                }
-                None => {
-                    ctx.stats.event("read_error:eof");
-                    break;
-                }
+            frame = ws.next() => frame,
+        };
+        match frame {
+            Some(Ok(Message::Text(text))) => match ctx.args.server {
+                Server::Rtc => on_text(&ctx, text.as_str(), &mut seen),
+                Server::Socketio => match peers::socketio_frame(text.as_str()) {
+                    SocketIoFrame::Ping => {
+                        if ws.send(Message::text(peers::SOCKETIO_PONG)).await.is_err() {
+                            ctx.stats.event("write_error:pong");
+                            break;
+                        }
+                    }
+                    SocketIoFrame::Message(m) => on_peer_message(&ctx, m, &mut seen),
+                    _ => other_frame(&ctx.stats, "socketio"),
+                },
+                Server::Ws => match peers::ws_message(text.as_str()) {
+                    Some(m) => on_peer_message(&ctx, m, &mut seen),
+                    None => other_frame(&ctx.stats, "ws"),
+                },
+            },
+            Some(Ok(Message::Close(close))) => {
+                let code = close.map_or(0, |c| u16::from(c.code));
+                ctx.stats.event(format!("closed_by_server:{code}"));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                ctx.stats.event(format!("read_error:{}", read_error_kind(&e)));
+                break;
+            }
+            None => {
+                ctx.stats.event("read_error:eof");
+                break;
             }
         }
     }
@@ -324,18 +397,7 @@ fn on_text(ctx: &Ctx, text: &str, seen: &mut HashSet<u64>) {
         return;
     };
     match frame {
-        ServerFrame::Message { id, ts_ms, .. } => {
-            let now = crate::now_ms();
-            stats.messages.fetch_add(1, Ordering::Relaxed);
-            stats.first_rx_ms.fetch_min(now, Ordering::Relaxed);
-            stats.last_rx_ms.fetch_max(now, Ordering::Relaxed);
-            let latency = (now - ts_ms).max(0) as u64;
-            stats.max_latency_ms.fetch_max(latency, Ordering::Relaxed);
-            stats.hist[(latency as usize).min(HIST_MAX_MS)].fetch_add(1, Ordering::Relaxed);
-            if !seen.insert(id_key(id)) {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        ServerFrame::Message { id, ts_ms, .. } => received(stats, id_key(id), ts_ms, seen),
         ServerFrame::Disconnect { reason, .. } => {
             stats.event(format!("disconnect:{}", reason.as_str()));
             stats.other_frames.fetch_add(1, Ordering::Relaxed);
@@ -347,29 +409,96 @@ fn on_text(ctx: &Ctx, text: &str, seen: &mut HashSet<u64>) {
     }
 }
 
+/// A peer's message (counted alike with or without `--measure-latency`).
+fn on_peer_message(ctx: &Ctx, message: PeerMessage, seen: &mut HashSet<u64>) {
+    if ctx.args.measure_latency {
+        received(&ctx.stats, message.id, message.ts, seen);
+    } else {
+        ctx.stats.messages.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn other_frame(stats: &Stats, server: &str) {
+    stats.event(format!("frame:{server}"));
+    stats.other_frames.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One message received: its latency, and whether this session saw it.
+fn received(stats: &Stats, key: u64, ts_ms: i64, seen: &mut HashSet<u64>) {
+    let now = crate::now_ms();
+    stats.messages.fetch_add(1, Ordering::Relaxed);
+    stats.first_rx_ms.fetch_min(now, Ordering::Relaxed);
+    stats.last_rx_ms.fetch_max(now, Ordering::Relaxed);
+    let latency = (now - ts_ms).max(0) as u64;
+    stats.max_latency_ms.fetch_max(latency, Ordering::Relaxed);
+    stats.hist[(latency as usize).min(HIST_MAX_MS)].fetch_add(1, Ordering::Relaxed);
+    if !seen.insert(key) {
+        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A message id as one number (offsets stay far below 2^40).
 fn id_key(id: MessageId) -> u64 {
     (u64::from(id.partition) << 40) | (id.offset as u64 & ((1 << 40) - 1))
 }
 
-/// Connects one session with a token minted for `user` (no load balancer:
-/// the fleet measures one node), from `--from-ip`, through `rtc-client`'s
-/// session opening (TCP, upgrade, `welcome`). Errors are short kinds for
-/// the report.
+/// Opens one session for `user` from `--from-ip`, up to the server's first
+/// frame that says it is connected. Errors are short kinds for the report.
 async fn open(ctx: &Ctx, user: &str) -> Result<Ws, String> {
     let args = &ctx.args;
-    let partition = rtc_core::partition_for_key(user.as_bytes(), args.partitions);
-    let token = ctx.signer.sign(&ConnectClaims {
+    let source = Some(args.from_ip);
+    let server = args.ws.map(|a| a.to_string()).unwrap_or_default();
+    match args.server {
+        Server::Rtc => {
+            let url = match &args.route {
+                Some(lb) => {
+                    let timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+                    let answer = rtc_client::fetch_route(lb, user, source, timeout).await.map_err(|e| e.kind())?;
+                    answer.connect_url()
+                }
+                None => format!("ws://{server}/ws?token={}", mint_token(ctx, user)),
+            };
+            let (ws, _welcome) = rtc_client::open_session(&url, source).await.map_err(|e| e.kind())?;
+            Ok(ws)
+        }
+        Server::Ws => rtc_client::open_ws(&peers::ws_url(&server, user), source).await.map_err(|e| e.kind()),
+        Server::Socketio => {
+            let mut ws =
+                rtc_client::open_ws(&peers::socketio_url(&server, user), source).await.map_err(|e| e.kind())?;
+            loop {
+                let frame = match ws.next().await {
+                    Some(Ok(Message::Text(text))) => peers::socketio_frame(text.as_str()),
+                    Some(Ok(Message::Close(_))) | None => return Err("closed_before_connect".into()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("read_{}", read_error_kind(&e))),
+                };
+                match frame {
+                    SocketIoFrame::Open => {
+                        ws.send(Message::text(peers::SOCKETIO_CONNECT)).await.map_err(|_| "write".to_owned())?
+                    }
+                    SocketIoFrame::Connected => return Ok(ws),
+                    SocketIoFrame::Ping => {
+                        ws.send(Message::text(peers::SOCKETIO_PONG)).await.map_err(|_| "write".to_owned())?
+                    }
+                    _ => return Err("unexpected_frame".into()),
+                }
+            }
+        }
+    }
+}
+
+/// A connect token for `user` on `--node-id` (no load balancer: the fleet
+/// measures one node).
+fn mint_token(ctx: &Ctx, user: &str) -> String {
+    let args = &ctx.args;
+    ctx.signer.sign(&ConnectClaims {
         user: user.to_owned(),
-        node_id: args.node_id.clone(),
-        partition,
+        node_id: args.node_id.clone().unwrap_or_default(),
+        partition: rtc_core::partition_for_key(user.as_bytes(), args.partitions),
         epoch: args.epoch,
         expires_at_ms: (crate::now_ms() + 600_000) as u64,
         nonce: rand::random(),
-    });
-    let url = format!("ws://{}/ws?token={token}", args.ws);
-    let (ws, _welcome) = rtc_client::open_session(&url, Some(args.from_ip)).await.map_err(|e| e.kind())?;
-    Ok(ws)
+    })
 }
 
 /// A short kind of a read error, for the report.

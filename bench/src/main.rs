@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 mod clients;
 mod lb;
+mod peers;
 mod produce;
 mod storm;
 

@@ -40,11 +40,7 @@ fn ws_config() -> WebSocketConfig {
 /// uses it for every session; load tools that mint their own tokens open
 /// bare sessions with it.
 pub async fn open_session(url: &str, source: Option<IpAddr>) -> Result<(Ws, Welcome), ConnectError> {
-    let (host, port) = authority(url)?;
-    let stream = connect_tcp(&host, port, source).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-        .await
-        .map_err(|e| handshake_error(&e))?;
+    let mut ws = open_ws(url, source).await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
@@ -65,6 +61,17 @@ pub async fn open_session(url: &str, source: Option<IpAddr>) -> Result<(Ws, Welc
             None => return Err(ConnectError::NoWelcome("connection ended".into())),
         }
     }
+}
+
+/// TCP to `url` from `source` and the WebSocket upgrade, with small
+/// buffers; no frame read. Load tools open other servers' sessions with it.
+pub async fn open_ws(url: &str, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
+    let (host, port) = authority(url)?;
+    let stream = connect_tcp(&host, port, source).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+        .await
+        .map_err(|e| handshake_error(&e))?;
+    Ok(ws)
 }
 
 /// Host and port of a `ws://` URL.

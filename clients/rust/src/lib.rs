@@ -43,6 +43,7 @@ mod route;
 pub use backoff::{Backoff, SessionEnd};
 pub use client::{Event, Events, RtcClient, State};
 pub use config::ClientConfig;
-pub use conn::{Welcome, Ws, connect_tcp, open_session};
+pub use conn::{Welcome, Ws, connect_tcp, open_session, open_ws};
 pub use error::{ClientError, ConfigError, ConnectError, RouteError, SendError};
+pub use route::fetch_route;
 pub use rtc_core::protocol::{CloseReason, MessageId, ResumeFailure};

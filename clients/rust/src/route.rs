@@ -104,6 +104,20 @@ impl Router {
     }
 }
 
+/// One `GET /v1/route?user=…` on the load balancer at `url`, from
+/// `source`, bounded by `timeout`: what [`crate::RtcClient`] asks before
+/// each session, for load tools that open bare sessions.
+pub async fn fetch_route(
+    url: &str,
+    user: &str,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<RouteAnswer, RouteError> {
+    let router = Router::new(&[url.to_owned()], None, source, timeout)
+        .map_err(|e| RouteError::BadAnswer(format!("load balancer URL {url:?}: {e}")))?;
+    router.fetch(0, user).await
+}
+
 /// A route answer from a status and body.
 pub(crate) fn interpret(
     status: u16,
