@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod hpa;
 pub mod ids;
 pub mod keys;
+pub mod listen;
 /// Each service's Prometheus recorder, built one way.
 pub mod metrics_export;
 pub mod partitioner;

@@ -24,6 +24,8 @@ pub struct ServeArgs {
     /// Admin listen address: `/v1/nodes`, `/v1/assignment`, `/metrics`, probes.
     #[arg(long, env = "RTC_ADMIN_LISTEN", default_value = "127.0.0.1:9000")]
     pub admin_listen: String,
+    #[command(flatten)]
+    pub backlog: rtc_core::listen::ListenArgs,
     /// This replica's id in the election (default: lb-<pid>).
     #[arg(long, env = "RTC_REPLICA_ID")]
     pub replica_id: Option<String>,

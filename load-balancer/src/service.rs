@@ -146,7 +146,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<LbHandle> {
         args: args.clone(),
     });
 
-    let listener = TcpListener::bind(&args.listen).await?;
+    let listener = rtc_core::listen::bind(&args.listen, args.backlog.listen_backlog).await?;
     let admin_listener = TcpListener::bind(&args.admin_listen).await?;
     let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
 

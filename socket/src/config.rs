@@ -16,6 +16,8 @@ pub struct Config {
     /// Admin listen address: `/metrics`, `/livez`, `/readyz`, `POST /drain`.
     #[arg(long, env = "RTC_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: String,
+    #[command(flatten)]
+    pub backlog: rtc_core::listen::ListenArgs,
     /// This node's id (the pod name on Kubernetes).
     #[arg(long, env = "RTC_NODE_ID", default_value = "socket-0")]
     pub node_id: String,

@@ -126,7 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let interval = config.liveness.heartbeat_interval();
     let lease = Arc::new(NodeLease::new(config.liveness.node_lease()));
 
-    let ws_listener = TcpListener::bind(&config.listen).await?;
+    let ws_listener = rtc_core::listen::bind(&config.listen, config.backlog.listen_backlog).await?;
     let admin_listener = TcpListener::bind(&config.admin_listen).await?;
     let ws_addr = ws_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
