@@ -143,7 +143,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
         // Released between admission and now: never a session here.
         node.metrics.refused.increment(ConnectRefusal::NotOwner);
         let cmd = CloseCmd { reason: CloseReason::Rebalance, retry_after_ms: 0 };
-        let _ = tokio::time::timeout(write_timeout * 2, close_frames(&mut ws, cmd)).await;
+        let _ = tokio::time::timeout(write_timeout * 2, Box::pin(close_frames(&mut ws, cmd))).await;
         return;
     };
     node.metrics.connects.increment(1);
@@ -209,6 +209,10 @@ async fn next_replayed(phase: &mut Phase) -> Replayed {
     }
 }
 
+// The rare paths (a close, a refusal, the end of a replay, a failed
+// produce's error) are awaited boxed: a session's future is as large as its
+// largest await point, and every idle session is one such future on the
+// heap (see the test at the end).
 impl Session {
     async fn serve(
         &mut self,
@@ -241,7 +245,7 @@ impl Session {
                             }
                         }
                     }
-                    return self.close(ws, cmd).await;
+                    return Box::pin(self.close(ws, cmd)).await;
                 }
                 item = next_replayed(&mut phase), if replaying => {
                     let result = match item {
@@ -251,7 +255,7 @@ impl Session {
                             }
                             self.write(ws, &d, true).await
                         }
-                        Replayed::Done(outcome) => self.resumed(ws, &mut phase, outcome).await,
+                        Replayed::Done(outcome) => Box::pin(self.resumed(ws, &mut phase, outcome)).await,
                     };
                     if let Err(e) = result {
                         return e.into();
@@ -302,7 +306,7 @@ impl Session {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let message = "binary frames are not part of the protocol".into();
-                            self.refuse(ws, InvalidFrame::BadFrame, message, None).await
+                            Box::pin(self.refuse(ws, InvalidFrame::BadFrame, message, None)).await
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(Message::Close(_))) | None => return Ended::ClientGone,
@@ -320,7 +324,7 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() >= idle_timeout {
-                        return self.close(ws, CloseCmd { reason: CloseReason::Idle, retry_after_ms: 0 }).await;
+                        return Box::pin(self.close(ws, CloseCmd { reason: CloseReason::Idle, retry_after_ms: 0 })).await;
                     }
                     if let Err(e) = self.send(ws, Message::Ping(Default::default())).await {
                         return e.into();
@@ -430,18 +434,18 @@ impl Session {
         let limits = &self.node.limits;
         let frame = match parse_client_frame(text, limits.max_frame_bytes) {
             Ok(frame) => frame,
-            Err(e) => return self.refuse(ws, e.code, e.message, None).await.map(|()| None),
+            Err(e) => return Box::pin(self.refuse(ws, e.code, e.message, None)).await.map(|()| None),
         };
         match frame {
             ClientFrame::Send { to, body, client_msg_id } => {
                 let limits = self.send_limits.get_or_insert_with(|| Box::new(SendLimits::new(&self.node.limits)));
                 if let Err(message) = limits.check(text.len()) {
                     let id = client_msg_id.as_deref();
-                    return self.refuse(ws, InvalidFrame::RateLimited, message, id).await.map(|()| None);
+                    return Box::pin(self.refuse(ws, InvalidFrame::RateLimited, message, id)).await.map(|()| None);
                 }
                 if let Err(e) = rtc_core::ids::validate_user_id(&to) {
                     let (message, id) = (format!("recipient: {e}"), client_msg_id.as_deref());
-                    return self.refuse(ws, InvalidFrame::BadFrame, message, id).await.map(|()| None);
+                    return Box::pin(self.refuse(ws, InvalidFrame::BadFrame, message, id)).await.map(|()| None);
                 }
                 let node = &self.node;
                 match crate::kafka::produce(
@@ -467,7 +471,7 @@ impl Session {
                             message: format!("kafka: {e}").into(),
                             client_msg_id: client_msg_id.as_deref().map(Into::into),
                         };
-                        self.send(ws, Message::Text(frame.to_json().into())).await?;
+                        Box::pin(self.send(ws, Message::Text(frame.to_json().into()))).await?;
                     }
                 }
                 Ok(None)
@@ -481,7 +485,7 @@ impl Session {
             }
             ClientFrame::Resume { .. } => {
                 let message = "resume is accepted only as the first frame; connect with last_id instead".into();
-                self.refuse(ws, InvalidFrame::BadFrame, message, None).await.map(|()| None)
+                Box::pin(self.refuse(ws, InvalidFrame::BadFrame, message, None)).await.map(|()| None)
             }
         }
     }
@@ -595,4 +599,31 @@ async fn plan_replay(
         return;
     }
     node.catchup.submit(Request::new(partition, user, from, to, reply));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::ws::WebSocket;
+
+    use super::{Admitted, SessionContext};
+    use crate::hub::Seat;
+
+    /// The size of the future an `async fn` taking these arguments returns.
+    fn future_size<F, Fut>(_: &F) -> usize
+    where
+        F: Fn(WebSocket, Arc<SessionContext>, Admitted, Seat) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle session is one such future on the heap: the rare paths
+    /// (close, refusals, the end of a replay) are boxed when taken, so they
+    /// do not make every session as large as the largest of them.
+    #[test]
+    fn an_idle_session_stays_small() {
+        let size = future_size(&super::run);
+        assert!(size <= 2_200, "session future: {size} bytes");
+    }
 }
