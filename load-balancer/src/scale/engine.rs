@@ -7,11 +7,11 @@
 //! needs for the load predicted one node start-up ahead. Scale-in is slow:
 //! room for at least one node fewer (every signal's utilisation on the
 //! remaining nodes, a rising trend taken one window ahead, under its low
-//! watermark) for the whole window, and no scale-out in the cooldown; then the nodes there was
-//! room for all through the window (up to a step) are drained (their
-//! partitions moved away, their users gone or a deadline passed) before the
-//! desired count is lowered. Once they are gone, the window's room less the
-//! nodes removed may go next.
+//! watermark) for the whole window, and no scale-out in the cooldown; then
+//! the nodes there was room for all through the window (up to a step) are
+//! drained (their partitions moved away, their users gone or a deadline
+//! passed) before the desired count is lowered. Once they are gone, the
+//! window's room less the nodes removed may go next.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -215,18 +215,15 @@ impl Engine {
     fn needed(&self, s: &FleetSignals) -> (u32, u32) {
         let c = &self.config;
         let ahead = c.node_startup_ms as f64 / 1000.0;
-        let nodes = |load: f64, per_node: f64| {
-            if per_node > 0.0 && load > 0.0 { (load / per_node - 1e-9).ceil() as u32 } else { 0 }
-        };
         let compute = |ahead: f64| {
             [
-                nodes(
+                nodes_for_load(
                     s.connections as f64 + s.connections_slope.max(0.0) * ahead,
                     s.node_capacity * c.connections_target,
                 ),
                 Spread::cpu(s, ahead).nodes_for(c.cpu_target),
                 Spread::memory(s, ahead).nodes_for(c.memory_target),
-                nodes(s.mps_out + s.mps_slope.max(0.0) * ahead, c.mps_target),
+                nodes_for_load(s.mps_out + s.mps_slope.max(0.0) * ahead, c.mps_target),
             ]
             .into_iter()
             .max()
@@ -542,6 +539,12 @@ impl Engine {
     }
 }
 
+/// Fewest nodes that carry `load` at `per_node` each (0 with no load, or
+/// with a signal left out).
+fn nodes_for_load(load: f64, per_node: f64) -> u32 {
+    if per_node > 0.0 && load > 0.0 { (load / per_node - 1e-9).ceil() as u32 } else { 0 }
+}
+
 /// CPU or memory over the serving nodes: the total, a rising trend taken
 /// some seconds ahead, and the part of each node that stays on it. Only the
 /// rest moves when nodes come or go.
@@ -552,33 +555,37 @@ struct Spread {
 }
 
 impl Spread {
+    fn new(total: f64, slope: f64, fixed: f64, s: &FleetSignals, ahead_s: f64) -> Self {
+        Self { total: total + slope.max(0.0) * ahead_s, fixed, serving: f64::from(s.serving) }
+    }
+
     fn cpu(s: &FleetSignals, ahead_s: f64) -> Self {
-        Self { total: s.cpu_total + s.cpu_slope.max(0.0) * ahead_s, fixed: s.cpu_fixed, serving: f64::from(s.serving) }
+        Self::new(s.cpu_total, s.cpu_slope, s.cpu_fixed, s, ahead_s)
     }
 
     fn memory(s: &FleetSignals, ahead_s: f64) -> Self {
-        Self {
-            total: s.memory_total + s.memory_slope.max(0.0) * ahead_s,
-            fixed: s.memory_fixed,
-            serving: f64::from(s.serving),
-        }
+        Self::new(s.memory_total, s.memory_slope, s.memory_fixed, s, ahead_s)
+    }
+
+    /// The part that moves with the users.
+    fn moving(&self) -> f64 {
+        (self.total - self.serving * self.fixed).max(0.0)
     }
 
     /// What the moving part leaves on each of `nodes` nodes.
     fn per_node(&self, nodes: f64) -> f64 {
-        self.fixed + (self.total - self.serving * self.fixed).max(0.0) / nodes
+        self.fixed + self.moving() / nodes
     }
 
     /// Fewest nodes that keep each under `target` (0 with no load).
     fn nodes_for(&self, target: f64) -> u32 {
-        let (moving, room) = if self.fixed < target {
-            ((self.total - self.serving * self.fixed).max(0.0), target - self.fixed)
+        if self.fixed < target {
+            nodes_for_load(self.moving(), target - self.fixed)
         } else {
             // Idle nodes are at the target already: more nodes do not help,
             // and the total is what it was.
-            (self.total, target)
-        };
-        if moving > 0.0 { (moving / room - 1e-9).ceil() as u32 } else { 0 }
+            nodes_for_load(self.total, target)
+        }
     }
 }
 

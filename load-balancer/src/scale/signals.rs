@@ -115,7 +115,7 @@ fn least_squares(points: &[(f64, f64)]) -> Option<Fit> {
 /// connections (slope over two standard errors) has one: when the nodes are
 /// too alike or too few to tell, or the signal follows something else
 /// (partitions, a cache), all of it is taken to move, as the HPA takes it.
-pub fn fixed_part(points: &[(f64, f64)]) -> f64 {
+fn fixed_part(points: &[(f64, f64)]) -> f64 {
     let Some(fit) = least_squares(points).filter(|f| f.slope > 2.0 * f.slope_error) else { return 0.0 };
     let least = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     (fit.intercept - 2.0 * fit.intercept_error).clamp(0.0, least.max(0.0))
@@ -161,7 +161,7 @@ fn sustained_slope(points: &[(f64, f64)]) -> f64 {
 /// rising load (and hold the next scale-in back a whole window).
 fn fleet_series(
     fleet: &Fleet,
-    live: &[&str],
+    live: &BTreeSet<&str>,
     now_ms: u64,
     window_ms: u64,
     value: impl Fn(&Reading) -> f64,
@@ -197,7 +197,7 @@ fn fleet_series(
 
 /// The sustained trend (per second) of a fleet total, if the series spans
 /// at least half the window.
-fn trend(fleet: &Fleet, live: &[&str], now_ms: u64, window_ms: u64, value: impl Fn(&Reading) -> f64) -> f64 {
+fn trend(fleet: &Fleet, live: &BTreeSet<&str>, now_ms: u64, window_ms: u64, value: impl Fn(&Reading) -> f64) -> f64 {
     let series = fleet_series(fleet, live, now_ms, window_ms, value);
     if (series.len() as u64) * 1000 < window_ms / 2 { 0.0 } else { sustained_slope(&series) }
 }
@@ -235,7 +235,7 @@ fn summarise(nodes: Vec<NodeSignals>, fleet: &Fleet, now_ms: u64, trend_window_m
     let max = |f: &dyn Fn(&NodeSignals) -> f64| serving.iter().map(|n| f(n)).fold(0.0, f64::max);
     let serving_capacity: u64 = serving.iter().map(|n| n.capacity).sum();
     let connections: u64 = nodes.iter().map(|n| n.connections).sum();
-    let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let live: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     let trend_of = |value: fn(&Reading) -> f64| trend(fleet, &live, now_ms, trend_window_ms, value);
     // Fitted over the serving nodes' readings in the trend window: nodes
     // differ in users, and each node's users change over time.
