@@ -167,9 +167,10 @@ pub struct Limits {
     /// `send`s awaiting the broker's ack per session; reading pauses beyond.
     #[arg(long, env = "RTC_MAX_INFLIGHT_SENDS", default_value_t = 64)]
     pub max_inflight_sends: usize,
-    /// WebSocket read buffer per session (bytes): small keeps idle sessions
-    /// cheap; it grows for large frames.
-    #[arg(long, env = "RTC_WS_READ_BUFFER", default_value_t = 2048)]
+    /// tungstenite's read buffer per session (bytes), held for the
+    /// session's life. 0: none while idle; the socket is read through a
+    /// stack buffer and only unread bytes are kept (see `upgrade`).
+    #[arg(long, env = "RTC_WS_READ_BUFFER", default_value_t = 0)]
     pub ws_read_buffer: usize,
 }
 

@@ -16,14 +16,16 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use rtc_core::protocol::CloseReason;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::mailbox::{Full, Mailbox};
 
 use crate::metrics::{Evicted, Metrics};
 
@@ -107,42 +109,9 @@ pub struct CloseCmd {
     pub retry_after_ms: u64,
 }
 
-/// How the hub (or a hand-off) tells a session to close. Set once; the
-/// session wakes on the notify (which keeps a permit if it is not waiting).
-#[derive(Debug, Default)]
-pub struct SessionControl {
-    close: OnceLock<CloseCmd>,
-    notify: Notify,
-}
-
-impl SessionControl {
-    /// Returns false if the session was already told to close.
-    pub fn close(&self, cmd: CloseCmd) -> bool {
-        let first = self.close.set(cmd).is_ok();
-        if first {
-            self.notify.notify_one();
-        }
-        first
-    }
-
-    pub fn requested(&self) -> Option<CloseCmd> {
-        self.close.get().copied()
-    }
-
-    pub async fn wait(&self) -> CloseCmd {
-        loop {
-            if let Some(cmd) = self.requested() {
-                return cmd;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
 struct SessionLink {
     id: u64,
-    queue: mpsc::Sender<Held>,
-    control: Arc<SessionControl>,
+    mailbox: Arc<Mailbox>,
 }
 
 struct UserEntry {
@@ -182,8 +151,7 @@ pub struct Registration {
     /// The consumer's position when the session registered: every record
     /// from here on reaches the session's queue.
     pub live_from: i64,
-    pub queue: mpsc::Receiver<Held>,
-    pub control: Arc<SessionControl>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 /// The partition is not (or no longer) served here.
@@ -313,8 +281,7 @@ impl Hub {
         // The cache fills from the live start on.
         let complete_from = live_from;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.limits.session_queue.max(1));
-        let control = Arc::new(SessionControl::default());
+        let mailbox = Arc::new(Mailbox::new(self.limits.session_queue));
         {
             let mut shard = self.shard(user);
             let user_entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry::new(partition, complete_from));
@@ -322,12 +289,12 @@ impl Hub {
                 // Repartitioned: what is cached belongs to another partition.
                 *user_entry = UserEntry::new(partition, complete_from);
             }
-            user_entry.sessions.push(SessionLink { id, queue: tx, control: control.clone() });
+            user_entry.sessions.push(SessionLink { id, mailbox: mailbox.clone() });
         }
         drop(partitions);
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.connections.set(n as f64);
-        Ok(Registration { id, live_from, queue: rx, control })
+        Ok(Registration { id, live_from, mailbox })
     }
 
     /// Removes a session.
@@ -424,17 +391,16 @@ impl Hub {
         for session in &entry.sessions {
             let Some(held) = self.budget.hold(&delivery) else {
                 // Over the budget: this session resumes from the log.
-                if session.control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 }) {
+                if session.mailbox.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 }) {
                     self.metrics.budget_evictions.increment(Evicted::Queue);
                 }
                 continue;
             };
-            match session.queue.try_send(held) {
+            match session.mailbox.push(held) {
                 Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    session.control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 });
+                Err(Full) => {
+                    session.mailbox.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 });
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         queued
@@ -476,12 +442,12 @@ impl Hub {
 
     /// Close handles of the open sessions whose users live on `partition`
     /// (every partition when `None`).
-    pub fn sessions_on(&self, partition: Option<u32>) -> Vec<Arc<SessionControl>> {
+    pub fn sessions_on(&self, partition: Option<u32>) -> Vec<Arc<Mailbox>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
             for entry in shard.values().filter(|e| partition.is_none_or(|p| e.partition == p)) {
-                out.extend(entry.sessions.iter().map(|s| s.control.clone()));
+                out.extend(entry.sessions.iter().map(|s| s.mailbox.clone()));
             }
         }
         out
@@ -528,7 +494,7 @@ pub struct Pacing {
 }
 
 impl Pacing {
-    pub async fn disconnect(&self, sessions: Vec<Arc<SessionControl>>, reason: CloseReason) {
+    pub async fn disconnect(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason) {
         let per_ms = (self.rate / 1000).max(1) as usize;
         for (i, session) in sessions.iter().enumerate() {
             let retry_after_ms = if self.jitter_ms == 0 { 0 } else { rand::random_range(0..=self.jitter_ms) };
@@ -542,7 +508,7 @@ impl Pacing {
     /// Closes `sessions` at once (a fenced node may not wait: another node
     /// is about to own their partition), each told to retry after `retry`
     /// plus the jitter, so they arrive once the partition has moved.
-    pub fn disconnect_now(&self, sessions: Vec<Arc<SessionControl>>, reason: CloseReason, retry: Duration) {
+    pub fn disconnect_now(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason, retry: Duration) {
         let retry = retry.as_millis() as u64;
         for session in sessions {
             let jitter = if self.jitter_ms == 0 { 0 } else { rand::random_range(0..=self.jitter_ms) };
@@ -650,8 +616,8 @@ mod tests {
         for o in 0..5 {
             hub.dispatch("u1", delivery(0, o));
         }
-        assert_eq!(reg.control.requested().map(|c| c.reason), Some(CloseReason::Slow));
-        assert_eq!(reg.queue.len(), 2, "the queue stays bounded");
+        assert_eq!(reg.mailbox.requested().map(|c| c.reason), Some(CloseReason::Slow));
+        assert_eq!(reg.mailbox.len(), 2, "the queue stays bounded");
     }
 
     #[test]
@@ -730,11 +696,12 @@ mod tests {
         // Cached again, but its queue no longer fits: the session is closed
         // as slow (it resumes from the log).
         assert_eq!(hub.dispatch("online", delivery(1, 11)), 0);
-        assert_eq!(online.control.requested().map(|c| c.reason), Some(CloseReason::Slow));
+        assert_eq!(online.mailbox.requested().map(|c| c.reason), Some(CloseReason::Slow));
         assert_eq!(budget.used(), 17);
         // Reading the queue and dropping the session gives every byte back.
-        let Registration { id, mut queue, .. } = online;
-        while queue.try_recv().is_ok() {}
+        let Registration { id, mailbox, .. } = online;
+        while mailbox.try_recv().is_some() {}
+        drop(mailbox);
         hub.unregister("online", id);
         hub.forget_partition(1);
         assert_eq!(budget.used(), 0);

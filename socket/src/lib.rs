@@ -3,11 +3,12 @@
 //!
 //! - [`server`]: the one module that wires every other: start-up, the
 //!   running node's handle, shutdown;
-//! - [`ws`] and [`session`]: admission and one WebSocket session (the
+//! - [`ws`], [`upgrade`] and [`session`]: admission, the handshake (and
+//!   the lazily buffered socket under it), one WebSocket session (the
 //!   protocol itself is `rtc_core::protocol`);
 //! - [`hub`]: who is connected, which partitions accept sessions, the
 //!   consumer's position, a per-user cache, the memory budget, paced
-//!   disconnects;
+//!   disconnects; [`mailbox`]: one session's queue and close order;
 //! - [`kafka`]: the embedded broker, the producer, and the consumer task
 //!   that feeds the hub; [`catchup`]: replay from the log for resuming
 //!   sessions, one shared read per partition;
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod kafka;
 pub mod lease;
 pub mod lifecycle;
+pub mod mailbox;
 pub mod metrics;
 pub mod ownership;
 pub mod peers;
@@ -39,5 +41,6 @@ pub mod session;
 pub mod sysstat;
 pub mod takeover;
 pub mod testing;
+pub mod upgrade;
 pub mod used_tokens;
 pub mod ws;

@@ -17,19 +17,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
 use rtc_core::protocol::{
     ClientFrame, CloseReason, ConnectRefusal, InvalidFrame, MessageId, ResumeFailure, ServerFrame, parse_client_frame,
 };
-use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::catchup::{CatchUp, Outcome, ReplayReceiver, ReplaySender, Request, replay_channel};
 use crate::config::{Limits, Timing};
-use crate::hub::{CloseCmd, Delivery, Held, Registration, SessionControl};
+use crate::hub::{CloseCmd, Delivery, Held, Registration};
+use crate::mailbox::Mailbox;
 use crate::metrics::{Evicted, KafkaFailure};
 use crate::takeover::Takeovers;
+use crate::upgrade::WebSocket;
 
 /// What a session uses of the node.
 pub struct SessionContext {
@@ -139,7 +141,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
     let registration = node.hub.register(&user.user, user.partition);
     // Registered (or refused): the seat can go.
     drop(seat);
-    let Ok(Registration { id, live_from, mut queue, control }) = registration else {
+    let Ok(Registration { id, live_from, mailbox }) = registration else {
         // Released between admission and now: never a session here.
         node.metrics.refused.increment(ConnectRefusal::NotOwner);
         let cmd = CloseCmd { reason: CloseReason::Rebalance, retry_after_ms: 0 };
@@ -177,7 +179,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
                     Phase::FirstFrame(tokio::time::Instant::now() + wait)
                 }
             };
-            session.serve(&mut ws, &mut queue, &control, phase).await
+            session.serve(&mut ws, &mailbox, phase).await
         }
     };
     let reason = match ended {
@@ -214,19 +216,18 @@ async fn next_replayed(phase: &mut Phase) -> Replayed {
 // largest await point, and every idle session is one such future on the
 // heap (see the test at the end).
 impl Session {
-    async fn serve(
-        &mut self,
-        ws: &mut WebSocket,
-        queue: &mut mpsc::Receiver<Held>,
-        control: &SessionControl,
-        mut phase: Phase,
-    ) -> Ended {
+    async fn serve(&mut self, ws: &mut WebSocket, mailbox: &Mailbox, mut phase: Phase) -> Ended {
         let timing = &self.node.timing;
         let ping_every = Duration::from_millis(timing.ping_interval_ms.max(10));
         let idle_timeout = Duration::from_millis(timing.idle_timeout_ms.max(10));
         let max_sends = self.node.limits.max_inflight_sends.max(1);
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let mut sends: FuturesUnordered<PendingSend> = FuturesUnordered::new();
+        // One timer, kept in the future rather than boxed, for the next
+        // ping and the wait for a first frame; sends in flight are held only
+        // while there are some.
+        let mut next_ping = Instant::now() + ping_every;
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
+        let mut sends: Option<FuturesUnordered<PendingSend>> = None;
         loop {
             let replaying = matches!(phase, Phase::Replaying { .. });
             let first_frame_until = match phase {
@@ -234,12 +235,17 @@ impl Session {
                 _ => None,
             };
             let live = matches!(phase, Phase::Live);
+            let wake_at = first_frame_until.map_or(next_ping, |until| until.min(next_ping));
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
+            let in_flight = sends.as_ref().map_or(0, FuturesUnordered::len);
             tokio::select! {
                 biased;
-                cmd = control.wait() => {
+                cmd = mailbox.wait() => {
                     if live {
                         // Flush what was already fetched before saying goodbye.
-                        while let Ok(d) = queue.try_recv() {
+                        while let Some(d) = mailbox.try_recv() {
                             if let Err(e) = self.write(ws, &d, false).await {
                                 return e.into();
                             }
@@ -261,14 +267,15 @@ impl Session {
                         return e.into();
                     }
                 }
-                _ = tokio::time::sleep_until(first_frame_until.unwrap_or_else(tokio::time::Instant::now)),
-                    if first_frame_until.is_some() => phase = Phase::Live,
-                Some(d) = queue.recv(), if live => {
+                d = mailbox.recv(), if live => {
                     if let Err(e) = self.write(ws, &d, false).await {
                         return e.into();
                     }
                 }
-                Some((client_msg_id, outcome)) = sends.next(), if !sends.is_empty() => {
+                Some((client_msg_id, outcome)) = async { sends.as_mut()?.next().await }, if in_flight > 0 => {
+                    if sends.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                        sends = None;
+                    }
                     let frame = match outcome {
                         Ok(id) => {
                             self.node.metrics.received.increment(1);
@@ -285,7 +292,7 @@ impl Session {
                         return e.into();
                     }
                 }
-                message = ws.recv(), if sends.len() < max_sends => {
+                message = ws.next(), if in_flight < max_sends => {
                     self.last_heard = Instant::now();
                     let result = match message {
                         Some(Ok(Message::Text(text))) => {
@@ -308,11 +315,11 @@ impl Session {
                             let message = "binary frames are not part of the protocol".into();
                             Box::pin(self.refuse(ws, InvalidFrame::BadFrame, message, None)).await
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
                         Some(Ok(Message::Close(_))) | None => return Ended::ClientGone,
                         Some(Err(e)) => {
                             // Oversized frames end here (the codec's hard limit).
-                            if e.to_string().contains("too long") || e.to_string().contains("Space limit") {
+                            if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                                 self.node.metrics.invalid_frames.increment(InvalidFrame::TooLarge);
                             }
                             return Ended::ClientGone;
@@ -322,7 +329,15 @@ impl Session {
                         return e.into();
                     }
                 }
-                _ = ping.tick() => {
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if first_frame_until.is_some_and(|until| until <= now) {
+                        phase = Phase::Live;
+                    }
+                    if next_ping > now {
+                        continue;
+                    }
+                    next_ping = now + ping_every;
                     if self.last_heard.elapsed() >= idle_timeout {
                         return Box::pin(self.close(ws, CloseCmd { reason: CloseReason::Idle, retry_after_ms: 0 })).await;
                     }
@@ -428,7 +443,7 @@ impl Session {
         &mut self,
         ws: &mut WebSocket,
         text: &str,
-        sends: &mut FuturesUnordered<PendingSend>,
+        sends: &mut Option<FuturesUnordered<PendingSend>>,
         first: bool,
     ) -> Result<Option<Phase>, WriteError> {
         let limits = &self.node.limits;
@@ -456,7 +471,7 @@ impl Session {
                     &self.user.user,
                     client_msg_id.as_deref(),
                 ) {
-                    Ok(delivery) => sends.push(Box::pin(async move {
+                    Ok(delivery) => sends.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
                         let outcome = match delivery.await {
                             Ok(Ok(d)) => Ok(MessageId::new(d.partition as u32, d.offset)),
                             Ok(Err((e, _))) => Err(format!("kafka: {e}")),
@@ -551,13 +566,13 @@ impl SendLimits {
 async fn close_frames(ws: &mut WebSocket, cmd: CloseCmd) {
     let frame = ServerFrame::Disconnect { reason: cmd.reason, reconnect: true, retry_after_ms: cmd.retry_after_ms };
     let _ = ws.send(Message::Text(frame.to_json().into())).await;
-    let close = CloseFrame { code: cmd.reason.close_code(), reason: cmd.reason.as_str().into() };
+    let close = CloseFrame { code: cmd.reason.close_code().into(), reason: cmd.reason.as_str().into() };
     if ws.send(Message::Close(Some(close))).await.is_ok() {
         // Finish the closing handshake (bounded) rather than dropping the
         // connection under the client, which could then fail writing a
         // pong before it reads the disconnect frame.
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-            while let Some(Ok(m)) = ws.recv().await {
+            while let Some(Ok(m)) = ws.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
@@ -605,10 +620,9 @@ async fn plan_replay(
 mod tests {
     use std::sync::Arc;
 
-    use axum::extract::ws::WebSocket;
-
     use super::{Admitted, SessionContext};
     use crate::hub::Seat;
+    use crate::upgrade::WebSocket;
 
     /// The size of the future an `async fn` taking these arguments returns.
     fn future_size<F, Fut>(_: &F) -> usize

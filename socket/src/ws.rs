@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::hub::Seat;
 use crate::lifecycle::Lifecycle;
 use crate::ownership::Ownership;
 use crate::session::{self, Admitted, Resume, ResumeFrom, SessionContext};
+use crate::upgrade::{NotUpgrade, Upgrade};
 use crate::used_tokens::{TokenUse, UsedTokens};
 
 /// What admission checks, and what the sessions it admits get.
@@ -68,7 +69,7 @@ impl IntoResponse for Refusal {
 async fn upgrade(
     State(node): State<Arc<WsContext>>,
     Query(query): Query<ConnectQuery>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     // A request that is no WebSocket upgrade (a link preview, a probe)
     // gets its answer but does not use the token up.
@@ -89,25 +90,27 @@ async fn upgrade(
         Err(rejection) => {
             node.session.metrics.refused.increment(Refused::NotWebsocket);
             let refusal = Refusal {
-                status: rejection.status(),
+                status: rejection.status,
                 code: Refused::NotWebsocket,
-                message: rejection.body_text(),
+                message: rejection.message.into(),
                 epoch: node.ownership.view().epoch,
             };
             return refusal.into_response();
         }
     };
     let limits = &node.session.limits;
-    upgrade
+    let config = WebSocketConfig::default()
+        // tungstenite's own buffer, kept for the session's life: 0 by
+        // default, the socket is read through `LazyRead`.
         .read_buffer_size(limits.ws_read_buffer)
         // Write each frame through at once: latency over batching.
         .write_buffer_size(0)
         .max_write_buffer_size(4 * 1024 * 1024)
         // Frames a little over the protocol limit still get a clean
         // `error{too_large}`; far larger ones end the connection.
-        .max_message_size(limits.max_frame_bytes.saturating_mul(2))
-        .max_frame_size(limits.max_frame_bytes.saturating_mul(2))
-        .on_upgrade(move |ws| session::run(ws, node.session.clone(), admitted, seat))
+        .max_message_size(Some(limits.max_frame_bytes.saturating_mul(2)))
+        .max_frame_size(Some(limits.max_frame_bytes.saturating_mul(2)));
+    upgrade.on_upgrade(config, move |ws| session::run(ws, node.session.clone(), admitted, seat))
 }
 
 /// The token is valid, names this node, and its partition is served here at
