@@ -10,11 +10,11 @@
 //! - **Lost**: acknowledged by Kafka, produced to an online user, and never
 //!   delivered to that user by the end of the run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Histogram;
+use crate::stats::{HIST_MAX_MS, Histogram};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
@@ -174,6 +174,9 @@ pub struct Ledger {
     foreign: u64,
     bad_ids: u64,
     latency: Histogram,
+    /// Latencies since the last [`Ledger::take_recent_latency`], ms →
+    /// count (at most one key per millisecond up to the histogram's cap).
+    recent_latency: BTreeMap<u64, u64>,
 }
 
 impl Ledger {
@@ -191,6 +194,7 @@ impl Ledger {
             foreign: 0,
             bad_ids: 0,
             latency: Histogram::default(),
+            recent_latency: BTreeMap::new(),
         }
     }
 
@@ -358,8 +362,17 @@ impl Ledger {
             self.users[user as usize].pending -= 1;
             self.totals.pending -= 1;
         }
-        self.latency.record((now_ms - msg.produced_ms).max(0) as u64);
+        let latency_ms = (now_ms - msg.produced_ms).max(0) as u64;
+        self.latency.record(latency_ms);
+        *self.recent_latency.entry(latency_ms.min(HIST_MAX_MS as u64)).or_default() += 1;
         Received::New
+    }
+
+    /// The delivery latencies recorded since the last call (ms → count):
+    /// the timeline's per-interval distribution, which a reader can merge
+    /// over any window.
+    pub fn take_recent_latency(&mut self) -> BTreeMap<u64, u64> {
+        std::mem::take(&mut self.recent_latency)
     }
 
     /// Messages on their way to `user`.
@@ -499,7 +512,10 @@ mod tests {
         }
         assert_eq!(deliver(&mut l, a, "3:1", s1, 150), Received::New);
         assert_eq!(l.pending_of(a), 1);
+        assert_eq!(l.take_recent_latency(), BTreeMap::from([(50, 1)]));
         assert_eq!(deliver(&mut l, b, "5:1", s3, 170), Received::New);
+        assert_eq!(l.take_recent_latency(), BTreeMap::from([(50, 1)]), "only what came since");
+        assert!(l.take_recent_latency().is_empty());
         // b left before s4 arrived: s4 is lost; a's s2 also never came.
         l.leave(b);
         l.left(b);

@@ -150,7 +150,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
                     _ = sampling.cancelled() => true,
                 };
                 let cur = shared.snapshot(start.elapsed());
-                let line = report::timeline_line(&prev, &cur);
+                let recent = shared.ledger().take_recent_latency();
+                let line = report::timeline_line(&prev, &cur, recent);
                 if let Some(out) = timeline.as_mut() {
                     let _ = serde_json::to_writer(&mut *out, &line);
                     let _ = out.write_all(b"\n");

@@ -7,7 +7,6 @@ prints a table.
 Usage: chaos.py --bin DIR --tansu PATH --out DIR [--quick] [--only NAME,...]
 """
 
-import argparse
 import asyncio
 from http.client import HTTPConnection
 import json
@@ -21,8 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from chaos_cluster import (  # noqa: E402
-    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, free_port, http, metrics, now_ms, wait_for,
-    wait_live)
+    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, binaries, free_port, harness_parser, http,
+    metrics, now_ms, wait_for, wait_live)
 from chaos_ws import Closed, WsSession  # noqa: E402
 
 # name: (full repeats, users, messages/s, description)
@@ -648,16 +647,13 @@ def table(results):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--tansu", required=True)
-    ap.add_argument("--out", required=True)
+    ap = harness_parser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="")
     args = ap.parse_args()
     # SIGTERM unwinds like an error: every cluster's `finally` stops its processes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    bins = {b: os.path.join(args.bin, b) for b in ["socket", "load-balancer", "keda-scaler", "loadgen", "rtc-bench"]}
+    bins = binaries(args.bin)
     names = [n for n in SCENARIOS if not args.only or n in args.only.split(",")]
     os.makedirs(args.out, exist_ok=True)
     results = {}

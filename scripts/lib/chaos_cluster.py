@@ -8,6 +8,7 @@ that black-holes or resets connections, Redis `DEBUG SLEEP` and restarts.
 commands run inside Lua scripts too), so writes can be audited afterwards.
 """
 
+import argparse
 import asyncio
 import json
 import os
@@ -33,6 +34,21 @@ DEAD_AFTER_MS = 6000
 
 
 _TAKEN = set()
+
+
+def harness_parser():
+    """The arguments every harness on a `Cluster` takes: where the binaries,
+    tansu and the output go."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--tansu", required=True)
+    ap.add_argument("--out", required=True)
+    return ap
+
+
+def binaries(bin_dir):
+    """Paths of the binaries a `Cluster` runs."""
+    return {b: os.path.join(bin_dir, b) for b in ["socket", "load-balancer", "keda-scaler", "loadgen", "rtc-bench"]}
 
 
 def free_port():
@@ -465,17 +481,24 @@ class Cluster:
         wait_live(p)
         self.jwt = p
 
-    def start_loadgen(self, seconds):
+    def loadgen_proc(self, name, users, rate, profile, ips, user_prefix):
+        """A load generator on the cluster's load balancers (not started);
+        its report and timeline paths are `.report_path`, `.timeline_path`."""
         lbs = ",".join(f"http://{lb.listen}" for lb in self.lbs)
-        self.report_path = os.path.join(self.dir, "loadgen.json")
-        self.timeline_path = os.path.join(self.dir, "timeline.jsonl")
-        ips = ",".join(f"127.0.0.{i}" for i in range(2, 6))
-        self.loadgen = self._proc("loadgen", [
+        report, timeline = os.path.join(self.dir, f"{name}.json"), os.path.join(self.dir, f"{name}-timeline.jsonl")
+        p = self._proc(name, [
             self.bins["loadgen"], "--lb", lbs, "--kafka-brokers", self.brokers, "--topic", TOPIC,
-            "--rate", str(self.rate), "--profile", f"ramp:3s:0->{self.users},plateau:{seconds}s:{self.users}",
-            "--source-ips", ips, "--report", self.report_path, "--timeline", self.timeline_path,
-            "--progress-secs", "3600", "--drain-secs", "8", "--max-attempts", "100000",
-            "--backoff-max-ms", "1000", "--user-prefix", f"{self.name}-"])
+            "--rate", str(rate), "--profile", profile, "--source-ips", ",".join(ips), "--report", report,
+            "--timeline", timeline, "--progress-secs", "3600", "--drain-secs", "8", "--max-attempts", "100000",
+            "--backoff-max-ms", "1000", "--user-prefix", user_prefix])
+        p.report_path, p.timeline_path, p.users = report, timeline, users
+        return p
+
+    def start_loadgen(self, seconds):
+        self.loadgen = self.loadgen_proc(
+            "loadgen", self.users, self.rate, f"ramp:3s:0->{self.users},plateau:{seconds}s:{self.users}",
+            [f"127.0.0.{i}" for i in range(2, 6)], f"{self.name}-")
+        self.report_path, self.timeline_path = self.loadgen.report_path, self.loadgen.timeline_path
         self.loadgen.start()
 
     def start(self, seconds, scaler=False):

@@ -11,7 +11,6 @@ node is restarted between the sides.
 Usage: storm.py --bin DIR --tansu PATH --out DIR --users N --settle S
 """
 
-import argparse
 import json
 import os
 import select
@@ -20,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from chaos_cluster import ADMIN_TOKEN, Cluster, http, wait_for, wait_live  # noqa: E402
+from chaos_cluster import ADMIN_TOKEN, Cluster, binaries, harness_parser, http, wait_for, wait_live  # noqa: E402
 
 STORM_JS = os.path.join(os.path.dirname(__file__), "..", "..", "clients", "js", "bench", "storm.mjs")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -104,14 +103,11 @@ def rust_side(c, users, settle, victim):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--tansu", required=True)
-    ap.add_argument("--out", required=True)
+    ap = harness_parser()
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--settle", type=float, default=10)
     args = ap.parse_args()
-    bins = {b: os.path.join(args.bin, b) for b in ["socket", "load-balancer", "loadgen", "rtc-bench"]}
+    bins = binaries(args.bin)
     c = Cluster("storm", bins, args.tansu, args.out, args.users, 0, node_count=NODES)
     results = {}
     try:

@@ -1,0 +1,313 @@
+"""The soak behind scripts/bench-soak: three socket nodes, two load
+balancers, tansu, tens of thousands of sessions and a steady message rate
+for many minutes, with one scale-out (a fourth node joins) and one drained
+scale-in (a node is drained, then stopped) on the way.
+
+It samples every node's RSS, CPU time and sessions, and the load
+generators' per-second timelines (with each second's latencies). It writes
+soak.json and soak.svg and checks the goals: RSS flat after warm-up (per
+node, per steady segment), nothing lost, reconnect P99 within 1 s.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from chaos_cluster import ADMIN_TOKEN, Cluster, binaries, harness_parser, http, metrics, now_ms, wait_for  # noqa: E402
+from demo_report import panel  # noqa: E402
+
+# Sessions per load generator process stay well under the 20 000 open files
+# a process may have.
+USERS_PER_LOADGEN = 15000
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] soak: {msg}", file=sys.stderr, flush=True)
+
+
+class SoakCluster(Cluster):
+    """The chaos cluster, with room for the fourth node and several load
+    generators."""
+
+    def _lb_argv(self, name, listen, admin, auth="none"):
+        argv = super()._lb_argv(name, listen, admin, auth)
+        # The scaling engine may count the fourth node in; nothing here acts
+        # on its decisions (no actuator): the soak moves nodes itself.
+        argv[argv.index("--max-replicas") + 1] = str(self.node_count + 1)
+        return argv
+
+    def start_loadgens(self, ramp_s, seconds):
+        count = max(1, math.ceil(self.users / USERS_PER_LOADGEN))
+        self.loadgens = []
+        for k in range(count):
+            users = self.users // count + (1 if k < self.users % count else 0)
+            ips = [f"127.0.{k + 1}.{i}" for i in range(2, 6)]
+            p = self.loadgen_proc(f"loadgen-{k}", users, self.rate / count,
+                                  f"ramp:{ramp_s}s:0->{users},plateau:{seconds}s:{users}", ips, f"soak{k}-")
+            self.loadgens.append(p.start())
+
+    def timelines(self):
+        out = []
+        for p in self.loadgens:
+            try:
+                with open(p.timeline_path) as f:
+                    out.append([json.loads(line) for line in f if line.strip()])
+            except (OSError, ValueError):
+                out.append([])
+        return out
+
+    def all_online(self):
+        return all(t and t[-1]["users_online"] >= p.users and t[-1]["connecting"] == 0
+                   for p, t in zip(self.loadgens, self.timelines()))
+
+    def stop_loadgens(self):
+        reports = []
+        for p in self.loadgens:
+            p.stop(timeout=120)
+            with open(p.report_path) as f:
+                reports.append(json.load(f))
+        return reports
+
+
+def proc_sample(pid):
+    """(RSS bytes, CPU seconds) of a live process, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+
+
+def sample_nodes(cluster, t0):
+    rows = []
+    for node in cluster.nodes:
+        if not node.alive():
+            continue
+        got = proc_sample(node.popen.pid)
+        if got:
+            m = metrics(node.admin)
+            rows.append({"t_s": round(time.time() - t0, 1), "node": node.name, "rss_bytes": got[0],
+                         "cpu_s": round(got[1], 2), "sessions": int(m.get("rtc_socket_connections", 0))})
+    return rows
+
+
+def fit(points):
+    """Least-squares slope of (x, y) and its standard error."""
+    n = len(points)
+    if n < 3:
+        return 0.0, float("inf")
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return 0.0, float("inf")
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in points)
+    return slope, math.sqrt(resid / (n - 2) / sxx)
+
+
+def rss_segments(samples, segments):
+    """Per node and steady segment: RSS slope (bytes/min), its standard
+    error, the drift over the segment, and whether it is flat: the slope
+    within two standard errors of 0 (noise), or a drift under 1 % of RSS."""
+    out = []
+    for name, (start, end) in segments.items():
+        for node in sorted({s["node"] for s in samples}):
+            pts = [(s["t_s"] / 60, s["rss_bytes"]) for s in samples if s["node"] == node and start <= s["t_s"] < end]
+            if len(pts) < 3:
+                continue
+            slope, se = fit(pts)
+            mean = sum(y for _, y in pts) / len(pts)
+            drift = slope * (pts[-1][0] - pts[0][0])
+            flat = abs(slope) <= 2 * se or abs(drift) < 0.01 * mean
+            out.append({"segment": name, "node": node, "from_s": start, "to_s": end, "samples": len(pts),
+                        "mean_rss_bytes": round(mean), "slope_bytes_per_min": round(slope),
+                        "slope_se": round(se) if math.isfinite(se) else None, "drift_bytes": round(drift),
+                        "flat": flat})
+    return out
+
+
+def quantile(hist, q):
+    """Nearest-rank quantile of {ms: count}."""
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    rank, seen = max(1, math.ceil(total * q)), 0
+    for ms in sorted(hist):
+        seen += hist[ms]
+        if seen >= rank:
+            return ms
+    return None
+
+
+def per_minute_latency(timelines, t0_ms, t_end_s):
+    """Delivery P50/P99/max per minute of the run (the last one may be
+    short), every load generator's latencies merged."""
+    minutes = {}
+    for lines in timelines:
+        for line in lines:
+            if not t0_ms <= line["ts_ms"] <= t0_ms + t_end_s * 1000:
+                continue
+            m = int((line["ts_ms"] - t0_ms) // 60000)
+            hist = minutes.setdefault(m, {})
+            for ms, n in line.get("latency_ms", {}).items():
+                hist[int(ms)] = hist.get(int(ms), 0) + n
+    return [{"minute": m, "delivered": sum(h.values()), "p50_ms": quantile(h, 0.5), "p99_ms": quantile(h, 0.99),
+             "max_ms": max(h) if h else None} for m, h in sorted(minutes.items())]
+
+
+def chart(path, samples, latency, events, t_end):
+    nodes = sorted({s["node"] for s in samples})
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    rss = [(n, colors[i % len(colors)], [(s["t_s"], s["rss_bytes"] / 2**20) for s in samples if s["node"] == n], None)
+           for i, n in enumerate(nodes)]
+    sessions = [(n, colors[i % len(colors)], [(s["t_s"], s["sessions"]) for s in samples if s["node"] == n], None)
+                for i, n in enumerate(nodes)]
+    mid = lambda m: min(m * 60 + 30, t_end)  # noqa: E731
+    p99 = [("P99", "#d62728", [(mid(m["minute"]), m["p99_ms"]) for m in latency if m["p99_ms"] is not None], None),
+           ("P50", "#1f77b4", [(mid(m["minute"]), m["p50_ms"]) for m in latency if m["p50_ms"] is not None], "4 3")]
+    marks = " · ".join(f"{e['what']} at {e['t_s']:.0f} s" for e in events)
+    svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="900" height="700" font-family="sans-serif">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="70" y="20" font-size="13">rtc soak: {marks}</text>',
+           panel("RSS per node (MiB)", rss, 30, 0, t_end),
+           panel("sessions per node", sessions, 250, 0, t_end),
+           panel("delivery latency per minute (ms)", p99, 470, 0, t_end),
+           "</svg>"]
+    with open(path, "w") as f:
+        f.write("\n".join(svg) + "\n")
+
+
+def drain(cluster, node, timeout):
+    status, _ = http("POST", f"http://{node.admin}/drain", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    if status not in (200, 202):
+        raise RuntimeError(f"drain of {node.name} refused ({status})")
+
+    def drained():
+        code, body = http("GET", f"http://{node.admin}/drain/status")
+        return code == 200 and json.loads(body).get("drained") is True
+
+    wait_for(f"{node.name} drained", timeout, drained, 0.5)
+    node.stop()
+    cluster.nodes.remove(node)
+    cluster.node_count -= 1
+
+
+def main():
+    ap = harness_parser()
+    ap.add_argument("--minutes", type=float, default=20)
+    ap.add_argument("--users", type=int, default=45000)
+    ap.add_argument("--rate", type=float, default=2000)
+    ap.add_argument("--ramp-secs", type=int, default=90)
+    ap.add_argument("--sample-secs", type=float, default=10)
+    ap.add_argument("--warmup-secs", type=float, default=180)
+    ap.add_argument("--smoke", action="store_true", help="checks the harness: few users, no RSS verdict")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bins = binaries(args.bin)
+    os.makedirs(args.out, exist_ok=True)
+    run_s = args.minutes * 60
+    scale_out_at, scale_in_at = 0.4 * run_s, 0.7 * run_s
+    settle_s = min(60.0, 0.1 * run_s)
+    cluster = SoakCluster("soak", bins, args.tansu, args.out, args.users, args.rate, node_count=3)
+    samples, events = [], []
+    try:
+        cluster.start_redis()
+        cluster.start_kafka()
+        cluster.lbs = [cluster.start_lb(0), cluster.start_lb(1)]
+        cluster.nodes = [cluster.start_node(i) for i in range(3)]
+        wait_for("every node owns partitions", 30, cluster.steady)
+        log(f"{args.users} users, {args.rate:g} msg/s, {args.minutes:g} min after a {args.ramp_secs} s ramp")
+        cluster.start_loadgens(args.ramp_secs, int(run_s) + 300)
+        wait_for("every user online", args.ramp_secs + 180, cluster.all_online, 1)
+        t0, t0_ms = time.time(), now_ms()
+        events.append({"t_s": 0, "what": "all online"})
+        log("every user online; the clock starts")
+        next_sample = 0.0
+        while (elapsed := time.time() - t0) < run_s:
+            if elapsed >= next_sample:
+                samples += sample_nodes(cluster, t0)
+                next_sample += args.sample_secs
+            if scale_out_at <= elapsed and not any(e["what"] == "scale-out" for e in events):
+                log("scale-out, a fourth node joins")
+                cluster.nodes.append(cluster.start_node(3))
+                cluster.node_count = 4
+                events.append({"t_s": round(time.time() - t0, 1), "what": "scale-out"})
+                wait_for("the fourth node owns partitions", 60, cluster.steady, 0.5)
+            if scale_in_at <= elapsed and not any(e["what"] == "scale-in" for e in events):
+                log("drained scale-in of socket-0")
+                events.append({"t_s": round(time.time() - t0, 1), "what": "scale-in"})
+                drain(cluster, cluster.nodes[0], 120)
+                events.append({"t_s": round(time.time() - t0, 1), "what": "socket-0 stopped"})
+            time.sleep(0.5)
+        t_end = round(time.time() - t0, 1)
+        reports = cluster.stop_loadgens()
+        timelines = cluster.timelines()
+    finally:
+        cluster.stop()
+    panics = cluster.panics()
+
+    ev = {e["what"]: e["t_s"] for e in events}
+    segments = {"before scale-out": (args.warmup_secs, ev.get("scale-out", t_end)),
+                "after scale-out": (ev.get("scale-out", t_end) + settle_s, ev.get("scale-in", t_end)),
+                "after scale-in": (ev.get("socket-0 stopped", t_end) + settle_s, t_end)}
+    rss = rss_segments(samples, segments) if not args.smoke else []
+    latency = per_minute_latency(timelines, t0_ms, t_end)
+    total = lambda k: sum(r[k] for r in reports)  # noqa: E731
+    result = {
+        "minutes": args.minutes, "users": args.users, "rate": args.rate, "smoke": args.smoke,
+        "events": events, "seconds": t_end,
+        "messages_sent": total("messages_sent"), "messages_delivered": total("messages_delivered"),
+        "messages_lost": total("messages_lost"), "duplicates_delivered": total("duplicate_deliveries"),
+        "double_sessions": total("double_sessions"), "order_violations": total("order_violations"),
+        "reconnects": total("reconnects"),
+        # Each process's P99 bounds the merged one from above.
+        "reconnect_p99_ms": max(r["reconnect_p99_ms"] for r in reports),
+        "reconnect_max_ms": max(r["reconnect_max_ms"] for r in reports),
+        "delivery_per_minute": latency, "rss_segments": rss, "samples": samples, "panics": panics,
+    }
+    goals = {
+        "rss_flat_after_warmup": all(s["flat"] for s in rss) if rss else None,
+        "none_lost": result["messages_lost"] == 0 and result["messages_delivered"] > 0,
+        "reconnect_p99_within_1s": result["reconnect_p99_ms"] <= 1000,
+        "scaled_out_and_in": "scale-out" in ev and "socket-0 stopped" in ev,
+        "no_double_sessions": result["double_sessions"] == 0,
+        "no_panics": not panics,
+    }
+    result["goals"] = goals
+    with open(os.path.join(args.out, "soak.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    chart(os.path.join(args.out, "soak.svg"), samples, latency, events, t_end)
+
+    print(f"soak: {args.users} users, {args.rate:g} msg/s, {t_end / 60:.1f} min; events: "
+          + ", ".join(f"{e['what']} {e['t_s']:.0f}s" for e in events))
+    print(f"messages sent {result['messages_sent']}, delivered {result['messages_delivered']}, "
+          f"lost {result['messages_lost']}, duplicates {result['duplicates_delivered']}, "
+          f"double sessions {result['double_sessions']}")
+    print(f"reconnects {result['reconnects']}: P99 <= {result['reconnect_p99_ms']} ms, "
+          f"max {result['reconnect_max_ms']} ms")
+    print("minute  delivered  p50 ms  p99 ms  max ms")
+    for m in latency:
+        print(f"{m['minute']:6} {m['delivered']:10} {m['p50_ms']!s:>7} {m['p99_ms']!s:>7} {m['max_ms']!s:>7}")
+    for s in rss:
+        print(f"{s['segment']:17} {s['node']:9} mean {s['mean_rss_bytes'] / 2**20:7.1f} MiB  "
+              f"slope {s['slope_bytes_per_min'] / 1024:+8.1f} KiB/min (se {(s['slope_se'] or 0) / 1024:.1f})  "
+              f"{'flat' if s['flat'] else 'GROWS'}")
+    for goal, ok in goals.items():
+        print(f"goal {goal}: {'-' if ok is None else 'yes' if ok else 'NO'}")
+    failed = [g for g, ok in goals.items() if ok is False]
+    if failed:
+        log(f"goals not met: {', '.join(failed)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
