@@ -88,6 +88,9 @@ crate::label_values! {
         Slow => "slow",
         /// The client sent nothing, not even a pong, for too long.
         Idle => "idle",
+        /// The log could not be read in time to replay what the client
+        /// missed: it resumes again, from the same id, after the delay.
+        Unavailable => "unavailable",
     }
 }
 
@@ -104,6 +107,7 @@ impl CloseReason {
             Self::Shutdown => 4003,
             Self::Slow => 4004,
             Self::Idle => 4005,
+            Self::Unavailable => 4006,
         }
     }
 }

@@ -490,7 +490,7 @@ class Cluster:
             self.bins["loadgen"], "--lb", lbs, "--kafka-brokers", self.brokers, "--topic", TOPIC,
             "--rate", str(rate), "--profile", profile, "--source-ips", ",".join(ips), "--report", report,
             "--timeline", timeline, "--progress-secs", "3600", "--drain-secs", "8", "--max-attempts", "100000",
-            "--backoff-max-ms", "1000", "--user-prefix", user_prefix])
+            "--backoff-max-ms", "1000", "--user-prefix", user_prefix, "--max-users", str(users)])
         p.report_path, p.timeline_path, p.users = report, timeline, users
         return p
 

@@ -62,6 +62,9 @@ class SoakCluster(Cluster):
         return out
 
     def all_online(self):
+        for p in self.loadgens:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} exited (code {p.popen.returncode}); see {p.log_path}")
         return all(t and t[-1]["users_online"] >= p.users and t[-1]["connecting"] == 0
                    for p, t in zip(self.loadgens, self.timelines()))
 

@@ -72,6 +72,10 @@ pub enum ResumeFrom {
     At,
 }
 
+/// A client whose replay could not be read in time resumes again after
+/// this, plus as much again at random (so a crowd spreads out).
+const UNAVAILABLE_RETRY_MS: u64 = 1000;
+
 /// How long a closing session waits for the client's close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 
@@ -260,6 +264,14 @@ impl Session {
                                 *replayed += 1;
                             }
                             self.write(ws, &d, true).await
+                        }
+                        Replayed::Done(Err(ResumeFailure::Unavailable)) => {
+                            // The log holds the records; only reading them
+                            // failed for now. A gap would lose them: the
+                            // client resumes again from the same id.
+                            let retry_after_ms = UNAVAILABLE_RETRY_MS + rand::random_range(0..=UNAVAILABLE_RETRY_MS);
+                            let cmd = CloseCmd { reason: CloseReason::Unavailable, retry_after_ms };
+                            return Box::pin(self.close(ws, cmd)).await;
                         }
                         Replayed::Done(outcome) => Box::pin(self.resumed(ws, &mut phase, outcome)).await,
                     };

@@ -51,7 +51,7 @@ export function reconnectsAfter(code: number): boolean {
   return (code >= 1000 && code < 3000) || (code >= 4000 && code < 4500);
 }
 
-export type CloseReason = "rebalance" | "drain" | "shutdown" | "slow" | "idle";
+export type CloseReason = "rebalance" | "drain" | "shutdown" | "slow" | "idle" | "unavailable";
 
 export type ServerFrame =
   | { type: "welcome"; node_id: string; user: string; partition: number; epoch: number; live_from?: string }

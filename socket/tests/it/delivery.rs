@@ -191,15 +191,30 @@ async fn a_replay_waits_for_room_in_the_memory_budget_and_arrives_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_that_never_gets_room_gives_up_as_unavailable() {
+async fn a_replay_that_makes_no_progress_in_time_is_tried_again_never_given_up() {
+    // The log still holds every record: a replay that cannot go on now (no
+    // room, or a broker too slow to answer) must not become a gap. The
+    // session ends asking the client to resume again from the same id.
     let mut world = World::new(4).await;
     let stall = ["--resume-stall-timeout-ms", "500"];
-    let (node, _ids, _held, resume) = resume_with_the_budget_spent(&mut world, &stall).await;
-    let frames = tokio::time::timeout(Duration::from_secs(10), resume).await.expect("gave up in time").unwrap();
-    let resumed = frames.last().unwrap();
-    assert_eq!(resumed["type"], "resumed", "{resumed}");
-    assert_eq!((resumed["recovered"].as_bool(), resumed["reason"].as_str()), (Some(false), Some("unavailable")));
-    assert_eq!(metric(&node, "rtc_socket_resume_unrecovered_total{reason=\"unavailable\"}").await, 1.0);
+    let (node, ids, held, resume) = resume_with_the_budget_spent(&mut world, &stall).await;
+    let frames = tokio::time::timeout(Duration::from_secs(10), resume).await.expect("ended in time").unwrap();
+    assert!(frames.iter().all(|f| f["type"] != "resumed"), "no resumed, so the client keeps its id: {frames:?}");
+    let last = frames.last().unwrap();
+    assert_eq!((last["type"].as_str(), last["reason"].as_str()), (Some("disconnect"), Some("unavailable")), "{last}");
+    assert_eq!(last["reconnect"], true);
+    assert!(last["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 500), "{last}");
+    // Counted once the server's side of the session has ended.
+    eventually("the disconnect is counted", Duration::from_secs(5), async || {
+        metric(&node, "rtc_socket_disconnects_total{reason=\"unavailable\"}").await == 1.0
+    })
+    .await;
+    assert_eq!(metric(&node, "rtc_socket_resume_unrecovered_total{reason=\"unavailable\"}").await, 0.0);
+    // Room again: the same id gets every record, in order.
+    drop(held);
+    let (_erin, replayed, resumed) = Client::resume(&node, &world.token("erin", &node, 1), &ids[0]).await;
+    assert_eq!(ids_of(&replayed), ids[1..31], "every record, in order, once");
+    assert_eq!(resumed["recovered"], true, "{resumed}");
     node.shutdown().await;
 }
 
