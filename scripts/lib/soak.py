@@ -12,13 +12,15 @@ node, per steady segment), nothing lost, reconnect P99 within 1 s.
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chaos_cluster import ADMIN_TOKEN, Cluster, binaries, harness_parser, http, metrics, now_ms, wait_for  # noqa: E402
+from chaos_cluster import (  # noqa: E402
+    ADMIN_TOKEN, PARTITIONS, TOPIC, Cluster, binaries, harness_parser, http, metrics, now_ms, wait_for)
 from demo_report import panel  # noqa: E402
 
 # Sessions per load generator process stay well under the 20 000 open files
@@ -40,6 +42,20 @@ class SoakCluster(Cluster):
         # on its decisions (no actuator): the soak moves nodes itself.
         argv[argv.index("--max-replicas") + 1] = str(self.node_count + 1)
         return argv
+
+    def start_mock_kafka(self):
+        """librdkafka's mock cluster in a process of its own instead of
+        tansu: what rtc does when the broker is not the limit."""
+        p = self._proc("kafka-mock", [self.bins["rtc-bench"], "kafka", "--topic", TOPIC, "--partitions",
+                                      str(PARTITIONS)]).start()
+
+        def bootstrap():
+            with open(p.log_path, errors="replace") as f:
+                found = [line.strip() for line in f if re.match(r"^\d+\.\d+\.\d+\.\d+:\d+", line)]
+            return found[0] if found else None
+
+        wait_for("the mock cluster", 20, bootstrap, 0.2)
+        self.brokers = bootstrap()
 
     def start_loadgens(self, ramp_s, seconds):
         count = max(1, math.ceil(self.users / USERS_PER_LOADGEN))
@@ -212,6 +228,7 @@ def main():
     ap.add_argument("--ramp-secs", type=int, default=90)
     ap.add_argument("--sample-secs", type=float, default=10)
     ap.add_argument("--warmup-secs", type=float, default=180)
+    ap.add_argument("--kafka", choices=["tansu", "mock"], default="tansu")
     ap.add_argument("--smoke", action="store_true", help="checks the harness: few users, no RSS verdict")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -224,7 +241,10 @@ def main():
     samples, events = [], []
     try:
         cluster.start_redis()
-        cluster.start_kafka()
+        if args.kafka == "mock":
+            cluster.start_mock_kafka()
+        else:
+            cluster.start_kafka()
         cluster.lbs = [cluster.start_lb(0), cluster.start_lb(1)]
         cluster.nodes = [cluster.start_node(i) for i in range(3)]
         wait_for("every node owns partitions", 30, cluster.steady)
@@ -266,7 +286,7 @@ def main():
     latency = per_minute_latency(timelines, t0_ms, t_end)
     total = lambda k: sum(r[k] for r in reports)  # noqa: E731
     result = {
-        "minutes": args.minutes, "users": args.users, "rate": args.rate, "smoke": args.smoke,
+        "minutes": args.minutes, "users": args.users, "rate": args.rate, "kafka": args.kafka, "smoke": args.smoke,
         "events": events, "seconds": t_end,
         "messages_sent": total("messages_sent"), "messages_delivered": total("messages_delivered"),
         "messages_lost": total("messages_lost"), "duplicates_delivered": total("duplicate_deliveries"),
@@ -290,7 +310,7 @@ def main():
         json.dump(result, f, indent=1)
     chart(os.path.join(args.out, "soak.svg"), samples, latency, events, t_end)
 
-    print(f"soak: {args.users} users, {args.rate:g} msg/s, {t_end / 60:.1f} min; events: "
+    print(f"soak ({args.kafka}): {args.users} users, {args.rate:g} msg/s, {t_end / 60:.1f} min; events: "
           + ", ".join(f"{e['what']} {e['t_s']:.0f}s" for e in events))
     print(f"messages sent {result['messages_sent']}, delivered {result['messages_delivered']}, "
           f"lost {result['messages_lost']}, duplicates {result['duplicates_delivered']}, "
