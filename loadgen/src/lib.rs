@@ -150,8 +150,9 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
                     _ = sampling.cancelled() => true,
                 };
                 let cur = shared.snapshot(start.elapsed());
-                let recent = shared.ledger().take_recent_latency();
-                let line = report::timeline_line(&prev, &cur, recent);
+                let latency = shared.ledger().take_recent_latency();
+                let reconnects = shared.stats().take_recent_reconnects();
+                let line = report::timeline_line(&prev, &cur, latency, reconnects);
                 if let Some(out) = timeline.as_mut() {
                     let _ = serde_json::to_writer(&mut *out, &line);
                     let _ = out.write_all(b"\n");

@@ -51,11 +51,19 @@ pub struct TimelineLine {
     /// This interval's produce-to-receive latencies, ms → count (merge
     /// lines for the distribution over a longer window).
     pub latency_ms: BTreeMap<u64, u64>,
+    /// This interval's completed reconnects (disconnect → `welcome`), ms →
+    /// count.
+    pub reconnect_ms: BTreeMap<u64, u64>,
 }
 
-/// One timeline line: rates over `prev`..`cur`, and the latencies
-/// received in between.
-pub fn timeline_line(prev: &Snapshot, cur: &Snapshot, latency_ms: BTreeMap<u64, u64>) -> TimelineLine {
+/// One timeline line: rates over `prev`..`cur`, and the delivery latencies
+/// and reconnect times recorded in between.
+pub fn timeline_line(
+    prev: &Snapshot,
+    cur: &Snapshot,
+    latency_ms: BTreeMap<u64, u64>,
+    reconnect_ms: BTreeMap<u64, u64>,
+) -> TimelineLine {
     let secs = (cur.elapsed_ms.saturating_sub(prev.elapsed_ms) as f64 / 1000.0).max(0.001);
     let per_s = |a: u64, b: u64| ((b.saturating_sub(a)) as f64 / secs * 10.0).round() / 10.0;
     TimelineLine {
@@ -75,6 +83,7 @@ pub fn timeline_line(prev: &Snapshot, cur: &Snapshot, latency_ms: BTreeMap<u64, 
         route_errors_total: cur.route_errors,
         double_sessions: cur.double_sessions,
         latency_ms,
+        reconnect_ms,
     }
 }
 
@@ -190,7 +199,7 @@ mod tests {
             route_errors: 1,
             double_sessions: 0,
         };
-        let line = timeline_line(&prev, &cur, BTreeMap::from([(12, 3), (40, 1)]));
+        let line = timeline_line(&prev, &cur, BTreeMap::from([(12, 3), (40, 1)]), BTreeMap::from([(350, 4)]));
         assert_eq!(line.messages_sent_per_s, 50.0);
         assert_eq!(line.delivered_per_s, 50.0);
         assert_eq!(line.duplicates_per_s, 2.0);
@@ -203,6 +212,7 @@ mod tests {
         }
         assert!(v.get("reconnect_p99_ms_so_far").is_some());
         assert_eq!(v["latency_ms"], serde_json::json!({"12": 3, "40": 1}));
+        assert_eq!(v["reconnect_ms"], serde_json::json!({"350": 4}));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct Stats {
     pub unrecovered_resumes: BTreeMap<String, u64>,
     /// Text frames that were not valid protocol JSON.
     pub unparsed_frames: u64,
+    /// Reconnect times since the last [`Stats::take_recent_reconnects`],
+    /// ms → count.
+    recent_reconnect: BTreeMap<u64, u64>,
 }
 
 impl Stats {
@@ -88,7 +91,14 @@ impl Stats {
 
     pub fn reconnected(&mut self, ms: u64, reason: &str) {
         self.reconnect.record(ms);
+        *self.recent_reconnect.entry(ms.min(HIST_MAX_MS as u64)).or_default() += 1;
         Self::count(&mut self.reconnect_reasons, reason);
+    }
+
+    /// The reconnect times recorded since the last call, ms → count: a
+    /// timeline line's share, so a run's moves can be told apart.
+    pub fn take_recent_reconnects(&mut self) -> BTreeMap<u64, u64> {
+        std::mem::take(&mut self.recent_reconnect)
     }
 }
 
@@ -130,6 +140,8 @@ mod tests {
         s.reconnected(120, "rebalance");
         s.reconnected(80, "rebalance");
         s.reconnected(300, "dropped");
+        assert_eq!(s.take_recent_reconnects(), BTreeMap::from([(80, 1), (120, 1), (300, 1)]));
+        assert!(s.take_recent_reconnects().is_empty(), "only what came since");
         Stats::count(&mut s.route_errors, "503");
         assert_eq!(s.reconnect_reasons["rebalance"], 2);
         assert_eq!(s.reconnect.quantile(0.5), Some(120));

@@ -91,8 +91,10 @@ pub struct Timing {
     /// On SIGTERM: drain, and exit at the latest after this long.
     #[arg(long, env = "RTC_SHUTDOWN_DEADLINE_MS", default_value_t = 30_000)]
     pub shutdown_deadline_ms: u64,
-    /// Disconnects sent per second when a partition moves away (pacing).
-    #[arg(long, env = "RTC_HANDOFF_RATE", default_value_t = 5_000)]
+    /// Disconnects per second across the node when its users must move (a
+    /// hand-off, a drain): one schedule for every partition it loses, so
+    /// the nodes they go to are not flooded.
+    #[arg(long, env = "RTC_HANDOFF_RATE", default_value_t = 1_000)]
     pub handoff_rate: u64,
     /// Upper bound of the random `retry_after_ms` sent with a disconnect.
     #[arg(long, env = "RTC_RETRY_JITTER_MS", default_value_t = 200)]

@@ -2,17 +2,19 @@
 //! serves.
 //!
 //! The reconciler applies each newer assignment epoch:
-//! - a **lost** partition accepts no more sessions, stops being fetched, its
-//!   sessions are told to reconnect (paced, with jitter), and once they are
-//!   gone (or a timeout) the consumer's position is committed; when nothing
-//!   is being released any more the epoch is acknowledged in an immediate
-//!   heartbeat;
+//! - a **lost** partition accepts no more sessions at once, and the epoch
+//!   is acknowledged in an immediate heartbeat. Its users then move out on
+//!   the node's disconnect schedule (`crate::pacing`) while it is still
+//!   fetched, so each gets everything live until its turn; once they are
+//!   gone (or a timeout) fetching stops and the position is committed;
 //! - a **gained** partition reads its committed offset, then accepts its
 //!   users, and starts consuming from that offset once every live peer
-//!   acknowledged the epoch (so its old owner stopped), or after a timeout.
-//!   Starting from the offset read before any user arrived means a user who
-//!   reaches this node while the old owner still consumes gets what the old
-//!   owner consumed meanwhile; resumers replay the rest from the log.
+//!   acknowledged the epoch (so its old owner admits no more of its users),
+//!   or after a timeout. Starting from the offset read before any user
+//!   arrived means a user who reaches this node while the old owner still
+//!   consumes gets what the old owner consumed meanwhile; resumers replay
+//!   the rest from the log. For a while both nodes fetch the partition,
+//!   each for its own sessions: a user is on one of them at a time.
 //!
 //! When the node's lease runs out (`crate::lease`: no heartbeat written for
 //! `dead_after - margin`) the node is **fenced**: every partition is
@@ -33,12 +35,13 @@ use rtc_core::{Assignment, NodeState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Pacing};
+use crate::hub::Hub;
 use crate::kafka::{Command, PartitionConsumer, commit_sync};
 use crate::lease::NodeLease;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Direction, KafkaFailure, Metrics};
 use crate::ownership::{Ownership, OwnershipView};
+use crate::pacing::Pacing;
 use crate::peers::Peers;
 use crate::takeover::Takeovers;
 
@@ -201,8 +204,8 @@ impl Reconciler {
         self.target.clear();
         self.node.metrics.fenced.set(1.0);
         self.node.metrics.fences.increment(1);
-        let partitions: Vec<u32> =
-            self.state.iter().filter(|(_, s)| **s != PartitionState::Releasing).map(|(p, _)| *p).collect();
+        let (handing_off, partitions): (Vec<u32>, Vec<u32>) =
+            self.state.keys().partition(|p| self.state[*p] == PartitionState::Releasing);
         tracing::warn!(
             partitions = partitions.len(),
             lease_ms = self.node.lease.valid_for().as_millis() as u64,
@@ -210,6 +213,11 @@ impl Reconciler {
         );
         for p in partitions {
             self.release(p, Release::Fence);
+        }
+        // Users still waiting for their turn in a hand-off go now too.
+        for p in handing_off {
+            let waiting = self.node.hub.sessions_on(Some(p));
+            self.node.pacing.disconnect_now(waiting, CloseReason::Rebalance, self.node.fenced_retry_after);
         }
     }
 
@@ -322,7 +330,9 @@ impl Reconciler {
     }
 
     /// Shares the view with the WebSocket handler and acknowledges the
-    /// epoch once nothing is being released.
+    /// epoch: the partitions it took away accept no session here any more
+    /// (their users may still be moving out, paced; the new owner serves
+    /// whoever arrives).
     fn publish(&self) {
         let accepting = self
             .state
@@ -332,17 +342,23 @@ impl Reconciler {
             .collect::<HashSet<u32>>();
         self.node.metrics.owned_partitions.set(accepting.len() as f64);
         self.node.ownership.set_view(OwnershipView { epoch: self.epoch, accepting });
-        if !self.state.values().any(|s| *s == PartitionState::Releasing) {
-            self.node.ownership.acknowledge(self.epoch);
-        }
+        self.node.ownership.acknowledge(self.epoch);
     }
 }
 
-/// Hands `partition` off: stop fetching, disconnect its users (paced, with
-/// jitter; each flushes what it was queued first), wait for them to go, and
-/// commit the consumer's position: where the next owner starts live. The
-/// order keeps redelivery low; the log, not the commit, makes it lossless.
-/// A fenced node disconnects at once and commits nothing.
+/// Lets `partition` go.
+///
+/// A hand-off moves its users first: paced on the node's schedule (each
+/// flushes what it was queued, then is told to reconnect), while the
+/// partition is still fetched and dispatched, so a user gets everything
+/// live until its turn comes. The new owner serves those who arrived
+/// meanwhile from the offset it read before admitting any of them. Once
+/// they are gone (or the hand-off timeout), fetching stops and the
+/// position is committed: where a later owner starts live. The order keeps
+/// the move invisible; the log, not the commit, makes it lossless.
+///
+/// A fenced node stops fetching and disconnects at once, and commits
+/// nothing: another node may own the partition by now.
 async fn release(
     node: Arc<HandoffContext>,
     consumer: mpsc::Sender<Command>,
@@ -350,42 +366,58 @@ async fn release(
     partition: u32,
     why: Release,
 ) {
-    let (done, stopped) = oneshot::channel();
-    if consumer.send(Command::Release(partition, done)).await.is_ok() {
-        let _ = stopped.await;
-    }
     let reason = if node.lifecycle.is_draining() { CloseReason::Drain } else { CloseReason::Rebalance };
     let sessions = node.hub.sessions_on(Some(partition));
-    tracing::debug!(partition, sessions = sessions.len(), ?why, "fetching stopped; disconnecting");
+    tracing::debug!(partition, sessions = sessions.len(), ?why, "disconnecting");
     match why {
-        Release::HandOff => node.pacing.disconnect(sessions, reason).await,
-        Release::Fence => node.pacing.disconnect_now(sessions, reason, node.fenced_retry_after),
-    }
-
-    let deadline = Instant::now() + node.handoff_timeout;
-    while node.hub.connections_on(partition) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if node.hub.connections_on(partition) > 0 {
-        node.metrics.handoff_timeouts.increment(Direction::Release);
-        tracing::warn!(partition, "sessions still open at the hand-off deadline");
-    }
-    if let Some(offset) = node.hub.position(partition).filter(|_| why == Release::HandOff) {
-        let topic = &node.topic;
-        let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
-        if result.is_err() {
-            result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
-        }
-        match result {
-            Ok(()) => tracing::info!(partition, offset, "hand-off committed"),
-            Err(e) => {
-                node.metrics.kafka_errors.increment(KafkaFailure::HandoffCommit);
-                tracing::error!(partition, offset, error = %e, "hand-off commit failed; the next owner redelivers from the last commit");
+        Release::HandOff => {
+            node.pacing.disconnect(sessions, reason).await;
+            let deadline = Instant::now() + node.handoff_timeout;
+            while node.hub.connections_on(partition) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            if node.hub.connections_on(partition) > 0 {
+                node.metrics.handoff_timeouts.increment(Direction::Release);
+                tracing::warn!(partition, "sessions still open at the hand-off deadline");
+            }
+            stop_fetching(&consumer, partition).await;
+            // Fenced meanwhile: another node may own it already.
+            if let Some(offset) = node.hub.position(partition).filter(|_| node.lease.is_valid(Instant::now())) {
+                commit_release(&node, partition, offset).await;
+            }
+        }
+        Release::Fence => {
+            stop_fetching(&consumer, partition).await;
+            node.pacing.disconnect_now(sessions, reason, node.fenced_retry_after);
         }
     }
     node.hub.forget_partition(partition);
     let _ = events.send(Event::Released(partition)).await;
+}
+
+/// Returns once no record of `partition` is dispatched any more.
+async fn stop_fetching(consumer: &mpsc::Sender<Command>, partition: u32) {
+    let (done, stopped) = oneshot::channel();
+    if consumer.send(Command::Release(partition, done)).await.is_ok() {
+        let _ = stopped.await;
+    }
+}
+
+/// Commits the released partition's position (tried twice): a later
+/// owner starts live there instead of at the last periodic commit.
+async fn commit_release(node: &HandoffContext, partition: u32, offset: i64) {
+    let topic = &node.topic;
+    let mut result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
+    if result.is_err() {
+        result = commit_sync(node.consumer.clone(), topic, partition, offset).await;
+    }
+    match result {
+        Ok(()) => tracing::info!(partition, offset, "hand-off committed"),
+        Err(e) => {
+            node.metrics.kafka_errors.increment(KafkaFailure::HandoffCommit);
+            tracing::error!(partition, offset, error = %e, "hand-off commit failed; the next owner redelivers from the last commit");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -484,39 +484,6 @@ impl Hub {
     }
 }
 
-/// How a batch of sessions is told to close: at `rate` per second, each
-/// with its own random `retry_after_ms` up to `jitter_ms`, so their
-/// reconnects do not arrive all at once.
-#[derive(Debug, Clone, Copy)]
-pub struct Pacing {
-    pub rate: u64,
-    pub jitter_ms: u64,
-}
-
-impl Pacing {
-    pub async fn disconnect(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason) {
-        let per_ms = (self.rate / 1000).max(1) as usize;
-        for (i, session) in sessions.iter().enumerate() {
-            let retry_after_ms = if self.jitter_ms == 0 { 0 } else { rand::random_range(0..=self.jitter_ms) };
-            session.close(CloseCmd { reason, retry_after_ms });
-            if (i + 1) % per_ms == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
-
-    /// Closes `sessions` at once (a fenced node may not wait: another node
-    /// is about to own their partition), each told to retry after `retry`
-    /// plus the jitter, so they arrive once the partition has moved.
-    pub fn disconnect_now(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason, retry: Duration) {
-        let retry = retry.as_millis() as u64;
-        for session in sessions {
-            let jitter = if self.jitter_ms == 0 { 0 } else { rand::random_range(0..=self.jitter_ms) };
-            session.close(CloseCmd { reason, retry_after_ms: retry + jitter });
-        }
-    }
-}
-
 /// A reserved place for one session; given back when dropped (after the
 /// session registered, or when the upgrade failed).
 pub struct Seat {

@@ -7,8 +7,9 @@
 //!   the lazily buffered socket under it), one WebSocket session (the
 //!   protocol itself is `rtc_core::protocol`);
 //! - [`hub`]: who is connected, which partitions accept sessions, the
-//!   consumer's position, a per-user cache, the memory budget, paced
-//!   disconnects; [`mailbox`]: one session's queue and close order;
+//!   consumer's position, a per-user cache, the memory budget;
+//!   [`mailbox`]: one session's queue and close order; [`pacing`]: the
+//!   node's schedule of disconnects when users must move;
 //! - [`kafka`]: the embedded broker, the producer, and the consumer task
 //!   that feeds the hub; [`catchup`]: replay from the log for resuming
 //!   sessions, one shared read per partition;
@@ -35,6 +36,7 @@ pub mod lifecycle;
 pub mod mailbox;
 pub mod metrics;
 pub mod ownership;
+pub mod pacing;
 pub mod peers;
 pub mod server;
 pub mod session;

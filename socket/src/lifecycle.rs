@@ -9,8 +9,9 @@ use rtc_core::NodeState;
 use rtc_core::protocol::CloseReason;
 use tokio::sync::Notify;
 
-use crate::hub::{Hub, Pacing};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pacing::Pacing;
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;

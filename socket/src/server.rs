@@ -18,12 +18,13 @@ use crate::catchup::{CatchUpLimits, CatchUpTask};
 use crate::config::Config;
 use crate::handoff::{HandoffContext, Reconciler};
 use crate::heartbeat::HeartbeatSource;
-use crate::hub::{Budget, Hub, HubLimits, Pacing};
+use crate::hub::{Budget, Hub, HubLimits};
 use crate::kafka::{ConsumerTask, EmbeddedKafka};
 use crate::lease::NodeLease;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
+use crate::pacing::Pacing;
 use crate::peers::Peers;
 use crate::session::SessionContext;
 use crate::takeover::Takeovers;
@@ -137,14 +138,14 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
 
     let heartbeat_now = Arc::new(Notify::new());
     let fetch_now = Arc::new(Notify::new());
-    let pacing = Pacing { rate: timing.handoff_rate, jitter_ms: timing.retry_jitter_ms };
+    let pacing = Pacing::new(timing.handoff_rate, timing.retry_jitter_ms);
     let ownership = Arc::new(Ownership::new(metrics.acked_epoch.clone(), heartbeat_now.clone(), fetch_now.clone()));
     let lifecycle = Arc::new(Lifecycle::new(
         hub.clone(),
         metrics.clone(),
         heartbeat_now.clone(),
         Duration::from_millis(timing.drain_window_ms),
-        pacing,
+        pacing.clone(),
     ));
     let peers = Arc::new(Peers::new(config.node_id.clone(), config.liveness.dead_after()));
     let takeovers = Arc::new(Takeovers::default());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
 use rtc_core::protocol::{Cursor, MessageId};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::support::*;
@@ -220,6 +221,118 @@ async fn reconnect_time_is_measured_for_moved_users_only() {
     assert!(sum > 0.0 && sum / moved < 5.0, "mean reconnect {} s", sum / moved);
     assert_eq!(metric(&b, "rtc_socket_reconnect_seconds_bucket{le=\"10\"}").await, moved);
     assert_eq!(metric(&a, "rtc_socket_reconnect_seconds_count").await, 0.0, "A gained nothing");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// What one user of [`a_paced_hand_off_keeps_its_users_live_on_both_nodes`]
+/// saw: the bodies received on A before its disconnect, when that came,
+/// and the bodies on B after resuming there.
+struct MovedUser {
+    on_a: Vec<String>,
+    told_at: tokio::time::Instant,
+    on_b: Vec<String>,
+}
+
+/// Reads A until told to move, then resumes on B after the last id and
+/// reads until `want` bodies arrived in all.
+async fn follow_the_move(
+    mut on_a: Client,
+    resume_on_b: impl AsyncFnOnce(String) -> (Client, Vec<Value>),
+    want: usize,
+) -> MovedUser {
+    let (mut bodies, mut last_id) = (Vec::new(), String::new());
+    let told_at = loop {
+        let frame = on_a.next_json_within(Duration::from_secs(20)).await.expect("a frame on A");
+        match frame["type"].as_str() {
+            Some("message") => {
+                last_id = frame["id"].as_str().unwrap().to_owned();
+                bodies.push(frame["body"].as_str().unwrap().to_owned());
+            }
+            Some("disconnect") => break tokio::time::Instant::now(),
+            _ => {}
+        }
+    };
+    drop(on_a);
+    let (mut client, replayed) = resume_on_b(last_id).await;
+    let mut on_b: Vec<String> = replayed.iter().map(|m| m["body"].as_str().unwrap().to_owned()).collect();
+    while bodies.len() + on_b.len() < want {
+        let Some(frame) = client.next_json_within(Duration::from_secs(10)).await else { break };
+        if frame["type"] == "message" {
+            on_b.push(frame["body"].as_str().unwrap().to_owned());
+        }
+    }
+    MovedUser { on_a: bodies, told_at, on_b }
+}
+
+/// Every partition moves from A to B at once, as in a scale-in. A tells
+/// its users to move at `RTC_HANDOFF_RATE` across the node (not per
+/// partition, which let them all go in the same instant), acknowledges the
+/// epoch at once, and keeps delivering live to the users whose turn has
+/// not come; B serves those who arrived meanwhile. Nothing is lost or
+/// doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_hand_off_keeps_its_users_live_on_both_nodes() {
+    const P: u32 = 8;
+    const USERS: usize = 20;
+    let mut world = World::new(P).await;
+    let a = world.node("socket-a", &["--handoff-rate", "10", "--retry-jitter-ms", "0"]).await;
+    let b = world.node("socket-b", &[]).await;
+    world.publish(1, &[&a, &b], |_| 0).await;
+    wait_serving(&a, 1).await;
+    wait_serving(&b, 1).await;
+
+    let producer = world.producer().await;
+    let users: Vec<String> = (0..USERS).map(|i| format!("paced-{i}")).collect();
+    let mut followers = tokio::task::JoinSet::new();
+    for user in &users {
+        let client = Client::join(&a, &world.token(user, &a, 1)).await;
+        let b_token = world.token(user, &b, 2);
+        let (b_addr, user) = (b.ws_addr, user.clone());
+        followers.spawn(async move {
+            let resume = async move |last_id: String| {
+                let (client, replayed, resumed) = Client::resume_at(b_addr, &b_token, &last_id).await;
+                assert_eq!(resumed["recovered"], true, "{resumed}");
+                (client, replayed)
+            };
+            (user, follow_the_move(client, resume, 2).await)
+        });
+    }
+    for user in &users {
+        world.produce(&producer, user, "before").await;
+    }
+    eventually("A delivered the first messages", Duration::from_secs(10), async || {
+        metric(&a, "rtc_socket_messages_delivered_total").await >= USERS as f64
+    })
+    .await;
+
+    let moved_at = tokio::time::Instant::now();
+    world.publish(2, &[&a, &b], |_| 1).await;
+    wait_acked(&a, 2).await;
+    // 20 users at 10/s take about 2 s: A acknowledged long before its
+    // last user was told.
+    let still_on_a = a.hub.connections();
+    assert!(still_on_a >= USERS as u64 / 2, "acknowledged with {still_on_a} of {USERS} users still on A");
+    for user in &users {
+        world.produce(&producer, user, "after").await;
+    }
+
+    let mut seen = Vec::new();
+    while let Some(done) = followers.join_next().await {
+        seen.push(done.unwrap());
+    }
+    let mut live_on_a = 0;
+    for (user, moved) in &seen {
+        let mut all = moved.on_a.clone();
+        all.extend(moved.on_b.iter().cloned());
+        assert_eq!(all, ["before", "after"], "{user}: once each, in order");
+        live_on_a += usize::from(moved.on_a.len() == 2);
+    }
+    assert!(live_on_a >= USERS / 4, "{live_on_a} users got the later message live on A before their turn");
+    let told: Vec<Duration> = seen.iter().map(|(_, m)| m.told_at - moved_at).collect();
+    let spread = *told.iter().max().unwrap() - *told.iter().min().unwrap();
+    assert!(spread >= Duration::from_millis(1500), "19 turns at 10/s, not at once: {spread:?}");
+    eventually("every user left A", Duration::from_secs(5), async || a.hub.connections() == 0).await;
     a.shutdown().await;
     b.shutdown().await;
 }

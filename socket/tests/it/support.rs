@@ -179,6 +179,12 @@ pub async fn wait_serving(node: &NodeHandle, epoch: u64) {
     eventually("node applies the assignment", Duration::from_secs(10), async || ownership.view().epoch >= epoch).await;
 }
 
+/// Waits until `node` acknowledged `epoch` in its heartbeat.
+pub async fn wait_acked(node: &NodeHandle, epoch: u64) {
+    let ownership = node.ownership.clone();
+    eventually("the old owner acknowledges", Duration::from_secs(15), async || ownership.acked_epoch() >= epoch).await;
+}
+
 /// The heartbeats `node` wrote to this world's stream, oldest first.
 pub async fn heartbeats_of(world: &World, node: &str) -> Vec<rtc_core::Heartbeat> {
     type Entry = (String, Vec<(String, Vec<u8>)>);
@@ -263,7 +269,12 @@ impl Client {
     /// Connects with `last_id` and reads the welcome, the replayed messages
     /// and the `resumed` frame.
     pub async fn resume(node: &NodeHandle, token: &str, last_id: &str) -> (Client, Vec<Value>, Value) {
-        let url = format!("ws://{}/ws?token={token}&last_id={last_id}", node.ws_addr);
+        Self::resume_at(node.ws_addr, token, last_id).await
+    }
+
+    /// [`Client::resume`] on the node listening at `addr`.
+    pub async fn resume_at(addr: std::net::SocketAddr, token: &str, last_id: &str) -> (Client, Vec<Value>, Value) {
+        let url = format!("ws://{addr}/ws?token={token}&last_id={last_id}");
         let mut client = Client::connect_url(&url).await.expect("admitted");
         let welcome = client.next_json().await.expect("welcome");
         assert_eq!(welcome["type"], "welcome", "{welcome}");
