@@ -20,6 +20,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+from demo_report import read_jsonl
 
 NODES = 3
 PARTITIONS = 24
@@ -31,6 +34,9 @@ ADMIN_TOKEN = "chaos-admin-token"
 LEASE_TTL_MS = 2000
 HEARTBEAT_MS = 1000
 DEAD_AFTER_MS = 6000
+# The socket node's defaults (RTC_HANDOFF_TIMEOUT_MS, RTC_HANDOFF_RATE).
+HANDOFF_TIMEOUT_MS = 3000
+HANDOFF_RATE = 1000
 
 
 _TAKEN = set()
@@ -100,6 +106,19 @@ def metrics(admin):
             except ValueError:
                 pass
     return out
+
+
+def proc_rss_bytes(pid):
+    """Resident memory of a live process (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def proc_cpu_s(pid):
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_live(p, timeout=20):
@@ -498,7 +517,6 @@ class Cluster:
         self.loadgen = self.loadgen_proc(
             "loadgen", self.users, self.rate, f"ramp:3s:0->{self.users},plateau:{seconds}s:{self.users}",
             [f"127.0.0.{i}" for i in range(2, 6)], f"{self.name}-")
-        self.report_path, self.timeline_path = self.loadgen.report_path, self.loadgen.timeline_path
         self.loadgen.start()
 
     def start(self, seconds, scaler=False):
@@ -543,11 +561,8 @@ class Cluster:
         return len(owners) == self.node_count and all(n["state"] == "ready" for n in a["nodes"])
 
     def timeline(self):
-        try:
-            with open(self.timeline_path) as f:
-                return [json.loads(l) for l in f if l.strip()]
-        except OSError:
-            return []
+        # A line being written is skipped until it is whole.
+        return read_jsonl(Path(self.loadgen.timeline_path))
 
     def all_online(self):
         t = self.timeline()
@@ -570,7 +585,7 @@ class Cluster:
     def stop_loadgen(self):
         self.loadgen.signal(signal.SIGCONT)
         self.loadgen.stop(timeout=120)
-        with open(self.report_path) as f:
+        with open(self.loadgen.report_path) as f:
             return json.load(f)
 
     def stop(self):
@@ -637,3 +652,10 @@ class Cluster:
                     if bn != an and b0 < a1:
                         found.append((p, an, bn, round(min(a1, b1) - b0)))
         return found
+
+    def handoff_overlap_bound_ms(self):
+        """How long two nodes may fetch a partition at once: the old owner
+        keeps it while its users move out (every user of a node at the
+        hand-off rate, then the hand-off timeout), plus a second of log
+        timestamps and scheduling."""
+        return HANDOFF_TIMEOUT_MS + 1000 * self.users // HANDOFF_RATE + 1000

@@ -16,12 +16,14 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from chaos_cluster import (  # noqa: E402
-    ADMIN_TOKEN, PARTITIONS, TOPIC, Cluster, binaries, harness_parser, http, metrics, now_ms, wait_for)
-from demo_report import panel  # noqa: E402
+    ADMIN_TOKEN, PARTITIONS, TOPIC, Cluster, binaries, harness_parser, http, metrics, now_ms, proc_cpu_s,
+    proc_rss_bytes, wait_for)
+from demo_report import panel, read_jsonl  # noqa: E402
 
 # Sessions per load generator process stay well under the 20 000 open files
 # a process may have.
@@ -68,14 +70,7 @@ class SoakCluster(Cluster):
             self.loadgens.append(p.start())
 
     def timelines(self):
-        out = []
-        for p in self.loadgens:
-            try:
-                with open(p.timeline_path) as f:
-                    out.append([json.loads(line) for line in f if line.strip()])
-            except (OSError, ValueError):
-                out.append([])
-        return out
+        return [read_jsonl(Path(p.timeline_path)) for p in self.loadgens]
 
     def all_online(self):
         for p in self.loadgens:
@@ -96,11 +91,7 @@ class SoakCluster(Cluster):
 def proc_sample(pid):
     """(RSS bytes, CPU seconds) of a live process, or None."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_rss_bytes(pid), proc_cpu_s(pid)
     except (OSError, StopIteration, IndexError, ValueError):
         return None
 
@@ -114,7 +105,15 @@ def sample_nodes(cluster, t0):
         if got:
             m = metrics(node.admin)
             rows.append({"t_s": round(time.time() - t0, 1), "node": node.name, "rss_bytes": got[0],
-                         "cpu_s": round(got[1], 2), "sessions": int(m.get("rtc_socket_connections", 0))})
+                         "cpu_s": round(got[1], 2), "sessions": int(m.get("rtc_socket_connections", 0)),
+                         "consumed": int(m.get("rtc_socket_messages_consumed_total", 0)),
+                         "delivered": int(m.get("rtc_socket_messages_delivered_total", 0)),
+                         "replayed": int(m.get("rtc_socket_messages_replayed_total", 0)),
+                         "kafka_lag": int(m.get("rtc_socket_kafka_lag", 0)),
+                         # Replays (resume → resumed) so far, and those over 1 s.
+                         "resumes": int(m.get("rtc_socket_resume_seconds_count", 0)),
+                         "resumes_over_1s": int(m.get("rtc_socket_resume_seconds_count", 0)
+                                                - m.get('rtc_socket_resume_seconds_bucket{le="1"}', 0))})
     return rows
 
 

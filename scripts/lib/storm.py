@@ -19,10 +19,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from chaos_cluster import ADMIN_TOKEN, Cluster, binaries, harness_parser, http, wait_for, wait_live  # noqa: E402
+from chaos_cluster import (  # noqa: E402
+    ADMIN_TOKEN, Cluster, binaries, harness_parser, http, proc_cpu_s, proc_rss_bytes, wait_for, wait_live)
 
 STORM_JS = os.path.join(os.path.dirname(__file__), "..", "..", "clients", "js", "bench", "storm.mjs")
-TICKS = os.sysconf("SC_CLK_TCK")
 NODES = 2
 PROCESSES = 2
 
@@ -32,10 +32,7 @@ def log(msg):
 
 
 def cpu_ms(pid):
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 // TICKS
+    return int(proc_cpu_s(pid) * 1000)
 
 
 def drain_and_settle(c, pids, victim, settle):
@@ -93,8 +90,7 @@ def rust_side(c, users, settle, victim):
     c.start_loadgen(seconds=3600)
     wait_for("every loadgen user online", 180, c.all_online, 0.5)
     cpu = drain_and_settle(c, [c.loadgen.popen.pid], victim, settle)
-    with open(f"/proc/{c.loadgen.popen.pid}/status") as f:
-        rss = next(int(l.split()[1]) // 1024 for l in f if l.startswith("VmRSS:"))
+    rss = proc_rss_bytes(c.loadgen.popen.pid) // 2**20
     r = c.stop_loadgen()
     return {"reconnects": r["reconnects"], "reconnect_p50_ms": r.get("reconnect_p50_ms"),
             "reconnect_p99_ms": r["reconnect_p99_ms"], "reconnect_max_ms": r["reconnect_max_ms"],

@@ -326,6 +326,7 @@ impl CatchUpTask {
         let from = request.from;
         pass.active.push(Active::new(request));
         if rewind {
+            tracing::debug!(partition, from, position = pass.position, "catch-up pass rewinds");
             self.metrics.catchup_reads.increment(1);
             self.read_from(partition, from);
         }
@@ -443,6 +444,7 @@ impl CatchUpTask {
         pass.low = start.low.unwrap_or(0);
         pass.start = from;
         pass.state = PassState::Reading;
+        tracing::debug!(partition = start.partition, from, requests = pass.active.len(), "catch-up pass starts");
         self.metrics.catchup_reads.increment(1);
         self.read_from(start.partition, from);
     }
@@ -537,6 +539,13 @@ impl CatchUpTask {
         }
         if let Some(pass) = self.passes.get(&partition).filter(|p| p.state == PassState::Reading) {
             self.metrics.catchup_scan_records.record((pass.position - pass.start).max(0) as f64);
+            tracing::debug!(
+                partition,
+                start = pass.start,
+                end = pass.position,
+                next = pass.waiting.len(),
+                "catch-up pass ends"
+            );
         }
         match self.passes.get_mut(&partition) {
             Some(pass) if !pass.waiting.is_empty() => {

@@ -132,7 +132,8 @@ pub struct Timing {
     #[arg(long, env = "RTC_RESUME_GATHER_MS", default_value_t = 20)]
     pub resume_gather_ms: u64,
     /// A log read for resumers that makes no progress this long gives up:
-    /// they get `resumed{recovered:false, reason:unavailable}`.
+    /// their sessions end with `disconnect{reason:unavailable}` and the
+    /// clients resume again from the same id.
     #[arg(long, env = "RTC_RESUME_STALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub resume_stall_timeout_ms: u64,
 }

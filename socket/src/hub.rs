@@ -109,6 +109,10 @@ pub struct CloseCmd {
     pub retry_after_ms: u64,
 }
 
+/// A session that cannot take what is sent to it (its queue is full, or
+/// the node's memory budget is spent) resumes from the log a moment later.
+const TOO_SLOW: CloseCmd = CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 };
+
 struct SessionLink {
     id: u64,
     mailbox: Arc<Mailbox>,
@@ -391,7 +395,7 @@ impl Hub {
         for session in &entry.sessions {
             let Some(held) = self.budget.hold(&delivery) else {
                 // Over the budget: this session resumes from the log.
-                if session.mailbox.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 }) {
+                if session.mailbox.close(TOO_SLOW) {
                     self.metrics.budget_evictions.increment(Evicted::Queue);
                 }
                 continue;
@@ -399,7 +403,7 @@ impl Hub {
             match session.mailbox.push(held) {
                 Ok(()) => queued += 1,
                 Err(Full) => {
-                    session.mailbox.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 });
+                    session.mailbox.close(TOO_SLOW);
                 }
             }
         }

@@ -99,6 +99,10 @@ const HELP: &[(&str, &str)] = &[
         "Records the memory budget did not hold, by what: a user's cache dropped, or a session closed as slow",
     ),
     (
+        "rtc_socket_resume_seconds",
+        "A resume's replay: from the client's resume to resumed (the session's live messages wait meanwhile)",
+    ),
+    (
         "rtc_socket_reconnect_seconds",
         "Hand-off reconnect time seen by the server: from this node taking over a partition moved from another node \
          (applying the epoch that gave it the partition) to the welcome of each of its users who then resumes, once \
@@ -151,6 +155,7 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// See `rtc_socket_reconnect_seconds` in [`HELP`] and `crate::takeover`.
     pub reconnect: Histogram,
+    pub resume: Histogram,
     pub kafka_lag: Gauge,
     pub owned_partitions: Gauge,
     pub draining: Gauge,
@@ -194,6 +199,7 @@ impl Metrics {
             &[
                 ("rtc_socket_delivery_latency_seconds", LATENCY_BUCKETS),
                 ("rtc_socket_reconnect_seconds", RECONNECT_BUCKETS),
+                ("rtc_socket_resume_seconds", RECONNECT_BUCKETS),
                 ("rtc_socket_catchup_scan_records", SCAN_BUCKETS),
             ],
         );
@@ -228,6 +234,7 @@ impl Metrics {
             budget_evictions: family("rtc_socket_budget_evictions_total", "what", Evicted::LABELS),
             delivery_latency: registry.histogram("rtc_socket_delivery_latency_seconds", &[]),
             reconnect: registry.histogram("rtc_socket_reconnect_seconds", &[]),
+            resume: registry.histogram("rtc_socket_resume_seconds", &[]),
             kafka_lag: gauge("rtc_socket_kafka_lag"),
             owned_partitions: gauge("rtc_socket_owned_partitions"),
             draining: gauge("rtc_socket_draining"),

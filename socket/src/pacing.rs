@@ -33,11 +33,18 @@ impl Pacing {
         Self { gap, jitter_ms, next_turn: Arc::new(Mutex::new(Instant::now())) }
     }
 
-    /// Closes `sessions` one per turn of the node's schedule; returns once
-    /// the last one was told.
+    /// Closes `sessions` one per turn of the node's schedule, in turns
+    /// reserved together: a partition's users go one after another, not
+    /// interleaved with every other partition's, so they reach the new
+    /// owner close together and its catch-up reads the partition's log
+    /// once for them. Returns once the last one was told.
     pub async fn disconnect(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason) {
-        for session in sessions {
-            self.turn().await;
+        let first = self.reserve(sessions.len());
+        for (i, session) in sessions.into_iter().enumerate() {
+            let at = first + self.gap * i as u32;
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
             session.close(CloseCmd { reason, retry_after_ms: self.retry_after_ms() });
         }
     }
@@ -53,18 +60,13 @@ impl Pacing {
         }
     }
 
-    /// Waits for the next turn of the node's schedule.
-    async fn turn(&self) {
-        let now = Instant::now();
-        let at = {
-            let mut next = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
-            let at = (*next).max(now);
-            *next = at + self.gap;
-            at
-        };
-        if at > now {
-            tokio::time::sleep_until(at).await;
-        }
+    /// Reserves `n` consecutive turns of the node's schedule; returns the
+    /// first. An idle schedule owes nothing: its first turn is now.
+    fn reserve(&self, n: usize) -> Instant {
+        let mut next = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
+        let first = (*next).max(Instant::now());
+        *next = first + self.gap * n as u32;
+        first
     }
 
     fn retry_after_ms(&self) -> u64 {
@@ -89,9 +91,17 @@ mod tests {
         let start = Instant::now();
         let (p1, p2) = (pacing.clone(), pacing.clone());
         let (ra, rb) = (a.clone(), b.clone());
-        tokio::join!(p1.disconnect(ra, CloseReason::Rebalance), p2.disconnect(rb, CloseReason::Rebalance));
+        let both = tokio::spawn(async move {
+            tokio::join!(p1.disconnect(ra, CloseReason::Rebalance), p2.disconnect(rb, CloseReason::Rebalance))
+        });
+        // Each batch takes its turns together: the first is done before
+        // the second starts.
+        tokio::time::sleep(Duration::from_millis(95)).await;
+        assert!(a.iter().all(|s| s.requested().is_some()), "the first batch went in its turns");
+        assert!(b.iter().all(|s| s.requested().is_none()), "the second waits for its own");
+        both.await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(190));
-        assert!(a.iter().chain(&b).all(|s| s.requested().is_some()), "every session was told");
+        assert!(b.iter().all(|s| s.requested().is_some()), "every session was told");
     }
 
     #[tokio::test(start_paused = true)]
