@@ -199,7 +199,17 @@ pub enum ServerFrame<'a> {
         id: MessageId,
     },
     /// The server closes the session; reconnect after `retry_after_ms`.
-    Disconnect { reason: CloseReason, reconnect: bool, retry_after_ms: u64 },
+    Disconnect {
+        reason: CloseReason,
+        reconnect: bool,
+        retry_after_ms: u64,
+        /// Every message of the user below this id was sent before this
+        /// frame (a move's close, after the node flushed the session): the
+        /// client resumes from it when it is past its last id, so the next
+        /// node replays nothing the client has already been past.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        through: Option<MessageId>,
+    },
     /// A client frame was refused, or a `send` failed.
     Error {
         #[serde(borrow)]
@@ -392,13 +402,27 @@ impl RecentSends {
 
 /// Where a client resumes from: the last id it processed, else the
 /// `live_from` of its first welcome (nothing delivered yet), else nowhere
-/// (a first connect). The query parameter to connect with and its value.
-pub fn resume_point(last: Option<MessageId>, live_from: Option<MessageId>) -> Option<(&'static str, MessageId)> {
-    match (last, live_from) {
+/// (a first connect); but from a disconnect's `through` when that is
+/// further on (or in another partition: the newer session's). The query
+/// parameter to connect with and its value.
+pub fn resume_point(
+    last: Option<MessageId>,
+    live_from: Option<MessageId>,
+    through: Option<MessageId>,
+) -> Option<(&'static str, MessageId)> {
+    let base = match (last, live_from) {
         (Some(last), _) => Some(("last_id", last)),
         (None, Some(from)) => Some(("from_id", from)),
         (None, None) => None,
-    }
+    };
+    let Some(through) = through else { return base };
+    let further = match base {
+        None => true,
+        Some((_, id)) if id.partition != through.partition => true,
+        Some(("last_id", id)) => through.offset > id.offset.saturating_add(1),
+        Some((_, id)) => through.offset > id.offset,
+    };
+    if further { Some(("from_id", through)) } else { base }
 }
 
 /// Where a client is in its user's messages, and so where its next connect
@@ -413,18 +437,24 @@ pub fn resume_point(last: Option<MessageId>, live_from: Option<MessageId>) -> Op
 /// forever would make every later resume scan further back, and after a
 /// `recovered:false` it would be refused again on every connect, each time
 /// losing what arrived between two sessions.
+///
+/// A move's `disconnect` may carry `through`: every message below it was
+/// sent before the frame. The next connect resumes from there when that is
+/// further on than the last id, so a user who received nothing for a while
+/// does not make the next node scan the log from its last message.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     last: Option<MessageId>,
     live_from: Option<MessageId>,
     session_live_from: Option<MessageId>,
+    through: Option<MessageId>,
 }
 
 impl Cursor {
     /// Starts after `last` (an id the application processed before), or
     /// from `live_from` (a welcome seen before any message), or from nothing.
     pub fn new(last: Option<MessageId>, live_from: Option<MessageId>) -> Self {
-        Self { last, live_from, session_live_from: None }
+        Self { last, live_from, session_live_from: None, through: None }
     }
 
     pub fn last_id(&self) -> Option<MessageId> {
@@ -466,10 +496,18 @@ impl Cursor {
         }
     }
 
+    /// A `disconnect` frame's `through`: the client has every message below
+    /// it. An absent one changes nothing (an earlier one still holds).
+    pub fn disconnected(&mut self, through: Option<MessageId>) {
+        if through.is_some() {
+            self.through = through;
+        }
+    }
+
     /// The connect query's resume parameter: `("last_id", id)`,
     /// `("from_id", id)` or none (a first connect).
     pub fn resume_point(&self) -> Option<(&'static str, MessageId)> {
-        resume_point(self.last, self.live_from)
+        resume_point(self.last, self.live_from, self.through)
     }
 
     /// What the connect URL adds after the token: `&last_id=P:O`,
@@ -550,6 +588,27 @@ mod tests {
         old_node.welcomed(None);
         old_node.resumed(true);
         assert_eq!(old_node.query(), "&from_id=3:7", "a welcome without live_from changes nothing");
+    }
+
+    #[test]
+    fn a_cursor_resumes_from_a_moves_through_when_it_is_further_on() {
+        let mut c = Cursor::new(Some(id("3:10")), None);
+        c.disconnected(Some(id("3:11")));
+        assert_eq!(c.query(), "&last_id=3:10", "through right after the last id: the same point");
+        c.disconnected(Some(id("3:500")));
+        assert_eq!(c.query(), "&from_id=3:500", "nothing for the user in between: no scan from 3:11");
+        c.disconnected(None);
+        assert_eq!(c.query(), "&from_id=3:500", "a close without through keeps the last one");
+        c.welcomed(Some(id("3:498")));
+        assert!(c.accept(id("3:600")));
+        assert_eq!(c.query(), "&last_id=3:600", "a later message wins");
+        let mut fresh = Cursor::default();
+        fresh.welcomed(Some(id("3:7")));
+        fresh.disconnected(Some(id("3:9")));
+        assert_eq!(fresh.query(), "&from_id=3:9", "past the live start");
+        let mut repartitioned = Cursor::new(Some(id("3:10")), None);
+        repartitioned.disconnected(Some(id("5:2")));
+        assert_eq!(repartitioned.query(), "&from_id=5:2", "the newer session's partition");
     }
 
     #[test]

@@ -116,6 +116,7 @@ fn session_scripts_deliver_what_they_say_with_one_comparison() {
                     cursor.resumed(recovered);
                     events.push(json!({"recovered": recovered, "reason": reason}))
                 }
+                ServerFrame::Disconnect { through, .. } => cursor.disconnected(through),
                 _ => {}
             }
         }

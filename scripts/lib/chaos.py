@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from chaos_cluster import (  # noqa: E402
-    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, PARTITIONS, Cluster, Resp, binaries, free_port, harness_parser, http,
+    ADMIN_TOKEN, DEAD_AFTER_MS, LEASE_TTL_MS, NODES, Cluster, Resp, binaries, free_port, harness_parser, http,
     metrics, now_ms, wait_for, wait_live)
 from chaos_ws import Closed, WsSession  # noqa: E402
 

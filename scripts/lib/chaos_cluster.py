@@ -34,7 +34,8 @@ ADMIN_TOKEN = "chaos-admin-token"
 LEASE_TTL_MS = 2000
 HEARTBEAT_MS = 1000
 DEAD_AFTER_MS = 6000
-# The socket node's defaults (RTC_HANDOFF_TIMEOUT_MS, RTC_HANDOFF_RATE).
+# Passed to every node (--handoff-timeout-ms, --handoff-rate): the chaos
+# check's bound on a hand-off's double fetch is computed from them.
 HANDOFF_TIMEOUT_MS = 3000
 HANDOFF_RATE = 1000
 
@@ -364,8 +365,9 @@ class Cluster:
     connected and messages flowing."""
 
     def __init__(self, name, bins, tansu, out_dir, users, rate, proxied_node=None, jwt_lb=False, cors_origin=None,
-                 node_count=NODES):
+                 node_count=NODES, partitions=PARTITIONS):
         self.name, self.bins, self.tansu_bin = name, bins, tansu
+        self.partitions = partitions
         self.dir = os.path.join(out_dir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.users, self.rate = users, rate
@@ -434,12 +436,12 @@ class Cluster:
         self.brokers = f"127.0.0.1:{self.kafka_proxy.port}"
         wait_for("tansu", 15, lambda: subprocess.run(
             [self.bins["rtc-bench"], "create-topic", "--brokers", self.brokers, "--topic", TOPIC, "--partitions",
-             str(PARTITIONS)], capture_output=True).returncode == 0, 0.5)
+             str(self.partitions)], capture_output=True).returncode == 0, 0.5)
 
     def _lb_argv(self, name, listen, admin, auth="none"):
         argv = [self.bins["load-balancer"], "serve", "--replica-id", name, "--listen", listen, "--admin-listen", admin,
                 "--auth", auth, "--redis-url", f"redis://127.0.0.1:{self.redis_port}", "--key-prefix", self.prefix,
-                "--partitions", str(PARTITIONS), "--token-secret", self.secret, "--rate-limit", "1000000",
+                "--partitions", str(self.partitions), "--token-secret", self.secret, "--rate-limit", "1000000",
                 "--rate-burst", "1000000", "--lease-ttl-ms", str(LEASE_TTL_MS), "--min-replicas",
                 str(self.node_count), "--max-replicas", str(self.node_count), "--decision-interval-ms", "1000",
                 "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--dead-after-ms", str(DEAD_AFTER_MS)]
@@ -472,10 +474,11 @@ class Cluster:
             redis_port = self.node_proxy.port
         argv = [self.bins["socket"], "--node-id", name, "--listen", listen, "--admin-listen", admin,
                 "--redis-url", f"redis://127.0.0.1:{redis_port}", "--key-prefix", self.prefix,
-                "--kafka-brokers", self.brokers, "--topic", TOPIC, "--partitions", str(PARTITIONS),
+                "--kafka-brokers", self.brokers, "--topic", TOPIC, "--partitions", str(self.partitions),
                 "--token-secret", self.secret, "--admin-token", ADMIN_TOKEN, "--capacity", "20000",
                 "--heartbeat-interval-ms", str(HEARTBEAT_MS), "--dead-after-ms", str(DEAD_AFTER_MS),
-                "--assignment-poll-ms", "500", "--peer-ack-timeout-ms", "10000"]
+                "--assignment-poll-ms", "500", "--peer-ack-timeout-ms", "10000",
+                "--handoff-timeout-ms", str(HANDOFF_TIMEOUT_MS), "--handoff-rate", str(HANDOFF_RATE)]
         p = self._proc(name, argv)
         p.listen, p.admin, p.node_id = listen, admin, name
         p.start()

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from chaos_cluster import (  # noqa: E402
-    ADMIN_TOKEN, PARTITIONS, TOPIC, Cluster, binaries, harness_parser, http, metrics, now_ms, proc_cpu_s,
+    ADMIN_TOKEN, TOPIC, Cluster, binaries, harness_parser, http, metrics, now_ms, proc_cpu_s,
     proc_rss_bytes, wait_for)
 from demo_report import panel, read_jsonl  # noqa: E402
 
@@ -49,7 +49,7 @@ class SoakCluster(Cluster):
         """librdkafka's mock cluster in a process of its own instead of
         tansu: what rtc does when the broker is not the limit."""
         p = self._proc("kafka-mock", [self.bins["rtc-bench"], "kafka", "--topic", TOPIC, "--partitions",
-                                      str(PARTITIONS)]).start()
+                                      str(self.partitions)]).start()
 
         def bootstrap():
             with open(p.log_path, errors="replace") as f:
@@ -106,10 +106,7 @@ def sample_nodes(cluster, t0):
             m = metrics(node.admin)
             rows.append({"t_s": round(time.time() - t0, 1), "node": node.name, "rss_bytes": got[0],
                          "cpu_s": round(got[1], 2), "sessions": int(m.get("rtc_socket_connections", 0)),
-                         "consumed": int(m.get("rtc_socket_messages_consumed_total", 0)),
-                         "delivered": int(m.get("rtc_socket_messages_delivered_total", 0)),
                          "replayed": int(m.get("rtc_socket_messages_replayed_total", 0)),
-                         "kafka_lag": int(m.get("rtc_socket_kafka_lag", 0)),
                          # Replays (resume → resumed) so far, and those over 1 s.
                          "resumes": int(m.get("rtc_socket_resume_seconds_count", 0)),
                          "resumes_over_1s": int(m.get("rtc_socket_resume_seconds_count", 0)
@@ -204,6 +201,28 @@ def reconnects_per_move(timelines, t0_ms, ev, t_end_s):
             for name, lo, hi in windows if lo is not None]
 
 
+def counted_per_move(samples, ev, t_end_s):
+    """What the nodes counted during each move (from its event to the next),
+    summed over nodes: replays, those over 1 s, messages replayed."""
+    windows = [("scale-out", ev.get("scale-out"), ev.get("scale-in", t_end_s)),
+               ("scale-in", ev.get("scale-in"), t_end_s + 1)]
+    keys = ("resumes", "resumes_over_1s", "replayed")
+    out = []
+    for name, lo, hi in windows:
+        if lo is None:
+            continue
+        row = {"move": name, **{k: 0 for k in keys}}
+        for node in {s["node"] for s in samples}:
+            mine = [s for s in samples if s["node"] == node]
+            before = [s for s in mine if s["t_s"] <= lo]
+            during = [s for s in mine if s["t_s"] < hi]
+            if during:
+                for k in keys:
+                    row[k] += during[-1][k] - (before[-1][k] if before else 0)
+        out.append(row)
+    return out
+
+
 def chart(path, samples, latency, events, t_end):
     nodes = sorted({s["node"] for s in samples})
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
@@ -250,6 +269,9 @@ def main():
     ap.add_argument("--sample-secs", type=float, default=10)
     ap.add_argument("--warmup-secs", type=float, default=180)
     ap.add_argument("--kafka", choices=["tansu", "mock"], default="tansu")
+    # The product's default: a partition holds few enough users that the
+    # block of one partition's users moving together is short.
+    ap.add_argument("--partitions", type=int, default=360)
     ap.add_argument("--smoke", action="store_true", help="checks the harness: few users, no RSS verdict")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -258,7 +280,8 @@ def main():
     run_s = args.minutes * 60
     scale_out_at, scale_in_at = 0.4 * run_s, 0.7 * run_s
     settle_s = min(60.0, 0.1 * run_s)
-    cluster = SoakCluster("soak", bins, args.tansu, args.out, args.users, args.rate, node_count=3)
+    cluster = SoakCluster("soak", bins, args.tansu, args.out, args.users, args.rate, node_count=3,
+                          partitions=args.partitions)
     samples, events = [], []
     try:
         cluster.start_redis()
@@ -307,9 +330,11 @@ def main():
     latency = per_minute_latency(timelines, t0_ms, t_end)
     reconnects = summary(merged(timelines, "reconnect_ms", t0_ms, 0, t_end + 1))
     moves = reconnects_per_move(timelines, t0_ms, ev, t_end)
+    counted = counted_per_move(samples, ev, t_end)
     total = lambda k: sum(r[k] for r in reports)  # noqa: E731
     result = {
-        "minutes": args.minutes, "users": args.users, "rate": args.rate, "kafka": args.kafka, "smoke": args.smoke,
+        "minutes": args.minutes, "users": args.users, "rate": args.rate, "kafka": args.kafka,
+        "partitions": args.partitions, "smoke": args.smoke,
         "events": events, "seconds": t_end,
         "messages_sent": total("messages_sent"), "messages_delivered": total("messages_delivered"),
         "messages_lost": total("messages_lost"), "duplicates_delivered": total("duplicate_deliveries"),
@@ -319,7 +344,7 @@ def main():
         # one distribution, and each move's apart.
         "reconnect_p99_ms": reconnects["p99_ms"] or 0,
         "reconnect_max_ms": max(r["reconnect_max_ms"] for r in reports),
-        "reconnects_per_move": moves,
+        "reconnects_per_move": moves, "counted_per_move": counted,
         "delivery_per_minute": latency, "rss_segments": rss, "samples": samples, "panics": panics,
     }
     goals = {
@@ -335,7 +360,7 @@ def main():
         json.dump(result, f, indent=1)
     chart(os.path.join(args.out, "soak.svg"), samples, latency, events, t_end)
 
-    print(f"soak ({args.kafka}): {args.users} users, {args.rate:g} msg/s, {t_end / 60:.1f} min; events: "
+    print(f"soak ({args.kafka}, {args.partitions} partitions): {args.users} users, {args.rate:g} msg/s, {t_end / 60:.1f} min; events: "
           + ", ".join(f"{e['what']} {e['t_s']:.0f}s" for e in events))
     print(f"messages sent {result['messages_sent']}, delivered {result['messages_delivered']}, "
           f"lost {result['messages_lost']}, duplicates {result['duplicates_delivered']}, "
@@ -345,6 +370,9 @@ def main():
     for m in moves:
         print(f"  {m['move']:9} {m['count']:6} reconnects: P50 {m['p50_ms']} ms, P99 {m['p99_ms']} ms, "
               f"max {m['max_ms']} ms")
+    for c in counted:
+        print(f"  {c['move']:9} replays {c['resumes']}, {c['resumes_over_1s']} over 1 s, "
+              f"{c['replayed']} messages replayed")
     print("minute  delivered  p50 ms  p99 ms  max ms")
     for m in latency:
         print(f"{m['minute']:6} {m['delivered']:10} {m['p50_ms']!s:>7} {m['p99_ms']!s:>7} {m['max_ms']!s:>7}")

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use rtc_core::protocol::CloseReason;
+use rtc_core::protocol::{CloseReason, MessageId};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::mailbox::{Full, Mailbox};
+use crate::mailbox::{Dispatched, Full, Mailbox};
 
 use crate::metrics::{Evicted, Metrics};
 
@@ -107,11 +107,22 @@ impl Drop for Held {
 pub struct CloseCmd {
     pub reason: CloseReason,
     pub retry_after_ms: u64,
+    /// Every record of the user below this was queued when the order was
+    /// given (see [`Dispatched`]); sent as the `disconnect`'s `through` if
+    /// the session writes its queue before closing.
+    pub through: Option<MessageId>,
+}
+
+impl CloseCmd {
+    /// An order that claims nothing about what the client has.
+    pub const fn new(reason: CloseReason, retry_after_ms: u64) -> Self {
+        Self { reason, retry_after_ms, through: None }
+    }
 }
 
 /// A session that cannot take what is sent to it (its queue is full, or
 /// the node's memory budget is spent) resumes from the log a moment later.
-const TOO_SLOW: CloseCmd = CloseCmd { reason: CloseReason::Slow, retry_after_ms: 1000 };
+const TOO_SLOW: CloseCmd = CloseCmd::new(CloseReason::Slow, 1000);
 
 struct SessionLink {
     id: u64,
@@ -163,7 +174,7 @@ pub struct Registration {
 #[error("partition {0} does not accept sessions here")]
 pub struct NotAccepting(pub u32);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionEntry {
     accepting: bool,
     sessions: u64,
@@ -171,6 +182,19 @@ struct PartitionEntry {
     /// dispatched, or where consumption starts. Known from the moment the
     /// partition accepts sessions.
     next: Option<i64>,
+    /// Behind `next` while a record is being queued: everything below it
+    /// is in its sessions' queues. Shared with the sessions' mailboxes.
+    dispatched: Arc<Dispatched>,
+}
+
+/// The entry of `partition`, created on first use.
+fn entry_of(partitions: &mut BTreeMap<u32, PartitionEntry>, partition: u32) -> &mut PartitionEntry {
+    partitions.entry(partition).or_insert_with(|| PartitionEntry {
+        accepting: false,
+        sessions: 0,
+        next: None,
+        dispatched: Dispatched::new(partition),
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -257,9 +281,12 @@ impl Hub {
     pub fn accept(&self, partition: u32, start: i64) {
         {
             let mut partitions = lock(&self.partitions);
-            let entry = partitions.entry(partition).or_default();
+            let entry = entry_of(&mut partitions, partition);
             entry.accepting = true;
-            entry.next = Some(entry.next.unwrap_or(start));
+            if entry.next.is_none() {
+                entry.next = Some(start);
+                entry.dispatched.start_at(start);
+            }
         }
         self.changes.send_modify(|n| *n += 1);
     }
@@ -285,7 +312,7 @@ impl Hub {
         // The cache fills from the live start on.
         let complete_from = live_from;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::new(self.limits.session_queue));
+        let mailbox = Arc::new(Mailbox::on_partition(self.limits.session_queue, entry.dispatched.clone()));
         {
             let mut shard = self.shard(user);
             let user_entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry::new(partition, complete_from));
@@ -322,7 +349,12 @@ impl Hub {
     /// The consumer starts `partition` at `offset`: the live start of every
     /// session waiting for it, and where its users' caches become complete.
     pub fn start_partition(&self, partition: u32, offset: i64) {
-        lock(&self.partitions).entry(partition).or_default().next = Some(offset);
+        {
+            let mut partitions = lock(&self.partitions);
+            let entry = entry_of(&mut partitions, partition);
+            entry.next = Some(offset);
+            entry.dispatched.start_at(offset);
+        }
         for shard in self.shards.iter() {
             for entry in lock(shard).values_mut().filter(|e| e.partition == partition) {
                 entry.cache.clear();
@@ -359,11 +391,13 @@ impl Hub {
         tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
-    /// Moves `partition`'s position past `offset` (dispatched or skipped).
-    fn advance(&self, partition: u32, offset: i64) {
+    /// Moves `partition`'s position past `offset` (dispatched or skipped);
+    /// returns its mark, to raise once the record is queued.
+    fn advance(&self, partition: u32, offset: i64) -> Arc<Dispatched> {
         let mut partitions = lock(&self.partitions);
-        let entry = partitions.entry(partition).or_default();
+        let entry = entry_of(&mut partitions, partition);
         entry.next = Some(entry.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        entry.dispatched.clone()
     }
 
     /// Sends one record to `user`: the cache, then every open session.
@@ -373,7 +407,16 @@ impl Hub {
         // The position moves before the record is queued: a session that
         // registers in between replays it from the log (below its live
         // start) and also gets it live; it drops the second copy by id.
-        self.advance(p, o);
+        let dispatched = self.advance(p, o);
+        let queued = self.queue(user, &delivery);
+        dispatched.raise(o + 1);
+        queued
+    }
+
+    /// [`Hub::dispatch`] after the position moved: the cache, then the
+    /// sessions' queues.
+    fn queue(&self, user: &str, delivery: &Arc<Delivery>) -> usize {
+        let (p, o) = (delivery.partition, delivery.offset);
         let mut shard = self.shard(user);
         let entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry::new(p, o));
         if entry.partition != p {
@@ -381,7 +424,7 @@ impl Hub {
         }
         if self.limits.resume_buffer > 0 {
             entry.trim(self.limits.resume_buffer - 1, self.limits.resume_ttl);
-            match self.budget.hold(&delivery) {
+            match self.budget.hold(delivery) {
                 Some(held) => entry.cache.push_back(held),
                 None => {
                     entry.clear(o + 1);
@@ -393,7 +436,7 @@ impl Hub {
         }
         let mut queued = 0;
         for session in &entry.sessions {
-            let Some(held) = self.budget.hold(&delivery) else {
+            let Some(held) = self.budget.hold(delivery) else {
                 // Over the budget: this session resumes from the log.
                 if session.mailbox.close(TOO_SLOW) {
                     self.metrics.budget_evictions.increment(Evicted::Queue);
@@ -412,7 +455,7 @@ impl Hub {
 
     /// A record that goes to nobody (bad key) still moves the position.
     pub fn skipped(&self, partition: u32, offset: i64) {
-        self.advance(partition, offset);
+        self.advance(partition, offset).raise(offset + 1);
     }
 
     /// Forgets a partition handed to another node: its position, and the
@@ -603,8 +646,8 @@ mod tests {
         assert_eq!(hub.sessions_on(None).len(), 3);
         assert_eq!(hub.partition_connections(), BTreeMap::from([(1, 2), (2, 1)]));
         let control = &hub.sessions_on(Some(2))[0];
-        assert!(control.close(CloseCmd { reason: CloseReason::Drain, retry_after_ms: 5 }));
-        assert!(!control.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 5 }), "first close wins");
+        assert!(control.close(CloseCmd::new(CloseReason::Drain, 5)));
+        assert!(!control.close(CloseCmd::new(CloseReason::Slow, 5)), "first close wins");
     }
 
     #[test]

@@ -4,11 +4,49 @@
 //! hold its first block of slots for the session's whole life.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use rtc_core::protocol::{CloseReason, MessageId};
 use tokio::sync::Notify;
 
 use crate::hub::{CloseCmd, Held};
+
+/// How far a partition's records reached their sessions' queues: every
+/// record below the mark was queued for each open session of its user (or
+/// went to nobody). The hub raises it after each record's pushes; a move's
+/// close reads it, and the session, once it has written its queue, tells
+/// the client it has everything before it (`disconnect{through}`), so the
+/// next node replays only what came after.
+#[derive(Debug)]
+pub struct Dispatched {
+    partition: u32,
+    /// The offset below which everything was queued; -1 while unknown.
+    below: AtomicI64,
+}
+
+impl Dispatched {
+    pub fn new(partition: u32) -> Arc<Self> {
+        Arc::new(Self { partition, below: AtomicI64::new(-1) })
+    }
+
+    /// Where this node starts (or restarts) the partition: nothing below it
+    /// is queued by this node, and no session here starts below it.
+    pub fn start_at(&self, offset: i64) {
+        self.below.store(offset, Ordering::Release);
+    }
+
+    /// Every record below `offset` has been queued.
+    pub fn raise(&self, offset: i64) {
+        self.below.fetch_max(offset, Ordering::AcqRel);
+    }
+
+    /// The mark as an id, once known.
+    pub fn through(&self) -> Option<MessageId> {
+        let below = self.below.load(Ordering::Acquire);
+        (below >= 0).then(|| MessageId::new(self.partition, below))
+    }
+}
 
 /// A bounded queue of deliveries plus a close order, shared by the hub (the
 /// writer) and one session (the reader).
@@ -21,6 +59,8 @@ pub struct Mailbox {
     close: OnceLock<CloseCmd>,
     /// Woken when the close order is set.
     closing: Notify,
+    /// The session's partition's mark, for a move's close.
+    dispatched: Option<Arc<Dispatched>>,
 }
 
 /// The queue holds `capacity` deliveries already.
@@ -28,6 +68,8 @@ pub struct Mailbox {
 pub struct Full;
 
 impl Mailbox {
+    /// A mailbox whose moves carry no `through` (the client resumes from
+    /// its last id).
     pub fn new(capacity: usize) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
@@ -35,7 +77,13 @@ impl Mailbox {
             arrived: Notify::new(),
             close: OnceLock::new(),
             closing: Notify::new(),
+            dispatched: None,
         }
+    }
+
+    /// A mailbox for a session on the partition `dispatched` marks.
+    pub fn on_partition(capacity: usize, dispatched: Arc<Dispatched>) -> Self {
+        Self { dispatched: Some(dispatched), ..Self::new(capacity) }
     }
 
     fn queue(&self) -> MutexGuard<'_, VecDeque<Held>> {
@@ -95,6 +143,15 @@ impl Mailbox {
         first
     }
 
+    /// Orders the session to close because its user moves (a hand-off, a
+    /// drain, a shutdown): with the partition's mark as of now, every
+    /// record below it already in the queue, so it can go to the client as
+    /// `through` once the queue is written. Returns false if already told.
+    pub fn close_to_move(&self, reason: CloseReason, retry_after_ms: u64) -> bool {
+        let through = self.dispatched.as_ref().and_then(|d| d.through());
+        self.close(CloseCmd { reason, retry_after_ms, through })
+    }
+
     pub fn requested(&self) -> Option<CloseCmd> {
         self.close.get().copied()
     }
@@ -142,6 +199,24 @@ mod tests {
         assert_eq!(budget.used(), 0, "every byte given back");
     }
 
+    #[test]
+    fn a_move_carries_the_partitions_mark_as_of_its_close() {
+        let mark = Dispatched::new(3);
+        let mailbox = Mailbox::on_partition(4, mark.clone());
+        assert_eq!(mark.through(), None, "unknown before the partition starts");
+        mark.start_at(10);
+        mark.raise(12);
+        mark.raise(11);
+        assert_eq!(mark.through(), Some(MessageId::new(3, 12)), "it never goes back on a raise");
+        assert!(mailbox.close_to_move(CloseReason::Rebalance, 7));
+        mark.raise(20);
+        let cmd = mailbox.requested().unwrap();
+        assert_eq!((cmd.through, cmd.retry_after_ms), (Some(MessageId::new(3, 12)), 7), "read when told");
+        let plain = Mailbox::new(4);
+        assert!(plain.close_to_move(CloseReason::Drain, 0));
+        assert_eq!(plain.requested().unwrap().through, None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_waiting_session_wakes_for_a_delivery_and_for_a_close() {
         let budget = Budget::new(usize::MAX);
@@ -162,8 +237,8 @@ mod tests {
             async move { mailbox.wait().await.reason }
         });
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(mailbox.close(CloseCmd { reason: CloseReason::Drain, retry_after_ms: 0 }));
-        assert!(!mailbox.close(CloseCmd { reason: CloseReason::Slow, retry_after_ms: 0 }), "first close wins");
+        assert!(mailbox.close(CloseCmd::new(CloseReason::Drain, 0)));
+        assert!(!mailbox.close(CloseCmd::new(CloseReason::Slow, 0)), "first close wins");
         assert_eq!(closer.await.unwrap(), CloseReason::Drain);
     }
 }

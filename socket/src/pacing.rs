@@ -13,7 +13,6 @@ use std::time::Duration;
 use rtc_core::protocol::CloseReason;
 use tokio::time::Instant;
 
-use crate::hub::CloseCmd;
 use crate::mailbox::Mailbox;
 
 /// How sessions are told to close: at most `rate` per second across the
@@ -45,7 +44,7 @@ impl Pacing {
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
-            session.close(CloseCmd { reason, retry_after_ms: self.retry_after_ms() });
+            session.close_to_move(reason, self.retry_after_ms());
         }
     }
 
@@ -56,7 +55,7 @@ impl Pacing {
     pub fn disconnect_now(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason, retry: Duration) {
         let retry = retry.as_millis() as u64;
         for session in sessions {
-            session.close(CloseCmd { reason, retry_after_ms: retry + self.retry_after_ms() });
+            session.close_to_move(reason, retry + self.retry_after_ms());
         }
     }
 

@@ -50,7 +50,7 @@ impl NodeHandle {
     /// commits what was delivered, background tasks end.
     pub async fn shutdown(mut self) {
         for session in self.hub.sessions_on(None) {
-            session.close(crate::hub::CloseCmd { reason: CloseReason::Shutdown, retry_after_ms: 0 });
+            session.close_to_move(CloseReason::Shutdown, 0);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while self.hub.connections() > 0 && tokio::time::Instant::now() < deadline {

@@ -149,7 +149,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<SessionContext>, mut user: Admitte
     let Ok(Registration { id, live_from, mailbox }) = registration else {
         // Released between admission and now: never a session here.
         node.metrics.refused.increment(ConnectRefusal::NotOwner);
-        let cmd = CloseCmd { reason: CloseReason::Rebalance, retry_after_ms: 0 };
+        let cmd = CloseCmd::new(CloseReason::Rebalance, 0);
         let _ = tokio::time::timeout(write_timeout * 2, Box::pin(close_frames(&mut ws, cmd))).await;
         return;
     };
@@ -247,17 +247,7 @@ impl Session {
             let in_flight = sends.as_ref().map_or(0, FuturesUnordered::len);
             tokio::select! {
                 biased;
-                cmd = mailbox.wait() => {
-                    if live {
-                        // Flush what was already fetched before saying goodbye.
-                        while let Some(d) = mailbox.try_recv() {
-                            if let Err(e) = self.write(ws, &d, false).await {
-                                return e.into();
-                            }
-                        }
-                    }
-                    return Box::pin(self.close(ws, cmd)).await;
-                }
+                cmd = mailbox.wait() => return Box::pin(self.obey(ws, mailbox, cmd, live)).await,
                 item = next_replayed(&mut phase), if replaying => {
                     let result = match item {
                         Replayed::Record(d) => {
@@ -271,7 +261,7 @@ impl Session {
                             // failed for now. A gap would lose them: the
                             // client resumes again from the same id.
                             let retry_after_ms = UNAVAILABLE_RETRY_MS + rand::random_range(0..=UNAVAILABLE_RETRY_MS);
-                            let cmd = CloseCmd { reason: CloseReason::Unavailable, retry_after_ms };
+                            let cmd = CloseCmd::new(CloseReason::Unavailable, retry_after_ms);
                             return Box::pin(self.close(ws, cmd)).await;
                         }
                         Replayed::Done(outcome) => Box::pin(self.resumed(ws, &mut phase, outcome)).await,
@@ -352,7 +342,7 @@ impl Session {
                     }
                     next_ping = now + ping_every;
                     if self.last_heard.elapsed() >= idle_timeout {
-                        return Box::pin(self.close(ws, CloseCmd { reason: CloseReason::Idle, retry_after_ms: 0 })).await;
+                        return Box::pin(self.close(ws, CloseCmd::new(CloseReason::Idle, 0))).await;
                     }
                     if let Err(e) = self.send(ws, Message::Ping(Default::default())).await {
                         return e.into();
@@ -360,6 +350,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Carries out a close order. A live session first writes what it
+    /// already queued, so the client has every record below the order's
+    /// `through`; one replaying or not yet live drops the `through`, as
+    /// records below it may not have reached the client.
+    async fn obey(&mut self, ws: &mut WebSocket, mailbox: &Mailbox, mut cmd: CloseCmd, live: bool) -> Ended {
+        if live {
+            while let Some(d) = mailbox.try_recv() {
+                if let Err(e) = self.write(ws, &d, false).await {
+                    return e.into();
+                }
+            }
+        } else {
+            cmd.through = None;
+        }
+        self.close(ws, cmd).await
     }
 
     /// Plans the replay the client asked for: the phase to enter and the
@@ -580,7 +587,12 @@ impl SendLimits {
 
 /// `disconnect`, the close frame, and the rest of the closing handshake.
 async fn close_frames(ws: &mut WebSocket, cmd: CloseCmd) {
-    let frame = ServerFrame::Disconnect { reason: cmd.reason, reconnect: true, retry_after_ms: cmd.retry_after_ms };
+    let frame = ServerFrame::Disconnect {
+        reason: cmd.reason,
+        reconnect: true,
+        retry_after_ms: cmd.retry_after_ms,
+        through: cmd.through,
+    };
     let _ = ws.send(Message::Text(frame.to_json().into())).await;
     let close = CloseFrame { code: cmd.reason.close_code().into(), reason: cmd.reason.as_str().into() };
     if ws.send(Message::Close(Some(close))).await.is_ok() {

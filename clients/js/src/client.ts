@@ -598,6 +598,7 @@ export class RtcClient {
           }
           case "disconnect":
             if (goodbye) return;
+            this.#cursor.disconnected(frame.through ? parseMessageId(frame.through) : null);
             goodbye = { kind: "disconnect", reconnect: frame.reconnect, retryAfterMs: frame.retry_after_ms, at: Date.now() };
             // Sends wait for the next session: this one is ending.
             this.#live = null;

@@ -1,7 +1,7 @@
 // Where the client is in its user's messages: the last id it delivered
-// (dedupe is one comparison) and a welcome's `live_from`; together they name
-// the resume point of the next connect. The same rules as rtc-core's
-// `protocol::Cursor`, checked by the same vectors.
+// (dedupe is one comparison), a welcome's `live_from` and a move's
+// `through`; together they name the resume point of the next connect. The
+// same rules as rtc-core's `protocol::Cursor`, checked by the same vectors.
 
 import { formatMessageId, isNew, type MessageId, resumePoint } from "./protocol.js";
 
@@ -9,6 +9,7 @@ export class Cursor {
   #last: MessageId | null;
   #liveFrom: MessageId | null;
   #sessionLiveFrom: MessageId | null = null;
+  #through: MessageId | null = null;
 
   /**
    * Starts after `last` (an id the application processed before), or from
@@ -56,9 +57,17 @@ export class Cursor {
     if (this.#last === null && this.#sessionLiveFrom) this.#liveFrom = this.#sessionLiveFrom;
   }
 
+  /**
+   * A `disconnect` frame's `through`: every message below it was sent
+   * before the frame. An absent one changes nothing (an earlier one holds).
+   */
+  disconnected(through: MessageId | null): void {
+    if (through) this.#through = through;
+  }
+
   /** What the connect URL adds after the token: `&last_id=P:O`, `&from_id=P:O` or nothing. */
   query(): string {
-    const point = resumePoint(this.#last, this.#liveFrom);
+    const point = resumePoint(this.#last, this.#liveFrom, this.#through);
     return point ? `&${point[0]}=${formatMessageId(point[1])}` : "";
   }
 }

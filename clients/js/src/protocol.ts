@@ -33,14 +33,25 @@ export function isNew(last: MessageId | null, id: MessageId): boolean {
   return last === null || last.partition !== id.partition || id.offset > last.offset;
 }
 
-/** What a connect URL carries to resume: the last id, else a welcome's `live_from`. */
+/**
+ * What a connect URL carries to resume: the last id, else a welcome's
+ * `live_from`; but a disconnect's `through` when that is further on (or in
+ * another partition: the newer session's).
+ */
 export function resumePoint(
   last: MessageId | null,
   liveFrom: MessageId | null,
+  through: MessageId | null = null,
 ): ["last_id" | "from_id", MessageId] | null {
-  if (last) return ["last_id", last];
-  if (liveFrom) return ["from_id", liveFrom];
-  return null;
+  const base: ["last_id" | "from_id", MessageId] | null = last
+    ? ["last_id", last]
+    : liveFrom
+      ? ["from_id", liveFrom]
+      : null;
+  if (!through) return base;
+  if (!base || base[1].partition !== through.partition) return ["from_id", through];
+  const start = base[0] === "last_id" ? base[1].offset + 1 : base[1].offset;
+  return through.offset > start ? ["from_id", through] : base;
 }
 
 /**
@@ -58,7 +69,7 @@ export type ServerFrame =
   | { type: "message"; id: string; from: string | null; body: string; ts_ms: number; client_msg_id?: string }
   | { type: "resumed"; recovered: boolean; replayed: number; last_id?: string; from_id?: string; reason: string | null }
   | { type: "ack"; client_msg_id: string; id: string }
-  | { type: "disconnect"; reason: CloseReason; reconnect: boolean; retry_after_ms: number }
+  | { type: "disconnect"; reason: CloseReason; reconnect: boolean; retry_after_ms: number; through?: string }
   | { type: "error"; code: string; message: string; client_msg_id?: string };
 
 export type ClientFrame =
@@ -112,7 +123,11 @@ export function parseServerFrame(text: string): ServerFrame | null {
       return { type: "ack", client_msg_id: f.client_msg_id, id: f.id };
     case "disconnect":
       if (!isString(f.reason) || typeof f.reconnect !== "boolean" || !isCount(f.retry_after_ms)) return null;
-      return { type: "disconnect", reason: f.reason as CloseReason, reconnect: f.reconnect, retry_after_ms: f.retry_after_ms };
+      if (f.through !== undefined && !isString(f.through)) return null;
+      return {
+        type: "disconnect", reason: f.reason as CloseReason, reconnect: f.reconnect, retry_after_ms: f.retry_after_ms,
+        ...(isString(f.through) ? { through: f.through } : {}),
+      };
     case "error":
       if (!isString(f.code) || !isString(f.message)) return null;
       return {

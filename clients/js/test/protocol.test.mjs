@@ -82,6 +82,7 @@ test("session scripts: delivered ids, recovered events and resume points", () =>
         cursor.resumed(frame.recovered);
         events.push({ recovered: frame.recovered, reason: frame.reason ?? null });
       }
+      if (frame.type === "disconnect") cursor.disconnected(id(frame.through));
       if (frame.type === "disconnect" && frame.reconnect) reconnectAfter = frame.retry_after_ms;
     }
     assert.deepEqual(delivered, s.delivered, `${s.name}: delivered`);

@@ -568,7 +568,8 @@ impl Task {
                 }
                 return Flow::Go;
             }
-            ServerFrame::Disconnect { reason, reconnect, retry_after_ms } => {
+            ServerFrame::Disconnect { reason, reconnect, retry_after_ms, through } => {
+                self.cursor.disconnected(through);
                 let retry_after = Duration::from_millis(retry_after_ms);
                 return Flow::Disconnect(SessionEnd::Disconnect { reason, reconnect, retry_after });
             }

@@ -108,12 +108,10 @@ async fn play(case: &Value) {
     assert_eq!(lb.hits().len(), 2, "{name}: the reconnect asked the load balancer again");
     assert_eq!(second.token().as_deref(), Some("tok-2"), "{name}: with the new route's token");
     let next_query = second.resume_query();
-    match id_of(&case["last_id_after"]) {
-        Some(last) => assert_eq!(next_query, format!("last_id={last}"), "{name}: last id after the script"),
-        None => assert!(!next_query.contains("last_id"), "{name}: no last id yet, got {next_query:?}"),
-    }
-    if let Some(expected) = case.get("next_connect_query") {
-        assert_eq!(json!(next_query), *expected, "{name}: next connect query");
+    match (case.get("next_connect_query"), id_of(&case["last_id_after"])) {
+        (Some(expected), _) => assert_eq!(json!(next_query), *expected, "{name}: next connect query"),
+        (None, Some(last)) => assert_eq!(next_query, format!("last_id={last}"), "{name}: last id after the script"),
+        (None, None) => assert!(!next_query.contains("last_id"), "{name}: no last id yet, got {next_query:?}"),
     }
     if let (Some(wait), Some(sent_at)) = (case.get("reconnect_after_ms").and_then(Value::as_u64), disconnect_sent_at) {
         let waited = second.accepted_at - sent_at;

@@ -71,6 +71,7 @@ async fn user_session(
                     }
                     Some(d) if d["type"] == "disconnect" => {
                         assert_eq!(d["reason"], "rebalance");
+                        cursor.disconnected(d["through"].as_str().map(|id| id.parse().unwrap()));
                         let wait = d["retry_after_ms"].as_u64().unwrap();
                         assert!(wait <= 200, "retry_after_ms {wait}");
                         drop(client);
@@ -333,6 +334,71 @@ async fn a_paced_hand_off_keeps_its_users_live_on_both_nodes() {
     let spread = *told.iter().max().unwrap() - *told.iter().min().unwrap();
     assert!(spread >= Duration::from_millis(1500), "19 turns at 10/s, not at once: {spread:?}");
     eventually("every user left A", Duration::from_secs(5), async || a.hub.connections() == 0).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A user who received nothing for a while is moved. A flushes the session
+/// and says how far it got (`disconnect{through}`: every record below it was
+/// sent first); the client resumes from there, and B replays nothing and
+/// reads no log for it. Resuming after the last id, as before, makes B scan
+/// every record of the partition since the user's last message. Nothing is
+/// lost or doubled either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_client_resumes_from_how_far_the_old_node_got() {
+    const OTHERS: i64 = 300;
+    let mut world = World::new(1).await;
+    let a = world.node("socket-a", &["--retry-jitter-ms", "0"]).await;
+    let b = world.node("socket-b", &[]).await;
+    world.publish(1, &[&a, &b], |_| 0).await;
+    wait_serving(&a, 1).await;
+    wait_serving(&b, 1).await;
+
+    let producer = world.producer().await;
+    let mut cursor = Cursor::default();
+    let mut on_a = Client::join(&a, &world.token("quiet", &a, 1)).await;
+    let (_, early) = world.produce(&producer, "quiet", "early").await;
+    let first = on_a.next_json_within(Duration::from_secs(10)).await.expect("the first message, live on A");
+    assert_eq!(first["body"], "early", "{first}");
+    assert!(cursor.accept(first["id"].as_str().unwrap().parse().unwrap()));
+    for i in 0..OTHERS {
+        world.produce(&producer, &format!("busy-{i}"), "x").await;
+    }
+    eventually("A consumed every record", Duration::from_secs(10), async || {
+        metric(&a, "rtc_socket_messages_consumed_total").await >= (OTHERS + 1) as f64
+    })
+    .await;
+
+    world.publish(2, &[&a, &b], |_| 1).await;
+    let mut on_a_bodies = vec!["early".to_owned()];
+    let through = loop {
+        let frame = on_a.next_json_within(Duration::from_secs(10)).await.expect("a frame on A");
+        match frame["type"].as_str() {
+            Some("message") => {
+                assert!(cursor.accept(frame["id"].as_str().unwrap().parse().unwrap()));
+                on_a_bodies.push(frame["body"].as_str().unwrap().to_owned());
+            }
+            Some("disconnect") => break frame["through"].as_str().map(|id| id.parse::<MessageId>().unwrap()),
+            _ => {}
+        }
+    };
+    drop(on_a);
+    assert_eq!(on_a_bodies, ["early"], "nothing else for this user");
+    assert_eq!(through, Some(MessageId::new(0, early + 1 + OTHERS)), "A had dispatched every record");
+    cursor.disconnected(through);
+    assert_eq!(cursor.query(), format!("&from_id=0:{}", early + 1 + OTHERS), "not after 0:{early}");
+
+    let url = format!("ws://{}/ws?token={}{}", b.ws_addr, world.token("quiet", &b, 2), cursor.query());
+    let mut on_b = Client::connect_url(&url).await.expect("admitted by B");
+    assert_eq!(on_b.next_json().await.expect("welcome")["type"], "welcome");
+    let resumed = on_b.next_json().await.expect("resumed");
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!((resumed["recovered"].clone(), resumed["replayed"].clone()), (true.into(), 0.into()), "{resumed}");
+    assert_eq!(metric(&b, "rtc_socket_catchup_scanned_total").await, 0.0, "B read no log for the resume");
+    world.produce(&producer, "quiet", "after").await;
+    let after = on_b.next_json_within(Duration::from_secs(10)).await.expect("the later message on B");
+    assert_eq!(after["body"], "after", "{after}");
+    assert!(cursor.accept(after["id"].as_str().unwrap().parse().unwrap()));
     a.shutdown().await;
     b.shutdown().await;
 }
