@@ -93,7 +93,9 @@ pub struct Timing {
     pub shutdown_deadline_ms: u64,
     /// Disconnects per second across the node when its users must move (a
     /// hand-off, a drain): one schedule for every partition it loses, so
-    /// the nodes they go to are not flooded.
+    /// the nodes they go to are not flooded. When k nodes give partitions
+    /// to the same node in one epoch (a scale-out), each gives it users at
+    /// 1/k of this.
     #[arg(long, env = "RTC_HANDOFF_RATE", default_value_t = 1_000)]
     pub handoff_rate: u64,
     /// Upper bound of the random `retry_after_ms` sent with a disconnect.

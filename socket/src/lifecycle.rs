@@ -92,7 +92,7 @@ impl Lifecycle {
             } else {
                 (open.len() as f64 * step.as_secs_f64() / left.as_secs_f64()).ceil() as usize
             };
-            self.pacing.disconnect(open.into_iter().take(n).collect(), CloseReason::Drain).await;
+            self.pacing.disconnect(open.into_iter().take(n).collect(), CloseReason::Drain, 1).await;
             tokio::time::sleep(step).await;
         }
     }

@@ -32,15 +32,18 @@ impl Pacing {
         Self { gap, jitter_ms, next_turn: Arc::new(Mutex::new(Instant::now())) }
     }
 
-    /// Closes `sessions` one per turn of the node's schedule, in turns
-    /// reserved together: a partition's users go one after another, not
-    /// interleaved with every other partition's, so they reach the new
+    /// Closes `sessions` one per `share` turns of the node's schedule, in
+    /// turns reserved together: a partition's users go one after another,
+    /// not interleaved with every other partition's, so they reach the new
     /// owner close together and its catch-up reads the partition's log
-    /// once for them. Returns once the last one was told.
-    pub async fn disconnect(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason) {
-        let first = self.reserve(sessions.len());
+    /// once for them. `share` is the number of nodes sending users to the
+    /// same node at once (1 when this one is alone): together they send it
+    /// no more than the rate. Returns once the last one was told.
+    pub async fn disconnect(&self, sessions: Vec<Arc<Mailbox>>, reason: CloseReason, share: u32) {
+        let gap = self.gap * share.max(1);
+        let first = self.reserve(sessions.len(), gap);
         for (i, session) in sessions.into_iter().enumerate() {
-            let at = first + self.gap * i as u32;
+            let at = first + gap * i as u32;
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
@@ -59,12 +62,13 @@ impl Pacing {
         }
     }
 
-    /// Reserves `n` consecutive turns of the node's schedule; returns the
-    /// first. An idle schedule owes nothing: its first turn is now.
-    fn reserve(&self, n: usize) -> Instant {
+    /// Reserves `n` consecutive turns `gap` apart on the node's schedule;
+    /// returns the first. An idle schedule owes nothing: its first turn is
+    /// now.
+    fn reserve(&self, n: usize, gap: Duration) -> Instant {
         let mut next = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
         let first = (*next).max(Instant::now());
-        *next = first + self.gap * n as u32;
+        *next = first + gap * n as u32;
         first
     }
 
@@ -91,7 +95,7 @@ mod tests {
         let (p1, p2) = (pacing.clone(), pacing.clone());
         let (ra, rb) = (a.clone(), b.clone());
         let both = tokio::spawn(async move {
-            tokio::join!(p1.disconnect(ra, CloseReason::Rebalance), p2.disconnect(rb, CloseReason::Rebalance))
+            tokio::join!(p1.disconnect(ra, CloseReason::Rebalance, 1), p2.disconnect(rb, CloseReason::Rebalance, 1))
         });
         // Each batch takes its turns together: the first is done before
         // the second starts.
@@ -108,10 +112,20 @@ mod tests {
         let pacing = Pacing::new(10, 0);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let start = Instant::now();
-        pacing.disconnect(sessions(1), CloseReason::Drain).await;
+        pacing.disconnect(sessions(1), CloseReason::Drain, 1).await;
         assert_eq!(start.elapsed(), Duration::ZERO, "no debt from the idle time, no wait");
-        pacing.disconnect(sessions(2), CloseReason::Drain).await;
+        pacing.disconnect(sessions(2), CloseReason::Drain, 1).await;
         assert_eq!(start.elapsed(), Duration::from_millis(200), "then one per 100 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_giver_among_three_takes_a_third_of_the_rate() {
+        let pacing = Pacing::new(100, 0);
+        let start = Instant::now();
+        pacing.disconnect(sessions(4), CloseReason::Rebalance, 3).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(90), "three turns of 10 ms between each");
+        pacing.disconnect(sessions(2), CloseReason::Rebalance, 1).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(130), "the schedule goes on after the share");
     }
 
     #[tokio::test(start_paused = true)]
