@@ -441,7 +441,8 @@ pub fn resume_point(
 /// A move's `disconnect` may carry `through`: every message below it was
 /// sent before the frame. The next connect resumes from there when that is
 /// further on than the last id, so a user who received nothing for a while
-/// does not make the next node scan the log from its last message.
+/// does not make the next node scan the log from its last message. A
+/// welcome or message in another partition drops it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     last: Option<MessageId>,
@@ -468,6 +469,7 @@ impl Cursor {
 
     /// Whether `id` is new; a new id becomes the last one.
     pub fn accept(&mut self, id: MessageId) -> bool {
+        self.drop_through_outside(id.partition);
         let new = is_new(self.last, id);
         if new {
             self.last = Some(id);
@@ -477,6 +479,9 @@ impl Cursor {
 
     /// A session's welcome, with its `live_from` (absent from older nodes).
     pub fn welcomed(&mut self, live_from: Option<MessageId>) {
+        if let Some(id) = live_from {
+            self.drop_through_outside(id.partition);
+        }
         self.session_live_from = live_from;
         if self.live_from.is_none() {
             self.live_from = live_from;
@@ -501,6 +506,15 @@ impl Cursor {
     pub fn disconnected(&mut self, through: Option<MessageId>) {
         if through.is_some() {
             self.through = through;
+        }
+    }
+
+    /// A `through` of another partition than the user's now is stale (the
+    /// partition count changed): resuming from it would be refused as
+    /// `wrong_partition` on every connect, each time giving up the last id.
+    fn drop_through_outside(&mut self, partition: u32) {
+        if self.through.is_some_and(|t| t.partition != partition) {
+            self.through = None;
         }
     }
 
@@ -609,6 +623,17 @@ mod tests {
         let mut repartitioned = Cursor::new(Some(id("3:10")), None);
         repartitioned.disconnected(Some(id("5:2")));
         assert_eq!(repartitioned.query(), "&from_id=5:2", "the newer session's partition");
+        // The user moved to another partition since: the old through is stale.
+        let mut stale = Cursor::new(Some(id("3:10")), None);
+        stale.disconnected(Some(id("3:500")));
+        stale.welcomed(Some(id("5:100")));
+        stale.resumed(false);
+        assert!(stale.accept(id("5:120")));
+        assert_eq!(stale.query(), "&last_id=5:120", "not from_id=3:500, refused again and again");
+        let mut by_message = Cursor::new(None, None);
+        by_message.disconnected(Some(id("3:500")));
+        assert!(by_message.accept(id("5:7")));
+        assert_eq!(by_message.query(), "&last_id=5:7");
     }
 
     #[test]

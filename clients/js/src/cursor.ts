@@ -31,6 +31,7 @@ export class Cursor {
 
   /** Whether `id` is new; a new id becomes the last one. */
   accept(id: MessageId): boolean {
+    this.#dropThroughOutside(id.partition);
     const fresh = isNew(this.#last, id);
     if (fresh) this.#last = id;
     return fresh;
@@ -42,6 +43,7 @@ export class Cursor {
    * an earlier live start is kept.
    */
   welcomed(liveFrom: MessageId | null): void {
+    if (liveFrom) this.#dropThroughOutside(liveFrom.partition);
     this.#sessionLiveFrom = liveFrom;
     this.#liveFrom ??= liveFrom;
   }
@@ -63,6 +65,15 @@ export class Cursor {
    */
   disconnected(through: MessageId | null): void {
     if (through) this.#through = through;
+  }
+
+  /**
+   * A `through` of another partition than the user's now is stale (the
+   * partition count changed): resuming from it would be refused as
+   * `wrong_partition` on every connect, each time giving up the last id.
+   */
+  #dropThroughOutside(partition: number): void {
+    if (this.#through && this.#through.partition !== partition) this.#through = null;
   }
 
   /** What the connect URL adds after the token: `&last_id=P:O`, `&from_id=P:O` or nothing. */

@@ -97,6 +97,25 @@ test("session scripts: delivered ids, recovered events and resume points", () =>
   }
 });
 
+test("a move's through is the resume point when further on, and dropped once stale", () => {
+  const id = (text) => parseMessageId(text);
+  const c = new Cursor(id("3:10"));
+  c.disconnected(id("3:11"));
+  assert.equal(c.query(), "&last_id=3:10", "right after the last id: the same point");
+  c.disconnected(id("3:500"));
+  assert.equal(c.query(), "&from_id=3:500");
+  c.disconnected(null);
+  assert.equal(c.query(), "&from_id=3:500", "a close without through keeps it");
+  // The user moved to another partition since: the old through is stale.
+  c.welcomed(id("5:100"));
+  c.resumed(false);
+  assert.ok(c.accept(id("5:120")));
+  assert.equal(c.query(), "&last_id=5:120", "not from_id=3:500, refused again and again");
+  const fresh = new Cursor();
+  fresh.disconnected(id("5:2"));
+  assert.equal(fresh.query(), "&from_id=5:2");
+});
+
 test("recent sends forget the oldest pair beyond their bound", () => {
   const recent = new RecentSends([], 3);
   for (const c of ["a", "b", "c"]) assert.ok(recent.firstCopy("u2", c));
