@@ -192,25 +192,25 @@ def per_minute_latency(timelines, t0_ms, t_end_s):
     return out
 
 
-def reconnects_per_move(timelines, t0_ms, ev, t_end_s):
-    """Reconnect times (disconnect → welcome) of each move: from its event
-    to the next one."""
+def move_windows(ev, t_end_s):
+    """Each move that happened, as (name, from its event, to the next)."""
     windows = [("scale-out", ev.get("scale-out"), ev.get("scale-in", t_end_s)),
                ("scale-in", ev.get("scale-in"), t_end_s + 1)]
+    return [(name, lo, hi) for name, lo, hi in windows if lo is not None]
+
+
+def reconnects_per_move(timelines, t0_ms, ev, t_end_s):
+    """Reconnect times (disconnect → welcome) of each move."""
     return [{"move": name, **summary(merged(timelines, "reconnect_ms", t0_ms, lo, hi))}
-            for name, lo, hi in windows if lo is not None]
+            for name, lo, hi in move_windows(ev, t_end_s)]
 
 
 def counted_per_move(samples, ev, t_end_s):
-    """What the nodes counted during each move (from its event to the next),
-    summed over nodes: replays, those over 1 s, messages replayed."""
-    windows = [("scale-out", ev.get("scale-out"), ev.get("scale-in", t_end_s)),
-               ("scale-in", ev.get("scale-in"), t_end_s + 1)]
+    """What the nodes counted during each move, summed over nodes: replays,
+    those over 1 s, messages replayed."""
     keys = ("resumes", "resumes_over_1s", "replayed")
     out = []
-    for name, lo, hi in windows:
-        if lo is None:
-            continue
+    for name, lo, hi in move_windows(ev, t_end_s):
         row = {"move": name, **{k: 0 for k in keys}}
         for node in {s["node"] for s in samples}:
             mine = [s for s in samples if s["node"] == node]

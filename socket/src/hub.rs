@@ -312,7 +312,7 @@ impl Hub {
         // The cache fills from the live start on.
         let complete_from = live_from;
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::on_partition(self.limits.session_queue, entry.dispatched.clone()));
+        let mailbox = Arc::new(Mailbox::new(self.limits.session_queue, entry.dispatched.clone()));
         {
             let mut shard = self.shard(user);
             let user_entry = shard.entry(user.to_owned()).or_insert_with(|| UserEntry::new(partition, complete_from));

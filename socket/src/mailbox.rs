@@ -60,7 +60,7 @@ pub struct Mailbox {
     /// Woken when the close order is set.
     closing: Notify,
     /// The session's partition's mark, for a move's close.
-    dispatched: Option<Arc<Dispatched>>,
+    dispatched: Arc<Dispatched>,
 }
 
 /// The queue holds `capacity` deliveries already.
@@ -68,22 +68,16 @@ pub struct Mailbox {
 pub struct Full;
 
 impl Mailbox {
-    /// A mailbox whose moves carry no `through` (the client resumes from
-    /// its last id).
-    pub fn new(capacity: usize) -> Self {
+    /// A mailbox for a session on the partition `dispatched` marks.
+    pub fn new(capacity: usize, dispatched: Arc<Dispatched>) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             arrived: Notify::new(),
             close: OnceLock::new(),
             closing: Notify::new(),
-            dispatched: None,
+            dispatched,
         }
-    }
-
-    /// A mailbox for a session on the partition `dispatched` marks.
-    pub fn on_partition(capacity: usize, dispatched: Arc<Dispatched>) -> Self {
-        Self { dispatched: Some(dispatched), ..Self::new(capacity) }
     }
 
     fn queue(&self) -> MutexGuard<'_, VecDeque<Held>> {
@@ -148,7 +142,7 @@ impl Mailbox {
     /// record below it already in the queue, so it can go to the client as
     /// `through` once the queue is written. Returns false if already told.
     pub fn close_to_move(&self, reason: CloseReason, retry_after_ms: u64) -> bool {
-        let through = self.dispatched.as_ref().and_then(|d| d.through());
+        let through = self.dispatched.through();
         self.close(CloseCmd { reason, retry_after_ms, through })
     }
 
@@ -186,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn bounded_in_order_and_empty_holds_no_storage() {
         let budget = Budget::new(usize::MAX);
-        let mailbox = Mailbox::new(2);
+        let mailbox = Mailbox::new(2, Dispatched::new(0));
         assert_eq!(mailbox.queue().capacity(), 0);
         mailbox.push(held(&budget, 1)).unwrap();
         mailbox.push(held(&budget, 2)).unwrap();
@@ -202,7 +196,7 @@ mod tests {
     #[test]
     fn a_move_carries_the_partitions_mark_as_of_its_close() {
         let mark = Dispatched::new(3);
-        let mailbox = Mailbox::on_partition(4, mark.clone());
+        let mailbox = Mailbox::new(4, mark.clone());
         assert_eq!(mark.through(), None, "unknown before the partition starts");
         mark.start_at(10);
         mark.raise(12);
@@ -212,15 +206,15 @@ mod tests {
         mark.raise(20);
         let cmd = mailbox.requested().unwrap();
         assert_eq!((cmd.through, cmd.retry_after_ms), (Some(MessageId::new(3, 12)), 7), "read when told");
-        let plain = Mailbox::new(4);
-        assert!(plain.close_to_move(CloseReason::Drain, 0));
-        assert_eq!(plain.requested().unwrap().through, None);
+        let unstarted = Mailbox::new(4, Dispatched::new(3));
+        assert!(unstarted.close_to_move(CloseReason::Drain, 0));
+        assert_eq!(unstarted.requested().unwrap().through, None, "no mark before the partition starts");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_session_wakes_for_a_delivery_and_for_a_close() {
         let budget = Budget::new(usize::MAX);
-        let mailbox = Arc::new(Mailbox::new(4));
+        let mailbox = Arc::new(Mailbox::new(4, Dispatched::new(0)));
         let reader = tokio::spawn({
             let mailbox = mailbox.clone();
             async move { mailbox.recv().await.offset }

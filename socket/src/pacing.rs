@@ -82,7 +82,7 @@ mod tests {
     use super::*;
 
     fn sessions(n: usize) -> Vec<Arc<Mailbox>> {
-        (0..n).map(|_| Arc::new(Mailbox::new(4))).collect()
+        (0..n).map(|_| Arc::new(Mailbox::new(4, crate::mailbox::Dispatched::new(0)))).collect()
     }
 
     #[tokio::test(start_paused = true)]
