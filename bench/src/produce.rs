@@ -45,6 +45,10 @@ pub struct ProduceArgs {
     /// librdkafka `linger.ms` (part of the end-to-end latency).
     #[arg(long, env = "RTC_BENCH_LINGER_MS", default_value_t = 1)]
     pub linger_ms: u64,
+    /// Most records in one produce batch (librdkafka `batch.num.messages`);
+    /// 1 writes each record as a batch of its own, as a slow producer does.
+    #[arg(long, env = "RTC_BENCH_BATCH_RECORDS", default_value_t = 10_000)]
+    pub batch_records: u32,
     /// Bound on waiting for the delivery reports after the last send.
     #[arg(long, env = "RTC_BENCH_ACK_TIMEOUT_SECS", default_value_t = 60)]
     pub ack_timeout_secs: u64,
@@ -65,6 +69,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         .set("partitioner", "murmur2_random")
         .set("linger.ms", args.linger_ms.to_string())
         .set("queue.buffering.max.messages", "2000000")
+        .set("batch.num.messages", args.batch_records.max(1).to_string())
         .set("message.timeout.ms", "60000")
         .create()?;
     // Connect and learn the topic before the clock starts.

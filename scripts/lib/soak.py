@@ -14,6 +14,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,24 @@ class SoakCluster(Cluster):
 
         wait_for("the mock cluster", 20, bootstrap, 0.2)
         self.brokers = bootstrap()
+
+    def fill_mock(self, per_partition):
+        """Fills every partition of the mock cluster with records for nobody,
+        one per batch as the load generators' come, before any node starts
+        (a node starts a partition never committed at its end). The mock
+        finds a fetch's offset by walking the partition's batches from the
+        oldest, and keeps 5 MB of them (rdkafka_mock.c): a full log makes
+        its fetches cost from the first minute what they cost once the run
+        has filled it, so a node's figures do not follow the broker's
+        growing latency."""
+        total = per_partition * self.partitions
+        rate = 50_000
+        log(f"filling the mock cluster: {total} records")
+        subprocess.run([self.bins["rtc-bench"], "produce", "--brokers", self.brokers, "--topic", TOPIC,
+                        "--partitions", str(self.partitions), "--rate", str(rate),
+                        "--secs", str(math.ceil(total / rate)), "--users", "100000", "--user-prefix", "filler-",
+                        "--batch-records", "1"],
+                       check=True, timeout=total / rate * 3 + 120, stdout=subprocess.DEVNULL)
 
     def start_loadgens(self, ramp_s, seconds):
         count = max(1, math.ceil(self.users / USERS_PER_LOADGEN))
@@ -272,6 +291,8 @@ def main():
     # The product's default: a partition holds few enough users that the
     # block of one partition's users moving together is short.
     ap.add_argument("--partitions", type=int, default=360)
+    ap.add_argument("--fill-mock", type=int, default=0, metavar="RECORDS",
+                    help="records per partition written to the mock cluster before the nodes start")
     ap.add_argument("--smoke", action="store_true", help="checks the harness: few users, no RSS verdict")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -279,7 +300,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     run_s = args.minutes * 60
     scale_out_at, scale_in_at = 0.4 * run_s, 0.7 * run_s
-    settle_s = min(60.0, 0.1 * run_s)
+    # A node that gained users warms up again (their caches fill, maps grow):
+    # a segment after a move starts a warm-up after it, as the first one.
+    warmup_s = min(args.warmup_secs, 0.15 * run_s)
     cluster = SoakCluster("soak", bins, args.tansu, args.out, args.users, args.rate, node_count=3,
                           partitions=args.partitions)
     samples, events = [], []
@@ -287,6 +310,8 @@ def main():
         cluster.start_redis()
         if args.kafka == "mock":
             cluster.start_mock_kafka()
+            if args.fill_mock:
+                cluster.fill_mock(args.fill_mock)
         else:
             cluster.start_kafka()
         cluster.lbs = [cluster.start_lb(0), cluster.start_lb(1)]
@@ -324,8 +349,8 @@ def main():
 
     ev = {e["what"]: e["t_s"] for e in events}
     segments = {"before scale-out": (args.warmup_secs, ev.get("scale-out", t_end)),
-                "after scale-out": (ev.get("scale-out", t_end) + settle_s, ev.get("scale-in", t_end)),
-                "after scale-in": (ev.get("socket-0 stopped", t_end) + settle_s, t_end)}
+                "after scale-out": (ev.get("scale-out", t_end) + warmup_s, ev.get("scale-in", t_end)),
+                "after scale-in": (ev.get("socket-0 stopped", t_end) + warmup_s, t_end)}
     rss = rss_segments(samples, segments) if not args.smoke else []
     latency = per_minute_latency(timelines, t0_ms, t_end)
     reconnects = summary(merged(timelines, "reconnect_ms", t0_ms, 0, t_end + 1))
@@ -334,7 +359,8 @@ def main():
     total = lambda k: sum(r[k] for r in reports)  # noqa: E731
     result = {
         "minutes": args.minutes, "users": args.users, "rate": args.rate, "kafka": args.kafka,
-        "partitions": args.partitions, "smoke": args.smoke,
+        "partitions": args.partitions,
+        "mock_filled_per_partition": args.fill_mock, "smoke": args.smoke,
         "events": events, "seconds": t_end,
         "messages_sent": total("messages_sent"), "messages_delivered": total("messages_delivered"),
         "messages_lost": total("messages_lost"), "duplicates_delivered": total("duplicate_deliveries"),

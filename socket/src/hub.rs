@@ -143,19 +143,25 @@ impl UserEntry {
         Self { partition, sessions: Vec::new(), cache: VecDeque::new(), complete_from }
     }
 
-    /// Keeps at most `keep` cached messages, none older than `ttl`; what is
-    /// evicted moves the completeness mark past it.
     /// Empties the cache: it holds nothing from the next offset on.
     fn clear(&mut self, next: i64) {
-        self.cache.clear();
+        self.cache = VecDeque::new();
         self.complete_from = self.complete_from.max(next);
     }
 
+    /// Keeps at most `keep` cached messages, none older than `ttl`; what is
+    /// evicted moves the completeness mark past it. An emptied cache gives
+    /// its storage back: most users are quiet most of the time, and a
+    /// burst's capacity kept for life would grow every user's entry to the
+    /// largest burst it ever had.
     fn trim(&mut self, keep: usize, ttl: Duration) {
         while self.cache.len() > keep || self.cache.front().is_some_and(|d| d.buffered_at.elapsed() >= ttl) {
             if let Some(d) = self.cache.pop_front() {
                 self.complete_from = self.complete_from.max(d.offset + 1);
             }
+        }
+        if self.cache.is_empty() && self.cache.capacity() > 0 {
+            self.cache = VecDeque::new();
         }
     }
 }
@@ -555,6 +561,15 @@ mod tests {
         )
     }
 
+    /// A hub whose caches hold nothing past the next sweep.
+    fn hub_where_messages_expire_at_once() -> Hub {
+        Hub::new(
+            HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO },
+            Budget::new(usize::MAX),
+            Arc::new(Metrics::new()),
+        )
+    }
+
     fn delivery(p: u32, o: i64) -> Arc<Delivery> {
         Arc::new(Delivery {
             partition: p,
@@ -666,12 +681,20 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_cache_gives_its_storage_back() {
+        let hub = hub_where_messages_expire_at_once();
+        hub.accept(1, 0);
+        let _session = hub.register("u", 1).unwrap();
+        hub.dispatch("u", delivery(1, 0));
+        let capacity = || hub.shard("u").get("u").map(|e| e.cache.capacity());
+        assert!(capacity() > Some(0), "the message is cached");
+        hub.sweep();
+        assert_eq!(capacity(), Some(0), "expired: the online user's entry stays, its cache storage goes");
+    }
+
+    #[test]
     fn sweep_drops_only_idle_users_without_cached_messages() {
-        let hub = Hub::new(
-            HubLimits { session_queue: 4, resume_buffer: 4, resume_ttl: Duration::ZERO },
-            Budget::new(usize::MAX),
-            Arc::new(Metrics::new()),
-        );
+        let hub = hub_where_messages_expire_at_once();
         hub.accept(1, 0);
         let _a = hub.register("online", 1).unwrap();
         hub.dispatch("offline", delivery(1, 1));
