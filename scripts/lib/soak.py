@@ -303,7 +303,7 @@ def main():
     run_s = args.minutes * 60
     scale_out_at, scale_in_at = 0.4 * run_s, 0.7 * run_s
     # A node that gained users warms up again (their caches fill, maps grow):
-    # a segment after a move starts a warm-up after it, as the first one.
+    # a segment after a move starts a warm-up after it, as the first one does.
     warmup_s = min(args.warmup_secs, 0.2 * run_s)
     cluster = SoakCluster("soak", bins, args.tansu, args.out, args.users, args.rate, node_count=3,
                           partitions=args.partitions)
@@ -350,7 +350,7 @@ def main():
     panics = cluster.panics()
 
     ev = {e["what"]: e["t_s"] for e in events}
-    segments = {"before scale-out": (args.warmup_secs, ev.get("scale-out", t_end)),
+    segments = {"before scale-out": (warmup_s, ev.get("scale-out", t_end)),
                 "after scale-out": (ev.get("scale-out", t_end) + warmup_s, ev.get("scale-in", t_end)),
                 "after scale-in": (ev.get("socket-0 stopped", t_end) + warmup_s, t_end)}
     rss = rss_segments(samples, segments) if not args.smoke else []
